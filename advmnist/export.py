@@ -1,0 +1,63 @@
+"""Freeze a training checkpoint into an inference graph: constants, no dropout.
+
+tensorpack 0.11's ``ModelExporter.export_compact`` calls
+``graph_util.convert_variables_to_constants``, which TensorFlow 2 only keeps under
+``tf.compat.v1.graph_util``; so the freezing is done here.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+from advmnist import fileio
+from advmnist.data import IMAGE_SIZE
+from advmnist.frozen import META_FILE, MODEL_FILE
+from advmnist.model import INPUT_NAME, LOGITS_NAME, PROB_NAME, cnn_logits
+from advmnist.tfcompat import tf1
+
+
+def library_versions() -> dict:
+    import numpy
+    import tensorpack
+
+    import advmnist
+    tf = tf1()
+    return {"advmnist": advmnist.__version__, "tensorflow": tf.VERSION if hasattr(tf, "VERSION") else "",
+            "tensorpack": tensorpack.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def inference_graph_def(checkpoint: os.PathLike | str):
+    """Build the CNN with dropout off, restore ``checkpoint`` and return a frozen GraphDef."""
+    tf = tf1()
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE), name=INPUT_NAME)
+        logits = tf.identity(cnn_logits(image, training=False), name=LOGITS_NAME)
+        tf.nn.softmax(logits, name=PROB_NAME)
+        saver = tf.train.Saver(tf.global_variables())
+        with tf.Session(graph=graph) as sess:
+            saver.restore(sess, str(checkpoint))
+            frozen = tf.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [LOGITS_NAME, PROB_NAME])
+    return tf.graph_util.extract_sub_graph(frozen, [LOGITS_NAME, PROB_NAME])
+
+
+TENSOR_NAMES = {"input": f"{INPUT_NAME}:0", "logits": f"{LOGITS_NAME}:0", "prob": f"{PROB_NAME}:0"}
+
+
+def write_frozen(graph_def, out_dir: os.PathLike | str, checkpoint: os.PathLike | str, **meta) -> Path:
+    """Write ``model.pb`` and ``model.json`` (tensor names, versions, ``meta``) to ``out_dir``."""
+    out_dir = Path(out_dir)
+    fileio.write_bytes(out_dir / MODEL_FILE, graph_def.SerializeToString())
+    record = dict(TENSOR_NAMES,
+                  input_shape=[None, IMAGE_SIZE, IMAGE_SIZE],
+                  input_range=[0.0, 1.0],
+                  checkpoint=os.path.relpath(str(checkpoint), str(out_dir)),
+                  versions=library_versions(),
+                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    record.update(meta)
+    fileio.write_json(out_dir / META_FILE, record)
+    return out_dir / MODEL_FILE

@@ -1,0 +1,88 @@
+"""Load a frozen inference graph (``model.pb`` + ``model.json``) and run it.
+
+Attacks and evaluation only ever see this artifact: constant weights, no dropout,
+an ``input`` placeholder that :meth:`FrozenModel.logits` can rewire to any tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from advmnist.tfcompat import session_config, tf1
+
+MODEL_FILE = "model.pb"
+META_FILE = "model.json"
+DEFAULT_RUN_DIR = Path("runs") / "cnn"
+
+
+class ModelError(RuntimeError):
+    """A model file is missing or unreadable; the message is one line for the user."""
+
+
+def resolve_model_path(path: os.PathLike | str | None) -> Path:
+    """``model.pb`` for a run folder, a ``.pb`` path, or the default run."""
+    path = Path(path) if path is not None else DEFAULT_RUN_DIR
+    return path / MODEL_FILE if path.is_dir() or path.suffix != ".pb" else path
+
+
+class FrozenModel:
+    def __init__(self, graph_def, meta: dict, path: Path):
+        self.graph_def = graph_def
+        self.meta = meta
+        self.path = path
+
+    @classmethod
+    def load(cls, path: os.PathLike | str | None = None) -> "FrozenModel":
+        pb = resolve_model_path(path)
+        if not pb.is_file():
+            raise ModelError(f"no trained model at {pb}: run `advmnist train` first "
+                             "(or pass --model RUN_DIR or a model.pb)")
+        meta_path = pb.with_name(META_FILE)
+        if not meta_path.is_file():
+            raise ModelError(f"{meta_path} is missing: expected it beside {pb.name} (written by advmnist train)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            for key in ("input", "logits", "prob"):
+                meta[key]  # noqa: B018  (presence check)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ModelError(f"{meta_path} is corrupt: expected JSON with input/logits/prob names ({err})") from err
+        tf = tf1()
+        graph_def = tf.GraphDef()
+        try:
+            graph_def.ParseFromString(pb.read_bytes())
+        except Exception as err:  # protobuf raises its own DecodeError
+            raise ModelError(f"{pb} is corrupt: not a TensorFlow GraphDef ({err})") from err
+        names = {node.name for node in graph_def.node}
+        for key in ("input", "logits", "prob"):
+            if meta[key].split(":")[0] not in names:
+                raise ModelError(f"{pb} is corrupt or truncated: tensor {meta[key]} not in the graph")
+        return cls(graph_def, meta, pb)
+
+    def logits(self, image_tensor, name: str = "net"):
+        """Import the graph into the default graph with ``image_tensor`` as its input."""
+        tf = tf1()
+        (logits,) = tf.import_graph_def(self.graph_def, input_map={self.meta["input"]: image_tensor},
+                                        return_elements=[self.meta["logits"]], name=name)
+        return logits
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Softmax probabilities, shape (N, 10), for images (N, 28, 28) in [0, 1]."""
+        tf = tf1()
+        graph = tf.Graph()
+        with graph.as_default():
+            image = tf.placeholder(tf.float32, (None,) + images.shape[1:], name="image")
+            prob = tf.nn.softmax(self.logits(image))
+        with tf.Session(graph=graph, config=session_config(tf)) as sess:
+            out = [sess.run(prob, {image: images[i:i + batch_size]})
+                   for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """Rows: true label; columns: predicted label."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix

@@ -1,0 +1,72 @@
+"""The CNN of the reference experiment, as a tensorpack ``ModelDesc``.
+
+input 28x28 in [0, 1] -> conv 32 3x3 ReLU -> conv 64 3x3 ReLU -> max-pool 2 -> dropout 0.25
+-> fully connected 128 ReLU -> dropout 0.5 -> fully connected 10 (``logits``) -> softmax (``prob``).
+
+The layer stack lives in :func:`cnn_logits` so that training, the frozen inference
+graph and adversarial training build exactly the same variables.
+"""
+from __future__ import annotations
+
+from advmnist.data import IMAGE_SIZE, NUM_CLASSES
+from advmnist.tfcompat import tf1
+
+INPUT_NAME = "input"
+LABEL_NAME = "label"
+LOGITS_NAME = "logits"
+PROB_NAME = "prob"
+ACCURACY_NAME = "accuracy"
+COST_NAME = "cross_entropy_loss"
+
+
+def cnn_logits(image, *, training: bool):
+    """Logits of the CNN for ``image`` of shape (N, 28, 28), values in [0, 1].
+
+    ``training`` switches dropout on; the variables are created in (or reused from)
+    the current variable scope: ``conv0``, ``conv1``, ``fc0``, ``fc1``.
+    """
+    tf = tf1()
+    from tensorpack.models import Conv2D, Dropout, FullyConnected, MaxPooling
+    from tensorpack.tfutils.argscope import argscope
+
+    x = tf.expand_dims(image, -1)  # NHWC with one channel
+    with argscope(Conv2D, kernel_size=3, padding="valid", activation=tf.nn.relu):
+        x = Conv2D("conv0", x, 32)
+        x = Conv2D("conv1", x, 64)
+    x = MaxPooling("pool0", x, 2)
+    x = Dropout("drop0", x, rate=0.25, training=training)
+    x = FullyConnected("fc0", x, 128, activation=tf.nn.relu)
+    x = Dropout("drop1", x, rate=0.5, training=training)
+    return FullyConnected("fc1", x, NUM_CLASSES)
+
+
+def make_model(learning_rate: float = 1e-3):
+    """Return a tensorpack ``ModelDesc`` instance for the CNN."""
+    tf = tf1()
+    from tensorpack import ModelDesc
+    from tensorpack.tfutils.summary import add_moving_summary
+    from tensorpack.tfutils.tower import get_current_tower_context
+
+    class MnistCNN(ModelDesc):
+        def inputs(self):
+            return [tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE), tf.float32, INPUT_NAME),
+                    tf.TensorSpec((None,), tf.int32, LABEL_NAME)]
+
+        def build_graph(self, image, label):
+            training = get_current_tower_context().is_training
+            logits = tf.identity(cnn_logits(image, training=training), name=LOGITS_NAME)
+            tf.nn.softmax(logits, name=PROB_NAME)
+            cost = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=label, logits=logits),
+                name=COST_NAME)
+            correct = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), label), tf.float32)
+            accuracy = tf.reduce_mean(correct, name=ACCURACY_NAME)
+            add_moving_summary(cost, accuracy)
+            return cost
+
+        def optimizer(self):
+            lr = tf.get_variable("learning_rate", initializer=float(learning_rate), trainable=False)
+            tf.summary.scalar("learning_rate", lr)
+            return tf.train.AdamOptimizer(lr)
+
+    return MnistCNN()

@@ -1,0 +1,108 @@
+"""Figures and tables. Only this module and the CLI write files; every write is atomic."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from advmnist import fileio
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: os.PathLike | str) -> None:
+    plt = _pyplot()
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """Rows and columns of a square-ish grid: 16 -> 4x4, 10 -> 3x4, 3 -> 2x2."""
+    cols = math.ceil(math.sqrt(count))
+    return math.ceil(count / cols), cols
+
+
+def digit_grid(images: np.ndarray, titles: Sequence[str], path: os.PathLike | str, *,
+               suptitle: str | None = None, title_colors: Sequence[str] | None = None) -> None:
+    """Grayscale tiles (0 = white ink-free paper as in MNIST: black background) with a title each."""
+    plt = _pyplot()
+    rows, cols = grid_shape(len(images))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(titles[i], fontsize=9, color=(title_colors[i] if title_colors else "black"))
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def noise_grid(noise: np.ndarray, titles: Sequence[str] | None, path: os.PathLike | str, *,
+               limit: float | None = None, suptitle: str | None = None) -> None:
+    """Noise tiles on a diverging colormap centred at zero, one shared colorbar."""
+    plt = _pyplot()
+    limit = float(limit if limit is not None else max(np.abs(noise).max(), 1e-6))
+    rows, cols = grid_shape(len(noise))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.8, 1.75 * rows), squeeze=False)
+    image = None
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(noise):
+            image = ax.imshow(noise[i], cmap="seismic", vmin=-limit, vmax=limit, interpolation="nearest")
+            if titles:
+                ax.set_title(titles[i], fontsize=9)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="noise")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    save_figure(fig, path)
+
+
+def confusion_figure(matrix: np.ndarray, path: os.PathLike | str, *, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    shown = ax.imshow(matrix, cmap="Blues")
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_yticks(range(matrix.shape[0]))
+    threshold = matrix.max() / 2
+    for (row, col), value in np.ndenumerate(matrix):
+        ax.text(col, row, str(value), ha="center", va="center", fontsize=7,
+                color="white" if value > threshold else "black")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    save_figure(fig, path)
+
+
+def format_confusion(matrix: np.ndarray) -> str:
+    width = max(5, len(str(matrix.max())) + 1)
+    head = "true\\pred" + "".join(f"{c:>{width}}" for c in range(matrix.shape[1]))
+    rows = [f"{r:>9}" + "".join(f"{v:>{width}}" for v in matrix[r]) for r in range(matrix.shape[0])]
+    return "\n".join([head] + rows)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A plain fixed-width text table."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""One door to TensorFlow: quiet, graph mode, legacy Keras.
+
+Every module that needs TensorFlow calls :func:`tf1` instead of importing it, so
+the environment is set up exactly once, before TensorFlow's first import.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+import advmnist  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
+
+_verbose = False
+_tf = None
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show TensorFlow's and tensorpack's start-up logs (call before :func:`tf1`)."""
+    global _verbose
+    _verbose = verbose
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C++ log lines written to fd 2 before absl's logging is set up.
+
+    TF_CPP_MIN_LOG_LEVEL no longer covers the messages TensorFlow 2.21 prints while
+    loading its shared libraries, so the file descriptor itself is redirected.
+    """
+    if _verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def tf1():
+    """Return ``tf.compat.v1`` with v2 behaviour disabled (graph mode)."""
+    global _tf
+    if _tf is not None:
+        return _tf
+    if not _verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _quiet_stderr():
+        import tensorflow as tf
+        import tensorpack  # noqa: F401  (imports its ops with the same quiet stderr)
+    tf.compat.v1.disable_v2_behavior()
+    tf.get_logger().setLevel(logging.INFO if _verbose else logging.ERROR)
+    _route_tensorpack_logs()
+    _tf = tf.compat.v1
+    return _tf
+
+
+def _route_tensorpack_logs() -> None:
+    """tensorpack logs to stdout; stdout is reserved for ``--json`` output."""
+    from tensorpack.utils import logger
+
+    for handler in logger._logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+    logger._logger.setLevel(logging.INFO)
+
+
+def session_config(tf=None):
+    """A session config that uses every core.
+
+    tensorpack's ``get_default_sess_config`` pins ``intra_op_parallelism_threads=1``,
+    a GPU-era default that costs about 12 % on a 2-core CPU.
+    """
+    tf = tf or tf1()
+    config = tf.ConfigProto()
+    config.allow_soft_placement = True
+    config.gpu_options.allow_growth = True
+    config.intra_op_parallelism_threads = 0
+    config.inter_op_parallelism_threads = 0
+    return config

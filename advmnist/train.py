@@ -1,0 +1,165 @@
+"""Train the CNN with tensorpack, then freeze it into ``model.pb``.
+
+A run folder holds tensorpack's checkpoints, ``stats.json``, TensorBoard events and
+``log.log``, and at the end ``model.pb`` + ``model.json``. An interrupted run resumes
+from its last checkpoint (``resume=True``); a finished run is never overwritten.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from advmnist.data import Split
+from advmnist.export import TENSOR_NAMES, inference_graph_def, write_frozen
+from advmnist.frozen import MODEL_FILE, FrozenModel
+from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
+from advmnist.tfcompat import session_config, tf1
+
+
+class RunDirError(ValueError):
+    """The run folder's state does not allow what was asked; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: str
+    model: str
+    test_accuracy: float
+    epochs: int
+    seed: int
+    seconds: float
+    history: list
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lr_schedule(settings: TrainSettings) -> list[tuple[int, float]]:
+    """Adam at ``lr``, divided by 3 at half the epochs and by 10 at three quarters."""
+    half, late = math.ceil(settings.epochs * 0.5) + 1, math.ceil(settings.epochs * 0.75) + 1
+    return [(1, settings.lr), (half, settings.lr / 3), (late, settings.lr / 10)]
+
+
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int | None):
+    """A tensorpack DataFlow of whole batches cut from in-memory arrays.
+
+    Gathering a batch with one fancy-index is far cheaper than tensorpack's per-sample
+    ``BatchData``; ``seed=None`` means no shuffling and a final partial batch.
+    """
+    from tensorpack.dataflow import DataFlow
+
+    class ArrayBatches(DataFlow):
+        def __init__(self):
+            self.rng = np.random.RandomState(seed if seed is not None else 0)
+            self.full = len(images) // batch_size
+
+        def __len__(self):
+            return self.full if seed is not None else math.ceil(len(images) / batch_size)
+
+        def __iter__(self):
+            order = self.rng.permutation(len(images)) if seed is not None else np.arange(len(images))
+            for i in range(len(self)):
+                index = np.sort(order[i * batch_size:(i + 1) * batch_size])
+                yield [images[index], labels[index].astype(np.int32)]
+
+    return ArrayBatches()
+
+
+def completed_epochs(run_dir: Path) -> int:
+    stats = run_dir / "stats.json"
+    try:
+        return int(json.loads(stats.read_text())[-1]["epoch_num"])
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return 0
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> str | None:
+    """Check what ``run_dir`` holds; move it aside on ``overwrite``. Returns a note for the user."""
+    has_checkpoint = (run_dir / "checkpoint").is_file()
+    has_model = (run_dir / MODEL_FILE).is_file()
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    if overwrite:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        backup = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+        os.replace(run_dir, backup)
+        return f"moved the previous run to {backup}"
+    if resume:
+        if not has_checkpoint:
+            raise RunDirError(f"--resume: {run_dir} has no checkpoint to resume from")
+        return f"resuming {run_dir} after epoch {completed_epochs(run_dir)}"
+    if has_model:
+        raise RunDirError(f"{run_dir} already holds a trained model ({MODEL_FILE}); pass --run-dir NEW_DIR "
+                          "for a new run, --resume to train it further, or --overwrite to move it aside")
+    if has_checkpoint:
+        raise RunDirError(f"{run_dir} holds an interrupted run (last checkpoint after epoch "
+                          f"{completed_epochs(run_dir)}); pass --resume to continue it, "
+                          "or --overwrite to move it aside")
+    raise RunDirError(f"{run_dir} exists and is not an advmnist run; pass another --run-dir")
+
+
+def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, settings: TrainSettings, *,
+          resume: bool = False, steps_per_epoch: int | None = None) -> TrainResult:
+    """Train with tensorpack's ``SimpleTrainer``; freeze the final weights to ``run_dir/model.pb``.
+
+    Validation on ``test_split`` runs after every epoch (``validation_accuracy`` in
+    ``stats.json``). ``steps_per_epoch`` shortens epochs (tests only).
+    """
+    tf = tf1()
+    from tensorpack import (AutoResumeTrainConfig, InferenceRunner, ModelSaver, QueueInput, ScalarStats,
+                            ScheduledHyperParamSetter, SimpleTrainer, launch_train_with_config)
+    from tensorpack.tfutils.sesscreate import NewSessionCreator
+    from tensorpack.utils import logger
+
+    run_dir = Path(run_dir)
+    started = time.time()
+    tf.reset_default_graph()
+    tf.set_random_seed(settings.seed)
+    logger.set_logger_dir(str(run_dir), action="k")
+    config = AutoResumeTrainConfig(
+        always_resume=resume,
+        model=make_model(settings.lr),
+        data=QueueInput(batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed)),
+        callbacks=[
+            ModelSaver(max_to_keep=3, keep_checkpoint_every_n_hours=1000),
+            InferenceRunner(batches(test_split.images, test_split.labels, 500, seed=None),
+                            [ScalarStats([COST_NAME, ACCURACY_NAME])]),
+            ScheduledHyperParamSetter("learning_rate", lr_schedule(settings)),
+        ],
+        session_creator=NewSessionCreator(config=session_config(tf)),
+        steps_per_epoch=steps_per_epoch,
+        max_epoch=settings.epochs,
+    )
+    if config.starting_epoch <= settings.epochs:
+        launch_train_with_config(config, SimpleTrainer())
+    checkpoint = tf.train.latest_checkpoint(str(run_dir))
+    if checkpoint is None:
+        raise RunDirError(f"training wrote no checkpoint to {run_dir}")
+
+    stats = json.loads((run_dir / "stats.json").read_text())
+    history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
+                "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]
+    meta = {"epochs": completed_epochs(run_dir), "seed": settings.seed, "batch_size": settings.batch_size,
+            "lr": settings.lr}
+    graph_def = inference_graph_def(checkpoint)
+    frozen = FrozenModel(graph_def, TENSOR_NAMES, run_dir / MODEL_FILE)
+    accuracy = float(np.mean(frozen.predict_proba(test_split.images).argmax(1) == test_split.labels))
+    write_frozen(graph_def, run_dir, checkpoint, test_accuracy=accuracy, **meta)
+    return TrainResult(run_dir=str(run_dir), model=str(run_dir / MODEL_FILE), test_accuracy=accuracy,
+                       epochs=meta["epochs"], seed=settings.seed, seconds=round(time.time() - started, 1),
+                       history=history)
