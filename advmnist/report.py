@@ -106,3 +106,47 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def attack_figures(result, reg: str, out_dir, *, predictions=None) -> dict[str, str]:
+    """The reference's two grids: adversarial samples (true / predicted label) and the noise."""
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    predictions = result.predictions if predictions is None else predictions
+    titles = [f"true {l}, pred {p}" for l, p in zip(result.labels, predictions)]
+    colors = ["tab:green" if p == t else "tab:red" for p, t in zip(predictions, result.targets)]
+    sample = out_dir / f"mnist_adv_sample_{reg}.png"
+    noise = out_dir / f"mnist_adv_sample_{reg}_noise.png"
+    success = int((predictions == result.targets).sum())
+    digit_grid(result.adversarial, titles, sample, title_colors=colors,
+               suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green)")
+    noise_grid(result.noise, [f"{l} -> {t}" for l, t in zip(result.labels, result.targets)], noise,
+               suptitle=f"{reg} noise (red adds ink, blue removes it)")
+    return {"samples": str(sample), "noise": str(noise)}
+
+
+def comparison_figure(results: dict, path, *, columns: int = 16) -> None:
+    """Originals, then noise and adversarial rows for each regularizer, side by side."""
+    plt = _pyplot()
+    first = next(iter(results.values()))
+    n = min(columns, len(first.originals))
+    rows = [("original", first.originals[:n], "gray", None)]
+    for reg, result in results.items():
+        limit = float(max(np.abs(result.noise[:n]).max(), 1e-6))
+        rows.append((f"{reg} noise", result.noise[:n], "seismic", limit))
+        rows.append((f"{reg} adversarial", result.adversarial[:n], "gray", None))
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.95 * n + 1.2, 1.05 * len(rows)), squeeze=False)
+    for r, (name, images, cmap, limit) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            vmin, vmax = (-limit, limit) if limit else (0.0, 1.0)
+            ax.imshow(images[c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+            if r == 0:
+                ax.set_title(f"{first.labels[c]}->{first.targets[c]}", fontsize=8)
+    fig.suptitle("per-image targeted noise: each regularizer on the same images, targets and seed", fontsize=10)
+    save_figure(fig, path)

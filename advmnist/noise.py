@@ -1,0 +1,334 @@
+"""Adversarial noise against a fixed network: one optimization core, two uses.
+
+The network sees ``clip(image + noise, 0, 1)``; the only variable the optimizer may
+change is the noise. :class:`NoiseGraph` builds that once; :class:`PerImageNoise`
+(one noise per image, the first reference experiment) and :class:`UniversalNoise`
+(one noise for every image, the second) only differ in the noise's shape, how the
+cross-entropy is averaged and whether the noise is clipped after each step.
+
+Both take ``logits_fn``: a function from an image tensor to logits. For attacks it
+imports the frozen graph (:meth:`advmnist.frozen.FrozenModel.logits`); for
+adversarial training it is the live network, whose variables the noise optimizer
+leaves alone.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from advmnist.data import IMAGE_SIZE, NUM_CLASSES
+from advmnist.tfcompat import tf1
+
+#: The reference averaged the cross-entropy over a batch of 16 images and summed the
+#: regularization over the same 16 noises. Each image's objective is kept exactly that,
+#: ``CE_i / 16 + weight * R(noise_i)``, whatever --count is, so an image's result does
+#: not depend on how many others are attacked with it (Adam updates every element on
+#: its own gradient history, so internal batching changes nothing either).
+REFERENCE_BATCH = 16
+
+LogitsFn = Callable[[object], object]
+
+
+# ---------------------------------------------------------------------------- regularizers
+
+class Regularizer(abc.ABC):
+    """The regularization cost of the noise: ``weight * penalty(noise)``."""
+
+    name: str = ""
+
+    def __init__(self, weight: float = 1e-2):
+        if not weight >= 0:
+            raise ValueError(f"expected a regularization weight >= 0, got {weight}")
+        self.weight = float(weight)
+
+    @abc.abstractmethod
+    def penalty(self, noise):
+        """Unweighted penalty of a noise tensor, summed over all its elements."""
+
+    def cost(self, noise):
+        return self.weight * self.penalty(noise)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weight={self.weight})"
+
+
+class L2(Regularizer):
+    """``weight * sum(noise^2) / 2``: small, spread-out noise."""
+
+    name = "l2"
+
+    def penalty(self, noise):
+        return tf1().nn.l2_loss(noise)
+
+
+class L1(Regularizer):
+    """``weight * sum(|noise|)``: sparse noise with a few strong pixels."""
+
+    name = "l1"
+
+    def penalty(self, noise):
+        tf = tf1()
+        return tf.reduce_sum(tf.abs(noise))
+
+
+class NoRegularization(Regularizer):
+    """No cost: the noise grows as large as the cross-entropy wants."""
+
+    name = "none"
+
+    def __init__(self, weight: float = 0.0):
+        super().__init__(weight)
+
+    def penalty(self, noise):
+        return tf1().constant(0.0)
+
+    def cost(self, noise):
+        return tf1().constant(0.0)
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {cls.name: cls for cls in (L2, L1, NoRegularization)}
+
+
+def make_regularizer(name: str, weight: float) -> Regularizer:
+    if name not in REGULARIZERS:
+        raise ValueError(f"expected a regularizer in {sorted(REGULARIZERS)}, got {name!r}")
+    return REGULARIZERS[name](weight) if name != "none" else NoRegularization()
+
+
+# ---------------------------------------------------------------------------- the shared graph
+
+class NoiseGraph:
+    """``clip(images + noise)`` through ``logits_fn``, a loss, and an Adam step on the noise only.
+
+    Args:
+        logits_fn: image tensor -> logits tensor, built into the current graph.
+        images, targets: tensors (N, 28, 28) float32 and (N,) int32.
+        noise_shape: (N, 28, 28) for one noise per image, (28, 28) for a shared one.
+        regularizer: cost added to the loss.
+        ce_weight: the loss is ``ce_weight * sum(CE_i) + regularizer.cost(noise)``.
+        noise_limit: if set, the noise is clipped to [-limit, +limit] after every step.
+    """
+
+    def __init__(self, logits_fn: LogitsFn, images, targets, noise_shape: tuple[int, ...], *,
+                 regularizer: Regularizer, ce_weight: float, noise_limit: float | None = None,
+                 scope: str = "adversarial_noise"):
+        tf = tf1()
+        with tf.variable_scope(scope):
+            self.noise_value = tf.placeholder(tf.float32, noise_shape, name="noise_value")
+            self.noise = tf.get_variable("noise", noise_shape, tf.float32, tf.zeros_initializer(), trainable=False)
+            self.learning_rate = tf.get_variable("learning_rate", (), tf.float32, tf.zeros_initializer(),
+                                                 trainable=False)
+            self.new_learning_rate = tf.placeholder(tf.float32, (), name="new_learning_rate")
+            self.set_learning_rate = tf.assign(self.learning_rate, self.new_learning_rate)
+            self.adversarial = tf.clip_by_value(images + self.noise, 0.0, 1.0, name="adversarial")
+        self.logits = logits_fn(self.adversarial)
+        with tf.variable_scope(scope):
+            self.cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=self.logits)
+            self.regularize_cost = regularizer.cost(self.noise)
+            self.loss = ce_weight * tf.reduce_sum(self.cross_entropy) + self.regularize_cost
+            self.predictions = tf.argmax(self.logits, 1, output_type=tf.int32)
+            self.probabilities = tf.nn.softmax(self.logits)
+            optimizer = tf.train.AdamOptimizer(self.learning_rate)
+            step = optimizer.minimize(self.loss, var_list=[self.noise])
+            if noise_limit is not None:
+                with tf.control_dependencies([step]):
+                    step = tf.assign(self.noise, tf.clip_by_value(self.noise, -noise_limit, noise_limit))
+            self.step = step
+            self.assign_noise = tf.assign(self.noise, self.noise_value)
+            self.reset = tf.group(self.assign_noise, tf.variables_initializer(optimizer.variables()))
+
+    def start(self, sess, initial_noise: np.ndarray, learning_rate: float) -> None:
+        """Set the noise to ``initial_noise`` and forget Adam's moments."""
+        sess.run(self.reset, {self.noise_value: initial_noise})
+        self.learning_rate_now(sess, learning_rate)
+
+    def learning_rate_now(self, sess, learning_rate: float) -> None:
+        sess.run(self.set_learning_rate, {self.new_learning_rate: learning_rate})
+
+    def set_noise(self, sess, noise: np.ndarray) -> None:
+        sess.run(self.assign_noise, {self.noise_value: noise})
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def adam_schedule(steps: int, lr: float, late_lr: float) -> Callable[[int], float]:
+    """``lr`` for the first two thirds of the steps, ``late_lr`` after (the reference's schedule)."""
+    switch = (2 * steps) // 3
+    return lambda step: lr if step < switch else late_lr
+
+
+# ---------------------------------------------------------------------------- per-image noise
+
+@dataclasses.dataclass
+class PerImageResult:
+    """Arrays of one per-image attack; ``noise`` is the optimized variable, before clipping."""
+
+    originals: np.ndarray
+    noise: np.ndarray
+    adversarial: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray
+    predictions: np.ndarray
+    target_probability: np.ndarray
+    cross_entropy: np.ndarray
+    steps_run: np.ndarray
+
+
+class PerImageNoise:
+    """One targeted noise per image (the reference's first experiment).
+
+    Each image i gets its own 28x28 noise, initialized from N(0, ``init_std``) and
+    optimized by Adam on ``CE(f(clip(x_i + noise_i)), target_i) / 16 + R(noise_i)``
+    (see :data:`REFERENCE_BATCH`): ``lr`` for two thirds of ``steps``, then ``late_lr``.
+
+    Args:
+        logits_fn: image tensor -> logits of the fixed network.
+        regularizer: :class:`L2`, :class:`L1` or :class:`NoRegularization`.
+        steps: Adam steps (6000 in the reference: 30 x 200).
+        early_stop_margin: if set, stop a batch once every image's target logit beats
+            every other logit by this margin (checked every 100 steps).
+        chunk_size: images optimized together; bounds memory for any count.
+
+    Example:
+        >>> attack = PerImageNoise(model.logits, L1(1e-2))
+        >>> result = attack.run(images, targets, seed=0)
+    """
+
+    def __init__(self, logits_fn: LogitsFn, regularizer: Regularizer, *, steps: int = 6000,
+                 lr: float = 3e-3, late_lr: float = 1e-3, init_std: float = 0.01,
+                 early_stop_margin: float | None = None, chunk_size: int = 256, check_every: int = 100):
+        if steps < 1:
+            raise ValueError(f"expected steps >= 1, got {steps}")
+        if chunk_size < 1:
+            raise ValueError(f"expected chunk_size >= 1, got {chunk_size}")
+        self.logits_fn = logits_fn
+        self.regularizer = regularizer
+        self.steps = steps
+        self.schedule = adam_schedule(steps, lr, late_lr)
+        self.init_std = init_std
+        self.early_stop_margin = early_stop_margin
+        self.chunk_size = chunk_size
+        self.check_every = check_every
+
+    def run(self, images: np.ndarray, targets: np.ndarray, *, labels: np.ndarray | None = None,
+            seed: int = 0, progress: bool = False) -> PerImageResult:
+        images = np.asarray(images, np.float32)
+        targets = np.asarray(targets, np.int32)
+        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"expected images of shape (N, 28, 28), got {images.shape}")
+        if images.min() < 0 or images.max() > 1:
+            raise ValueError("expected image values in [0, 1]")
+        if targets.shape != (len(images),) or targets.min() < 0 or targets.max() >= NUM_CLASSES:
+            raise ValueError(f"expected {len(images)} targets in 0..9, got {targets}")
+        initial = np.random.default_rng(seed).normal(0.0, self.init_std, images.shape).astype(np.float32)
+        parts = []
+        bar = _progress(self.steps * len(images), f"{self.regularizer.name} noise", progress)
+        with bar:
+            for start in range(0, len(images), self.chunk_size):
+                part = slice(start, start + self.chunk_size)
+                parts.append(self._run_chunk(images[part], targets[part], initial[part], bar))
+        noise, predictions, probabilities, cross_entropy, steps_run = (np.concatenate(x) for x in zip(*parts))
+        return PerImageResult(
+            originals=images, noise=noise, adversarial=np.clip(images + noise, 0.0, 1.0),
+            labels=np.asarray(labels if labels is not None else np.full(len(images), -1), np.int64),
+            targets=targets.astype(np.int64), predictions=predictions.astype(np.int64),
+            target_probability=probabilities[np.arange(len(targets)), targets],
+            cross_entropy=cross_entropy, steps_run=steps_run)
+
+    def _run_chunk(self, images, targets, initial, bar):
+        tf = tf1()
+        from advmnist.tfcompat import session_config
+
+        graph = tf.Graph()
+        with graph.as_default():
+            image_var = tf.get_variable("images", initializer=images, trainable=False)
+            target_var = tf.get_variable("targets", initializer=targets, trainable=False)
+            net = NoiseGraph(self.logits_fn, image_var, target_var, images.shape, regularizer=self.regularizer,
+                             ce_weight=1.0 / REFERENCE_BATCH)
+            target_logit = tf.gather(net.logits, target_var, batch_dims=1)
+            others = net.logits - 1e9 * tf.one_hot(target_var, NUM_CLASSES)
+            margin = target_logit - tf.reduce_max(others, axis=1)
+            init = tf.global_variables_initializer()
+        graph.finalize()
+        with tf.Session(graph=graph, config=session_config(tf)) as sess:
+            sess.run(init)
+            net.start(sess, initial, self.schedule(0))
+            lr = self.schedule(0)
+            step = 0
+            while step < self.steps:
+                if self.schedule(step) != lr:
+                    lr = self.schedule(step)
+                    net.learning_rate_now(sess, lr)
+                _, loss = sess.run([net.step, net.loss])
+                step += 1
+                bar.update(len(images))
+                if step % self.check_every == 0 or step == self.steps:
+                    margins = sess.run(margin)
+                    reached = int((margins > 0).sum())
+                    bar.set_postfix(loss=f"{loss:.4g}", at_target=f"{reached}/{len(images)}", refresh=False)
+                    if self.early_stop_margin is not None and margins.min() >= self.early_stop_margin:
+                        bar.update(len(images) * (self.steps - step))
+                        break
+            noise, predictions, probabilities, cross_entropy = sess.run(
+                [net.noise, net.predictions, net.probabilities, net.cross_entropy])
+        return noise, predictions, probabilities, cross_entropy, np.full(len(images), step, np.int64)
+
+
+# ---------------------------------------------------------------------------- universal noise
+
+class UniversalNoise:
+    """One noise shared by every image, pushing all of them to one target class.
+
+    As in Hvass-Labs' tutorial #12: the loss is the mean cross-entropy towards the
+    target over a batch of training images plus ``l2_weight * sum(noise^2) / 2``;
+    Adam; the noise is clipped to [-noise_limit, noise_limit] after every step.
+
+    The graph is built into the current default graph so that adversarial training
+    can alternate noise steps and network steps in one session.
+    """
+
+    def __init__(self, logits_fn: LogitsFn, *, noise_limit: float = 0.35, l2_weight: float = 0.02,
+                 lr: float = 1e-2, batch_size: int = 64, scope: str = "universal_noise"):
+        if not 0 < noise_limit <= 1:
+            raise ValueError(f"expected a noise limit in (0, 1], got {noise_limit}")
+        tf = tf1()
+        self.lr = lr
+        self.batch_size = batch_size
+        self.noise_limit = noise_limit
+        self.images = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE), name=f"{scope}_images")
+        self.target = tf.placeholder(tf.int32, (), name=f"{scope}_target")
+        targets = tf.fill(tf.shape(self.images)[:1], self.target)
+        self.net = NoiseGraph(logits_fn, self.images, targets, (IMAGE_SIZE, IMAGE_SIZE),
+                              regularizer=L2(l2_weight), ce_weight=1.0 / batch_size, noise_limit=noise_limit,
+                              scope=scope)
+
+    def optimize(self, sess, images: np.ndarray, target: int, *, steps: int, seed: int,
+                 progress: bool = False, initial: np.ndarray | None = None) -> np.ndarray:
+        """Optimize the noise for ``target`` on random batches of ``images``; return it."""
+        rng = np.random.default_rng(seed)
+        start = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32) if initial is None else initial
+        self.net.start(sess, start, self.lr)
+        with _progress(steps, f"universal noise -> {target}", progress) as bar:
+            for step in range(steps):
+                batch = images[rng.integers(0, len(images), self.batch_size)]
+                _, loss = sess.run([self.net.step, self.net.loss], {self.images: batch, self.target: target})
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        return sess.run(self.net.noise)
+
+    def predict(self, sess, images: np.ndarray, noise: np.ndarray | None = None, batch_size: int = 1000):
+        """Predictions for ``clip(images + noise)`` (the current noise if ``noise`` is None)."""
+        if noise is not None:
+            self.net.set_noise(sess, noise)
+        out = [sess.run(self.net.predictions, {self.images: images[i:i + batch_size]})
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out)
