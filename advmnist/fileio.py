@@ -59,3 +59,9 @@ def write_npz(path: os.PathLike | str, **arrays: np.ndarray) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             archive.writestr(info, member.getvalue())
     write_bytes(path, buffer.getvalue())
+
+
+def write_npy(path: os.PathLike | str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+    write_bytes(path, buffer.getvalue())

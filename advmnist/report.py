@@ -150,3 +150,67 @@ def comparison_figure(results: dict, path, *, columns: int = 16) -> None:
                 ax.set_title(f"{first.labels[c]}->{first.targets[c]}", fontsize=8)
     fig.suptitle("per-image targeted noise: each regularizer on the same images, targets and seed", fontsize=10)
     save_figure(fig, path)
+
+
+def universal_figures(result, targets, test_images, test_labels, out_dir, *, noise_limit: float,
+                      tag: str) -> dict[str, str]:
+    """Per target: the noise, a 3x3 grid of noisy test images, the confusion matrix;
+    for several targets also a 2x5 grid of the noises."""
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    files = {}
+    for target, noise, effect in zip(targets, result.noise, result.effects):
+        noise_png = out_dir / f"universal_noise_{target}{tag}.png"
+        noise_grid(noise[None], [f"noise -> {target}"], noise_png, limit=noise_limit,
+                   suptitle=f"universal noise for target {target}")
+        samples = np.clip(test_images[:9] + noise, 0.0, 1.0)
+        titles = [f"true {l}, pred {p}" for l, p in zip(test_labels[:9], effect.predictions[:9])]
+        colors = ["tab:red" if p == target else "black" for p in effect.predictions[:9]]
+        samples_png = out_dir / f"universal_samples_{target}{tag}.png"
+        digit_grid(samples, titles, samples_png, title_colors=colors,
+                   suptitle=f"test images + noise -> {target}: accuracy {effect.accuracy:.1%}")
+        confusion_png = out_dir / f"universal_confusion_{target}{tag}.png"
+        confusion_figure(effect.confusion, confusion_png,
+                         title=f"with the target-{target} noise: accuracy {effect.accuracy:.1%}, "
+                               f"{effect.fooled:.1%} read as {target}")
+        files[str(target)] = {"noise": str(noise_png), "samples": str(samples_png), "confusion": str(confusion_png)}
+    if len(targets) > 1:
+        grid = out_dir / f"universal_noise_all{tag}.png"
+        plt = _pyplot()
+        fig, axes = plt.subplots(2, 5, figsize=(10, 4.6), squeeze=False)
+        shown = None
+        for ax, target, noise, effect in zip(axes.flat, targets, result.noise, result.effects):
+            shown = ax.imshow(noise, cmap="seismic", vmin=-noise_limit, vmax=noise_limit, interpolation="nearest")
+            ax.set_title(f"-> {target}: acc {effect.accuracy:.1%}", fontsize=9)
+            ax.axis("off")
+        for ax in list(axes.flat)[len(targets):]:
+            ax.axis("off")
+        fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="noise")
+        fig.suptitle(f"one universal noise per target class (clean accuracy {result.clean_accuracy:.1%})")
+        save_figure(fig, grid)
+        files["all"] = str(grid)
+    return files
+
+
+def immunize_figure(result, path, *, title: str) -> None:
+    """Clean accuracy and accuracy under fresh noise after every training phase."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    phases = list(range(len(result.history) + 1))
+    clean = [result.clean_before] + [h["clean_accuracy"] for h in result.history]
+    ax.plot(phases, [100 * c for c in clean], "k-o", label="clean test accuracy")
+    for target in result.targets:
+        xs = [0] + [i + 1 for i, h in enumerate(result.history) if h["target"] == target]
+        ys = [result.before[target]] + [h["accuracy_fresh_noise"] for h in result.history if h["target"] == target]
+        ax.plot(xs, [100 * y for y in ys], "o--", label=f"under fresh noise -> {target}")
+    labels = ["start"] + [f"r{h['round']}\nt{h['target']}" for h in result.history]
+    ax.set_xticks(phases)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xlabel("training phase (round, target)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)

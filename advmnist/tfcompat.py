@@ -68,7 +68,14 @@ def _route_tensorpack_logs() -> None:
     for handler in logger._logger.handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
             handler.setStream(sys.stderr)
-    logger._logger.setLevel(logging.INFO)
+    tensorpack_logs(_verbose)
+
+
+def tensorpack_logs(show: bool) -> None:
+    """tensorpack's INFO lines: wanted while training (epochs, validation), noise elsewhere."""
+    from tensorpack.utils import logger
+
+    logger._logger.setLevel(logging.INFO if show else logging.WARNING)
 
 
 def session_config(tf=None):

@@ -7,7 +7,6 @@ from its last checkpoint (``resume=True``); a finished run is never overwritten.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -20,11 +19,8 @@ from advmnist.data import Split
 from advmnist.export import TENSOR_NAMES, inference_graph_def, write_frozen
 from advmnist.frozen import MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.tfcompat import session_config, tf1
-
-
-class RunDirError(ValueError):
-    """The run folder's state does not allow what was asked; the message says what to do."""
+from advmnist.runs import RunDirError, completed_epochs
+from advmnist.tfcompat import session_config, tensorpack_logs, tf1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,39 +76,6 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
     return ArrayBatches()
 
 
-def completed_epochs(run_dir: Path) -> int:
-    stats = run_dir / "stats.json"
-    try:
-        return int(json.loads(stats.read_text())[-1]["epoch_num"])
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
-        return 0
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> str | None:
-    """Check what ``run_dir`` holds; move it aside on ``overwrite``. Returns a note for the user."""
-    has_checkpoint = (run_dir / "checkpoint").is_file()
-    has_model = (run_dir / MODEL_FILE).is_file()
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return None
-    if overwrite:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        backup = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
-        os.replace(run_dir, backup)
-        return f"moved the previous run to {backup}"
-    if resume:
-        if not has_checkpoint:
-            raise RunDirError(f"--resume: {run_dir} has no checkpoint to resume from")
-        return f"resuming {run_dir} after epoch {completed_epochs(run_dir)}"
-    if has_model:
-        raise RunDirError(f"{run_dir} already holds a trained model ({MODEL_FILE}); pass --run-dir NEW_DIR "
-                          "for a new run, --resume to train it further, or --overwrite to move it aside")
-    if has_checkpoint:
-        raise RunDirError(f"{run_dir} holds an interrupted run (last checkpoint after epoch "
-                          f"{completed_epochs(run_dir)}); pass --resume to continue it, "
-                          "or --overwrite to move it aside")
-    raise RunDirError(f"{run_dir} exists and is not an advmnist run; pass another --run-dir")
-
-
 def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, settings: TrainSettings, *,
           resume: bool = False, steps_per_epoch: int | None = None) -> TrainResult:
     """Train with tensorpack's ``SimpleTrainer``; freeze the final weights to ``run_dir/model.pb``.
@@ -130,6 +93,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     started = time.time()
     tf.reset_default_graph()
     tf.set_random_seed(settings.seed)
+    tensorpack_logs(True)
     logger.set_logger_dir(str(run_dir), action="k")
     config = AutoResumeTrainConfig(
         always_resume=resume,

@@ -1,0 +1,190 @@
+"""Immunize the network against universal noise by adversarial training.
+
+Rounds of: (a) optimize a universal noise for a target against the *current* network
+(:class:`advmnist.noise.UniversalNoise`, the same mechanism as ``advmnist universal``);
+(b) train the network's variables (restored from the run's checkpoint, dropout on) on
+training images with that noise and their true labels, mixing in clean images.
+After every round the network is measured on the test set: clean, under the noise it
+was just trained against, and under a freshly optimized noise (the honest measure).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from advmnist.data import IMAGE_SIZE, Split
+from advmnist.export import inference_graph_def, write_frozen
+from advmnist.frozen import FrozenModel
+from advmnist.model import cnn_logits
+from advmnist.noise import UniversalNoise
+from advmnist.tfcompat import session_config, tf1
+from advmnist.universal import UniversalSettings, check_targets, noise_effect
+
+SCHEDULES = ("sequential", "interleaved")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImmunizeSettings:
+    rounds: int = 2
+    train_steps: int = 1000
+    train_batch_size: int = 64
+    train_lr: float = 1e-4
+    clean_fraction: float = 0.5
+    schedule: str = "interleaved"
+    noise: UniversalSettings = UniversalSettings()
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"expected schedule in {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.clean_fraction < 1:
+            raise ValueError(f"expected a clean fraction in [0, 1), got {self.clean_fraction}")
+        if self.rounds < 1 or self.train_steps < 0:
+            raise ValueError(f"expected rounds >= 1 and train steps >= 0, got {self.rounds}, {self.train_steps}")
+
+
+@dataclasses.dataclass
+class ImmunizeResult:
+    targets: list[int]
+    before: dict          # target -> accuracy under fresh noise, original network
+    after: dict           # target -> accuracy under fresh noise, immunized network
+    clean_before: float
+    clean_after: float
+    history: list[dict]   # one entry per (round, target) training phase
+    after_own_training: dict  # target -> fresh-noise accuracy right after its last training phase
+    final_noise: np.ndarray   # (T, 28, 28) fresh noises against the final network
+    seconds: float
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("final_noise")
+        return data
+
+
+def _checkpoint_of(model: FrozenModel) -> str:
+    checkpoint = model.meta.get("checkpoint")
+    if not checkpoint:
+        raise ValueError(f"{model.path.with_name('model.json')} names no checkpoint; immunize needs the "
+                         "run folder of `advmnist train` (its checkpoint, not only model.pb)")
+    path = model.path.parent / checkpoint
+    if not Path(f"{path}.index").is_file():
+        raise ValueError(f"checkpoint {path} is missing: immunize trains the network from the checkpoint "
+                         "of the run, not from model.pb")
+    return str(path)
+
+
+def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: ImmunizeSettings, *,
+             seed: int = 0, progress: bool = False, log: Callable[[str], None] = lambda message: None,
+             out_dir: os.PathLike | str | None = None) -> ImmunizeResult:
+    """Adversarially train the network of ``model``'s run against universal noise for ``targets``.
+
+    ``sequential``: all rounds for target 0, then for target 1, ... (the reference's way).
+    ``interleaved``: each round cycles through every target.
+    If ``out_dir`` is given, the immunized network is saved there as a new run
+    (checkpoint, model.pb, model.json).
+    """
+    targets = check_targets(targets)
+    checkpoint = _checkpoint_of(model)
+    started = time.time()
+    tf = tf1()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+            universal = UniversalNoise(lambda x: cnn_logits(x, training=False),
+                                       noise_limit=settings.noise.noise_limit, l2_weight=settings.noise.l2_weight,
+                                       lr=settings.noise.lr, batch_size=settings.noise.batch_size)
+            network_vars = [v for v in tf.global_variables() if v.name.split("/")[0] in
+                            ("conv0", "conv1", "fc0", "fc1")]
+            images = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))
+            labels = tf.placeholder(tf.int32, (None,))
+            noisy = tf.placeholder(tf.float32, (None,))  # 1: add the noise, 0: clean image
+            inputs = tf.clip_by_value(images + noisy[:, None, None] * universal.net.noise, 0.0, 1.0)
+            logits = cnn_logits(inputs, training=True)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        optimizer = tf.train.AdamOptimizer(settings.train_lr)
+        train_step = optimizer.minimize(loss, var_list=network_vars)
+        restore = tf.train.Saver(network_vars)
+        saver = tf.train.Saver(network_vars, max_to_keep=1)
+        init = tf.global_variables_initializer()
+    graph.finalize()
+    rng = np.random.default_rng(seed)
+    zero = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+
+    with tf.Session(graph=graph, config=session_config(tf)) as sess:
+        sess.run(init)
+        restore.restore(sess, checkpoint)
+
+        def fresh(target: int):
+            noise = universal.optimize(sess, train.images, target, steps=settings.noise.steps,
+                                       seed=int(rng.integers(2**31)), progress=progress)
+            return noise, noise_effect(universal.predict(sess, test.images, noise), test.labels, target)
+
+        def clean_accuracy() -> float:
+            return float((universal.predict(sess, test.images, zero) == test.labels).mean())
+
+        clean_before = clean_accuracy()
+        before, current = {}, {}
+        for target in targets:
+            current[target], effect = fresh(target)
+            before[target] = effect.accuracy
+            log(f"before: target {target}: accuracy under fresh noise {effect.accuracy:.2%} "
+                f"({effect.fooled:.2%} read as {target}); clean {clean_before:.2%}")
+
+        if settings.schedule == "sequential":
+            order = [(r, t) for t in targets for r in range(1, settings.rounds + 1)]
+        else:
+            order = [(r, t) for r in range(1, settings.rounds + 1) for t in targets]
+        history, after_own = [], {}
+        for round_number, target in order:
+            universal.net.set_noise(sess, current[target])
+            for _ in _steps(settings.train_steps, f"round {round_number}, target {target}: training", progress):
+                batch = rng.integers(0, len(train.images), settings.train_batch_size)
+                mask = (rng.random(settings.train_batch_size) >= settings.clean_fraction).astype(np.float32)
+                sess.run(train_step, {images: train.images[batch], labels: train.labels[batch].astype(np.int32),
+                                      noisy: mask})
+            trained_on = noise_effect(universal.predict(sess, test.images, current[target]), test.labels, target)
+            clean = clean_accuracy()
+            current[target], effect = fresh(target)
+            after_own[target] = effect.accuracy
+            entry = {"round": round_number, "target": target, "clean_accuracy": clean,
+                     "accuracy_trained_noise": trained_on.accuracy, "accuracy_fresh_noise": effect.accuracy,
+                     "fooled_fresh_noise": effect.fooled}
+            history.append(entry)
+            log(f"round {round_number}, target {target}: clean {clean:.2%}, under the noise it trained on "
+                f"{trained_on.accuracy:.2%}, under fresh noise {effect.accuracy:.2%}")
+
+        clean_after = clean_accuracy()
+        after, final_noise = {}, []
+        for target in targets:
+            # The last phase already measured its target against the final network.
+            if order[-1][1] == target:
+                after[target] = after_own[target]
+            else:
+                current[target], effect = fresh(target)
+                after[target] = effect.accuracy
+            final_noise.append(current[target])
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            saved = saver.save(sess, str(out_dir / "model-immunized"), write_meta_graph=False)
+    if out_dir is not None:
+        write_frozen(inference_graph_def(saved), out_dir, saved, test_accuracy=clean_after,
+                     immunized_against=targets, schedule=settings.schedule, rounds=settings.rounds,
+                     train_steps=settings.train_steps, clean_fraction=settings.clean_fraction, seed=seed,
+                     base_model=str(model.path))
+    return ImmunizeResult(targets=targets, before=before, after=after, clean_before=clean_before,
+                          clean_after=clean_after, history=history, after_own_training=after_own,
+                          final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1))
+
+
+def _steps(count: int, description: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(range(count), desc=description, disable=not progress, leave=False, dynamic_ncols=True,
+                mininterval=0.5)
+
