@@ -1,0 +1,130 @@
+"""Per-image targeted noise: behaviour, not numbers of the full reference run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from advmnist import attack
+from advmnist.noise import L1, L2, NoRegularization, PerImageNoise, make_regularizer
+
+from conftest import assert_in_unit_range
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_small):
+    train, _ = mnist_small
+    images, labels = train.images[16:24], train.labels[16:24]
+    return images, labels, attack.choose_targets(labels, "9-d")
+
+
+def _success(result) -> int:
+    return int((result.predictions == result.targets).sum())
+
+
+def test_target_rules():
+    labels = np.array([0, 3, 9, 4])
+    assert attack.choose_targets(labels, "9-d").tolist() == [9, 6, 0, 5]
+    assert attack.choose_targets(labels, "d+1").tolist() == [1, 4, 0, 5]
+    assert attack.choose_targets(labels, "7").tolist() == [7, 7, 7, 7]
+    many = np.arange(200) % 10
+    random = attack.choose_targets(many, "random", seed=3, indices=np.arange(200))
+    assert (random != many).all() and len(set(random.tolist())) == 10
+    again = attack.choose_targets(many, "random", seed=3, indices=np.arange(200))
+    assert (random == again).all()
+    other_seed = attack.choose_targets(many, "random", seed=4, indices=np.arange(200))
+    assert (random != other_seed).any()
+
+
+def test_target_equal_to_label_is_rejected():
+    with pytest.raises(ValueError, match=r"image\(s\) \[12\]"):
+        attack.choose_targets(np.array([1, 2, 3]), "3", indices=np.array([10, 11, 12]))
+    with pytest.raises(ValueError, match="expected --target"):
+        attack.parse_target_rule("10")
+
+
+def test_regularizer_registry():
+    assert isinstance(make_regularizer("l1", 0.5), L1) and make_regularizer("l1", 0.5).weight == 0.5
+    assert isinstance(make_regularizer("l2", 0.5), L2)
+    assert make_regularizer("none", 0.5).weight == 0.0
+    with pytest.raises(ValueError, match="expected a regularizer"):
+        make_regularizer("l3", 1.0)
+    with pytest.raises(ValueError, match="weight >= 0"):
+        L2(-1.0)
+
+
+def test_more_steps_reach_more_targets(tiny_model, digits):
+    images, labels, targets = digits
+    few = PerImageNoise(tiny_model.logits, L2(1e-2), steps=3).run(images, targets, labels=labels)
+    many = PerImageNoise(tiny_model.logits, L2(1e-2), steps=400).run(images, targets, labels=labels)
+    assert _success(few) < _success(many)
+    assert _success(many) >= len(images) - 1
+    assert many.cross_entropy.mean() < few.cross_entropy.mean()
+    assert_in_unit_range(many.adversarial)
+    np.testing.assert_allclose(many.adversarial, np.clip(images + many.noise, 0, 1))
+
+
+def test_larger_weight_gives_smaller_noise(tiny_model, digits):
+    images, labels, targets = digits
+    norms = {}
+    for weight in (1e-3, 1e-1):
+        result = PerImageNoise(tiny_model.logits, L2(weight), steps=300).run(images, targets, labels=labels)
+        norms[weight] = np.sqrt((result.noise ** 2).sum())
+    assert norms[1e-1] < 0.8 * norms[1e-3]
+
+
+def test_l1_gives_sparser_noise_than_l2_and_none(tiny_model, digits):
+    images, labels, targets = digits
+    results = {reg.name: PerImageNoise(tiny_model.logits, reg, steps=400).run(images, targets, labels=labels)
+               for reg in (L1(1e-2), L2(1e-2), NoRegularization())}
+    l1 = {name: np.abs(r.noise).sum() for name, r in results.items()}
+    assert l1["l1"] < l1["l2"] < l1["none"]
+    small = {name: (np.abs(r.noise) < 0.01).mean() for name, r in results.items()}
+    assert small["l1"] > small["l2"]
+
+
+def test_chunking_does_not_change_results(tiny_model, digits):
+    images, labels, targets = digits
+    whole = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60).run(images, targets, seed=5)
+    chunked = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60, chunk_size=3).run(images, targets, seed=5)
+    np.testing.assert_allclose(whole.noise, chunked.noise, atol=2e-5)
+    assert (whole.predictions == chunked.predictions).all()
+
+
+def test_same_seed_same_noise_other_seed_other_noise(tiny_model, digits):
+    images, labels, targets = digits
+    run = lambda seed: PerImageNoise(tiny_model.logits, L2(1e-2), steps=50).run(images, targets, seed=seed)  # noqa: E731
+    first, second, other = run(1), run(1), run(2)
+    assert first.noise.tobytes() == second.noise.tobytes()
+    assert not np.array_equal(first.noise, other.noise)
+
+
+def test_early_stop_stops_early_once_margin_reached(tiny_model, digits):
+    images, labels, targets = digits
+    result = PerImageNoise(tiny_model.logits, NoRegularization(), steps=3000, early_stop_margin=0.5,
+                           check_every=50).run(images, targets)
+    assert result.steps_run.max() < 3000
+    assert _success(result) == len(images)
+
+
+def test_summary_follows_reference_definitions(tiny_model, digits):
+    images, labels, targets = digits
+    reg = L1(1e-2)
+    result = PerImageNoise(tiny_model.logits, reg, steps=100).run(images, targets, labels=labels)
+    report = attack.summarize(result, reg, indices=np.arange(16, 24), predictions_8bit=result.predictions,
+                              seconds=1.0)
+    count = len(images)
+    assert report.summary["L1Norm"] == pytest.approx(np.abs(result.noise).sum() / count, rel=1e-5)
+    assert report.summary["L2Norm"] == pytest.approx(np.sqrt((result.noise.astype(np.float64) ** 2).sum()) / count,
+                                                     rel=1e-5)
+    assert report.summary["regularize_cost"] == pytest.approx(1e-2 * np.abs(result.noise).sum(), rel=1e-5)
+    assert report.summary["train_error"] == pytest.approx(1 - _success(result) / count)
+    assert [r["index"] for r in report.rows] == list(range(16, 24))
+    # effective perturbation is at most the noise (clipping only shrinks it)
+    assert all(r["l1"] <= np.abs(result.noise[i]).sum() + 1e-4 for i, r in enumerate(report.rows))
+
+
+def test_to_8bit_rounds_to_pixel_levels():
+    images = np.array([[[0.0, 0.5, 1.0, 0.1234]]], np.float32)
+    rounded = attack.to_8bit(images)
+    assert np.allclose(rounded * 255, np.round(rounded * 255))
+    assert np.abs(rounded - images).max() <= 0.5 / 255 + 1e-7

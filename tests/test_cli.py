@@ -1,0 +1,192 @@
+"""The command line through click's CliRunner: exit codes, messages, files written."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from advmnist.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _json(result) -> dict:
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("command", ["data", "train", "evaluate", "attack", "universal", "immunize"])
+def test_every_command_has_help_with_examples_of_its_options(runner, command):
+    result = runner.invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--json" in result.output
+    assert len(result.output.splitlines()) > 8
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--epochs", "0"], "1<=x<=1000"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["attack", "--reg", "l3"], "'l2', 'l1', 'none', 'all'"),
+    (["attack", "--count", "0"], "x>=1"),
+    (["attack", "--weight", "-0.5"], "x>=0"),
+    (["attack", "--steps", "0"], "x>=1"),
+    (["attack", "--target", "nine"], "expected --target 9-d, d+1, random or a class 0-9"),
+    (["universal", "--target", "10"], "'0', '1'"),
+    (["universal", "--noise-limit", "0"], "0<x<=1"),
+    (["universal", "--noise-limit", "1.5"], "0<x<=1"),
+    (["universal", "--noise", "/nonexistent/noise.npy"], "does not exist"),
+    (["immunize", "--schedule", "random"], "'sequential', 'interleaved'"),
+    (["immunize", "--clean-fraction", "1"], "0<=x<1"),
+    (["attack", "--frobnicate"], "No such option"),
+])
+def test_bad_input_exits_2_naming_what_was_expected(runner, args, expected):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+
+
+def test_missing_model_says_to_train_first(runner, tmp_path):
+    for command in (["attack"], ["universal"], ["evaluate"], ["immunize"]):
+        result = runner.invoke(main, command + ["--model", str(tmp_path / "nothing"), "--out", str(tmp_path)])
+        assert result.exit_code == 2
+        assert "advmnist train" in result.output
+        assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def _copy_run(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncate_pb", "garbage_pb", "garbage_json", "drop_json"])
+def test_corrupt_model_is_a_one_line_error(runner, tiny_run, tmp_path, damage):
+    run = _copy_run(tiny_run, tmp_path)
+    pb, meta = run / "model.pb", run / "model.json"
+    if damage == "truncate_pb":
+        pb.write_bytes(pb.read_bytes()[:1000])
+    elif damage == "garbage_pb":
+        pb.write_bytes(b"\xff" * 5000)
+    elif damage == "garbage_json":
+        meta.write_text("{not json")
+    else:
+        meta.unlink()
+    result = runner.invoke(main, ["evaluate", "--model", str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_never_overwrites_a_finished_run(runner, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "already holds a trained model" in result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_train_refuses_an_interrupted_run_without_resume(runner, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "model.pb").unlink()
+    result = runner.invoke(main, ["train", "--run-dir", str(run)])
+    assert result.exit_code == 2
+    assert "--resume" in result.output and "interrupted" in result.output
+
+
+def test_evaluate_json_and_confusion_figure(runner, tiny_run, tmp_path):
+    result = runner.invoke(main, ["evaluate", "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = _json(result)
+    matrix = np.array(payload["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 10000
+    assert payload["test_accuracy"] == pytest.approx(np.trace(matrix) / 10000)
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+ATTACK = ["attack", "--count", "4", "--steps", "60"]
+
+
+def test_attack_writes_grids_arrays_and_metrics(runner, tiny_run, tmp_path):
+    result = runner.invoke(main, ATTACK + ["--reg", "l1", "--model", str(tiny_run[0]), "--out", str(tmp_path),
+                                           "--json"])
+    assert result.exit_code == 0, result.output
+    payload = _json(result)
+    assert set(payload["summary"]) >= {"pred_label", "L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost",
+                                       "train_error"}
+    assert [row["index"] for row in payload["rows"]] == [16, 17, 18, 19]
+    assert [row["label"] for row in payload["rows"]] == [2, 8, 6, 9]
+    assert [row["target"] for row in payload["rows"]] == [7, 1, 3, 0]
+    for name in ("mnist_adv_sample_l1.png", "mnist_adv_sample_l1_noise.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    arrays = np.load(tmp_path / "mnist_adv_l1.npz")
+    assert arrays["noise"].shape == (4, 28, 28)
+    assert arrays["adversarial"].min() >= 0 and arrays["adversarial"].max() <= 1
+    assert json.loads((tmp_path / "mnist_adv_l1.json").read_text())["summary"] == payload["summary"]
+
+
+def test_attack_same_seed_same_bytes(runner, tiny_run, tmp_path):
+    outputs = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        result = runner.invoke(main, ATTACK + ["--model", str(tiny_run[0]), "--out", str(tmp_path / name),
+                                               "--seed", seed])
+        assert result.exit_code == 0, result.output
+        outputs.append((tmp_path / name / "mnist_adv_l2.npz").read_bytes())
+    assert outputs[0] == outputs[1]
+    assert outputs[0] != outputs[2]
+
+
+def test_attack_all_compares_the_three_regularizers(runner, tiny_run, tmp_path):
+    result = runner.invoke(main, ATTACK + ["--reg", "all", "--model", str(tiny_run[0]), "--out", str(tmp_path),
+                                           "--json"])
+    assert result.exit_code == 0, result.output
+    table = _json(result)["comparison"]
+    assert [row["reg"] for row in table] == ["l2", "l1", "none"]
+    assert (tmp_path / "mnist_adv_comparison.png").is_file()
+    for reg in ("l2", "l1", "none"):
+        assert (tmp_path / f"mnist_adv_sample_{reg}.png").is_file()
+
+
+def test_attack_bad_input_leaves_existing_files_alone(runner, tiny_run, tmp_path):
+    keep = tmp_path / "mnist_adv_sample_l2.png"
+    keep.write_bytes(b"earlier result")
+    for args in (["--count", "70000"], ["--target", "3"], ["--offset", "59999", "--count", "2"]):
+        result = runner.invoke(main, ["attack", "--model", str(tiny_run[0]), "--out", str(tmp_path)] + args)
+        assert result.exit_code == 2, result.output
+        assert "expected" in result.output
+    assert keep.read_bytes() == b"earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_adv_sample_l2.png"]
+
+
+def test_config_file_sets_defaults_and_flags_override(runner, tiny_run, tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text('[attack]\nreg = "none"\ncount = 3\nsteps = 30\noffset = 0\n')
+    result = runner.invoke(main, ["attack", "--config", str(config), "--count", "2", "--model", str(tiny_run[0]),
+                                  "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = _json(result)
+    assert payload["reg"] == "none" and payload["summary"]["count"] == 2
+    assert payload["settings"]["steps"] == 30 and payload["settings"]["offset"] == 0
+    config.write_text('[attack]\nregularizer = "none"\n')
+    result = runner.invoke(main, ["attack", "--config", str(config), "--model", str(tiny_run[0])])
+    assert result.exit_code == 2 and "unknown key" in result.output
+
+
+def test_reference_configs_are_valid(runner, tiny_run):
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert len(configs) >= 4
+    for config in configs:
+        command = "universal" if "universal" in config.name else "immunize" if "immunize" in config.name else "attack"
+        # an unknown model stops the command after the config was read and checked
+        result = runner.invoke(main, [command, "--config", str(config), "--model", "/nonexistent"])
+        assert result.exit_code == 2
+        assert "no trained model" in result.output, (config, result.output)

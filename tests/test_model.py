@@ -1,0 +1,100 @@
+"""The CNN: names, shapes, training end to end, and the frozen graph against the checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from advmnist.model import cnn_logits
+from advmnist.tfcompat import tf1
+
+
+def test_cnn_shapes_and_variable_names():
+    tf = tf1()
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.placeholder(tf.float32, (None, 28, 28))
+        logits = cnn_logits(image, training=False)
+        shapes = {v.op.name: v.shape.as_list() for v in tf.global_variables()}
+    assert logits.shape.as_list() == [None, 10]
+    assert shapes == {
+        "conv0/W": [3, 3, 1, 32], "conv0/b": [32],
+        "conv1/W": [3, 3, 32, 64], "conv1/b": [64],
+        "fc0/W": [12 * 12 * 64, 128], "fc0/b": [128],
+        "fc1/W": [128, 10], "fc1/b": [10],
+    }
+
+
+def test_dropout_only_in_training_graph():
+    tf = tf1()
+    for training, expect_random in ((True, True), (False, False)):
+        graph = tf.Graph()
+        with graph.as_default():
+            cnn_logits(tf.placeholder(tf.float32, (None, 28, 28)), training=training)
+        # weight initializers draw random numbers too; dropout's draws live under drop0/ and drop1/
+        dropout_random = [op.name for op in graph.get_operations()
+                          if op.type == "RandomUniform" and op.name.startswith(("drop0/", "drop1/"))]
+        assert len(dropout_random) == (2 if expect_random else 0)
+
+
+def test_training_run_reaches_useful_accuracy(tiny_run):
+    run_dir, result = tiny_run
+    # one epoch on 3,000 real digits: far from 99 %, far above chance (10 %)
+    assert result.test_accuracy > 0.80
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert stats[-1]["epoch_num"] == 1 and "validation_accuracy" in stats[-1]
+    assert abs(stats[-1]["validation_accuracy"] - result.test_accuracy) < 1e-6
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["input"] == "input:0" and meta["logits"] == "logits:0" and meta["prob"] == "prob:0"
+    assert meta["test_accuracy"] == result.test_accuracy and meta["epochs"] == 1 and meta["seed"] == 0
+    assert {"tensorflow", "tensorpack", "numpy"} <= set(meta["versions"])
+
+
+def test_frozen_graph_has_only_inference_ops(tiny_model):
+    ops = {node.op for node in tiny_model.graph_def.node}
+    assert not [op for op in ops if op.startswith("Random") or "Variable" in op or op in ("Assign", "ApplyAdam")]
+    names = {node.name for node in tiny_model.graph_def.node}
+    assert {"input", "logits", "prob"} <= names
+    assert "label" not in names
+
+
+def test_frozen_graph_matches_checkpoint(tiny_run, tiny_model, mnist_small):
+    """The exported graph gives the same logits as the checkpoint restored into a fresh graph."""
+    tf = tf1()
+    images = mnist_small[1].images[:300]
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.placeholder(tf.float32, (None, 28, 28))
+        logits = cnn_logits(image, training=False)
+        saver = tf.train.Saver()
+    with tf.Session(graph=graph) as sess:
+        saver.restore(sess, tf.train.latest_checkpoint(str(tiny_run[0])))
+        expected = sess.run(logits, {image: images})
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.placeholder(tf.float32, (None, 28, 28))
+        frozen_logits = tiny_model.logits(image)
+    with tf.Session(graph=graph) as sess:
+        got = sess.run(frozen_logits, {image: images})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    probs = tiny_model.predict_proba(images, batch_size=64)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert (probs.argmax(1) == expected.argmax(1)).all()
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, mnist_small):
+    from advmnist.train import TrainSettings, train
+
+    train_split, test_split = mnist_small
+    run_dir = tmp_path / "run"
+    settings = TrainSettings(epochs=1, batch_size=64)
+    train(train_split, test_split, run_dir, settings, steps_per_epoch=5)
+    # "interrupted": a checkpoint of epoch 1 exists; resuming with more epochs continues at epoch 2
+    result = train(train_split, test_split, run_dir, TrainSettings(epochs=2, batch_size=64), resume=True,
+                   steps_per_epoch=5)
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert [s["epoch_num"] for s in stats] == [1, 2]
+    assert stats[-1]["global_step"] == 10
+    assert result.epochs == 2
