@@ -515,6 +515,14 @@ def _immunize_defaults():
 @click.option("--clean-fraction", type=click.FloatRange(0, 1, max_open=True),
               default=_immunize_defaults().clean_fraction, show_default=True,
               help="Fraction of each training batch left without noise, so clean accuracy holds.")
+@click.option("--refresh-every", type=click.IntRange(min=0), default=_immunize_defaults().refresh_every,
+              show_default=True, help="During training, re-optimize the noise every N network steps (0: never, "
+                                      "the reference's way: one fixed noise per round).")
+@click.option("--refresh-steps", type=click.IntRange(min=0), default=_immunize_defaults().refresh_steps,
+              show_default=True, help="Noise steps per refresh, continuing from the current noise.")
+@click.option("--replay/--no-replay", default=_immunize_defaults().replay, show_default=True,
+              help="Half of the noisy images get an earlier noise (of the targets being trained), "
+                   "so the network does not forget them.")
 @universal_options
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @model_option
@@ -526,8 +534,8 @@ def _immunize_defaults():
 @data_dir_option
 @json_option
 @translate_errors
-def immunize(target, schedule, rounds, train_steps, clean_fraction, noise_steps, noise_limit, l2_weight, seed,
-             model_path, run_dir, overwrite, out, data_dir, json_mode) -> None:
+def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay, noise_steps,
+             noise_limit, l2_weight, seed, model_path, run_dir, overwrite, out, data_dir, json_mode) -> None:
     """Adversarial training against universal noise: make the network immune to it.
 
     Each round (a) optimizes a universal noise for the target against the current
@@ -558,7 +566,8 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, noise_steps,
         output.say(note)
     train_split, test = load_split("train", data_dir, log=output.say), load_split("test", data_dir, log=output.say)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
-                                schedule=schedule, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
+                                schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
+                                replay=replay, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
                                                                            l2_weight=l2_weight, seed=seed))
     result = immunize_network(model, train_split, test, targets, settings, seed=seed, progress=_progress_enabled(),
                               log=output.say, out_dir=run_dir)

@@ -36,6 +36,9 @@ class ImmunizeSettings:
     train_lr: float = 1e-4
     clean_fraction: float = 0.5
     schedule: str = "interleaved"
+    refresh_every: int = 100
+    refresh_steps: int = 50
+    replay: bool = True
     noise: UniversalSettings = UniversalSettings()
 
     def __post_init__(self):
@@ -45,6 +48,9 @@ class ImmunizeSettings:
             raise ValueError(f"expected a clean fraction in [0, 1), got {self.clean_fraction}")
         if self.rounds < 1 or self.train_steps < 0:
             raise ValueError(f"expected rounds >= 1 and train steps >= 0, got {self.rounds}, {self.train_steps}")
+        if self.refresh_every < 0 or self.refresh_steps < 0:
+            raise ValueError(f"expected refresh_every and refresh_steps >= 0, got "
+                             f"{self.refresh_every}, {self.refresh_steps}")
 
 
 @dataclasses.dataclass
@@ -102,8 +108,8 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                             ("conv0", "conv1", "fc0", "fc1")]
             images = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))
             labels = tf.placeholder(tf.int32, (None,))
-            noisy = tf.placeholder(tf.float32, (None,))  # 1: add the noise, 0: clean image
-            inputs = tf.clip_by_value(images + noisy[:, None, None] * universal.net.noise, 0.0, 1.0)
+            noise_batch = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))  # zeros: clean image
+            inputs = tf.clip_by_value(images + noise_batch, 0.0, 1.0)
             logits = cnn_logits(inputs, training=True)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         optimizer = tf.train.AdamOptimizer(settings.train_lr)
@@ -140,16 +146,23 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
         else:
             order = [(r, t) for r in range(1, settings.rounds + 1) for t in targets]
         history, after_own = [], {}
+        pool = {target: [current[target]] for target in targets}
         for round_number, target in order:
-            universal.net.set_noise(sess, current[target])
-            for _ in _steps(settings.train_steps, f"round {round_number}, target {target}: training", progress):
+            scope = [target] if settings.schedule == "sequential" else targets
+            description = f"round {round_number}, target {target}: training"
+            for step in _steps(settings.train_steps, description, progress):
+                if settings.refresh_every and step and step % settings.refresh_every == 0 and settings.refresh_steps:
+                    # the adversary keeps up with the network instead of waiting for the next round
+                    current[target] = universal.optimize(sess, train.images, target, steps=settings.refresh_steps,
+                                                         seed=int(rng.integers(2**31)), initial=current[target])
+                    pool[target].append(current[target])
                 batch = rng.integers(0, len(train.images), settings.train_batch_size)
-                mask = (rng.random(settings.train_batch_size) >= settings.clean_fraction).astype(np.float32)
                 sess.run(train_step, {images: train.images[batch], labels: train.labels[batch].astype(np.int32),
-                                      noisy: mask})
+                                      noise_batch: _noise_batch(rng, settings, current[target], pool, scope)})
             trained_on = noise_effect(universal.predict(sess, test.images, current[target]), test.labels, target)
             clean = clean_accuracy()
             current[target], effect = fresh(target)
+            pool[target].append(current[target])
             after_own[target] = effect.accuracy
             entry = {"round": round_number, "target": target, "clean_accuracy": clean,
                      "accuracy_trained_noise": trained_on.accuracy, "accuracy_fresh_noise": effect.accuracy,
@@ -180,6 +193,18 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
     return ImmunizeResult(targets=targets, before=before, after=after, clean_before=clean_before,
                           clean_after=clean_after, history=history, after_own_training=after_own,
                           final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1))
+
+
+def _noise_batch(rng, settings: ImmunizeSettings, current: np.ndarray, pool: dict, scope) -> np.ndarray:
+    """Per-sample noise for one training batch: clean, the current noise, or (with replay)
+    an earlier noise of a target in ``scope``, so that old immunities are rehearsed."""
+    size = settings.train_batch_size
+    batch = np.zeros((size, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    noisy = np.flatnonzero(rng.random(size) >= settings.clean_fraction)
+    earlier = [noise for target in scope for noise in pool[target]] if settings.replay else []
+    for i in noisy:
+        batch[i] = earlier[rng.integers(len(earlier))] if earlier and rng.random() < 0.5 else current
+    return batch
 
 
 def _steps(count: int, description: str, progress: bool):

@@ -1,0 +1,125 @@
+"""Universal noise and immunization, on the tiny real model with few steps."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from advmnist.cli import main
+from advmnist.immunize import ImmunizeSettings, immunize
+from advmnist.universal import UniversalSettings, universal_attack
+
+
+def test_universal_noise_pushes_images_to_the_target(tiny_model, mnist_small):
+    train, test = mnist_small
+    settings = UniversalSettings(steps=150, noise_limit=0.35)
+    result = universal_attack(tiny_model, train.images, test, [3], settings)
+    effect = result.effects[0]
+    share_of_threes = float((test.labels == 3).mean())
+    assert effect.fooled > share_of_threes + 0.3
+    assert effect.accuracy < result.clean_accuracy - 0.2
+    assert np.abs(result.noise).max() <= 0.35 + 1e-6
+    assert effect.confusion.sum() == len(test) and effect.confusion[:, 3].sum() == int(effect.fooled * len(test))
+
+
+def test_smaller_noise_limit_fools_less(tiny_model, mnist_small):
+    train, test = mnist_small
+    fooled = {limit: universal_attack(tiny_model, train.images, test, [5],
+                                      UniversalSettings(steps=150, noise_limit=limit)).effects[0].fooled
+              for limit in (0.02, 0.35)}
+    assert fooled[0.02] < fooled[0.35]
+
+
+def test_given_noise_is_measured_not_optimized(tiny_model, mnist_small):
+    train, test = mnist_small
+    zero = np.zeros((1, 28, 28), np.float32)
+    result = universal_attack(tiny_model, train.images, test, [7], UniversalSettings(steps=1), given_noise=zero)
+    assert result.effects[0].accuracy == pytest.approx(result.clean_accuracy)
+    assert np.array_equal(result.noise, zero)
+
+
+def test_bad_universal_settings_are_rejected(tiny_model, mnist_small):
+    train, test = mnist_small
+    with pytest.raises(ValueError, match="0..9"):
+        universal_attack(tiny_model, train.images, test, [10], UniversalSettings(steps=1))
+    with pytest.raises(ValueError, match="noise limit"):
+        universal_attack(tiny_model, train.images, test, [1], UniversalSettings(steps=1, noise_limit=0))
+    with pytest.raises(ValueError, match="schedule"):
+        ImmunizeSettings(schedule="random")
+
+
+def _tiny_immunize(**overrides) -> ImmunizeSettings:
+    options = dict(rounds=1, train_steps=40, refresh_every=20, refresh_steps=5, noise=UniversalSettings(steps=40))
+    options.update(overrides)
+    return ImmunizeSettings(**options)
+
+
+def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, mnist_small, tmp_path):
+    train, test = mnist_small
+    original = {p.name: p.read_bytes() for p in tiny_run[0].iterdir() if p.is_file()}
+    out = tmp_path / "immune"
+    result = immunize(tiny_model, train, test, [3], _tiny_immunize(), seed=0, out_dir=out)
+    assert {p.name: p.read_bytes() for p in tiny_run[0].iterdir() if p.is_file()} == original
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["immunized_against"] == [3] and meta["base_model"] == str(tiny_model.path)
+    assert (out / "model.pb").read_bytes() != original["model.pb"]
+    assert len(result.history) == 1 and result.history[0]["target"] == 3
+    assert 0 <= result.after[3] <= 1 and 0 <= result.clean_after <= 1
+    from advmnist.frozen import FrozenModel
+
+    immune = FrozenModel.load(out)
+    accuracy = float((immune.predict_proba(test.images).argmax(1) == test.labels).mean())
+    assert accuracy == pytest.approx(result.clean_after)
+
+
+def test_training_on_the_noise_makes_it_harmless(tiny_model, mnist_small):
+    """The network trained against a noise is far more accurate under that noise than before."""
+    train, test = mnist_small
+    result = immunize(tiny_model, train, test, [3], _tiny_immunize(train_steps=150, clean_fraction=0.25), seed=1)
+    entry = result.history[0]
+    assert entry["accuracy_trained_noise"] > result.before[3] + 0.2
+
+
+@pytest.mark.parametrize("schedule, order", [
+    ("sequential", [(1, 1), (2, 1), (1, 2), (2, 2)]),
+    ("interleaved", [(1, 1), (1, 2), (2, 1), (2, 2)]),
+])
+def test_schedules_order_rounds_and_targets(tiny_model, mnist_small, schedule, order):
+    train, test = mnist_small
+    settings = _tiny_immunize(rounds=2, train_steps=2, refresh_every=0, schedule=schedule,
+                              noise=UniversalSettings(steps=2))
+    result = immunize(tiny_model, train, test, [1, 2], settings, seed=0)
+    assert [(h["round"], h["target"]) for h in result.history] == order
+    assert set(result.before) == set(result.after) == {1, 2}
+
+
+def test_universal_cli_saves_reusable_noise(tiny_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["universal", "--target", "3", "--steps", "60", "--model", str(tiny_run[0]),
+                                  "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["effects"][0]["target"] == 3
+    noise = np.load(tmp_path / "universal_noise_3.npy")
+    assert noise.shape == (28, 28) and np.abs(noise).max() <= 0.35 + 1e-6
+    for name in ("universal_noise_3.png", "universal_samples_3.png", "universal_confusion_3.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    again = runner.invoke(main, ["universal", "--target", "3", "--noise", str(tmp_path / "universal_noise_3.npy"),
+                                 "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["effects"][0]["accuracy"] == pytest.approx(payload["effects"][0]["accuracy"])
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 3)))
+    bad = runner.invoke(main, ["universal", "--noise", str(wrong), "--model", str(tiny_run[0])])
+    assert bad.exit_code == 2 and "expected a noise of shape (28, 28)" in bad.output
+    corrupt = tmp_path / "corrupt.npy"
+    corrupt.write_bytes(b"not numpy")
+    bad = runner.invoke(main, ["universal", "--noise", str(corrupt), "--model", str(tiny_run[0])])
+    assert bad.exit_code == 2 and "not a readable .npy" in bad.output
+
+
+def test_immunize_cli_refuses_to_overwrite_its_own_model(tiny_run):
+    result = CliRunner().invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(tiny_run[0])])
+    assert result.exit_code == 2 and "new folder" in result.output
