@@ -142,8 +142,8 @@ class NoiseGraph:
 
     def start(self, sess, initial_noise: np.ndarray, learning_rate: float) -> None:
         """Set the noise to ``initial_noise`` and forget Adam's moments."""
-        sess.run(self.reset, {self.noise_value: initial_noise})
-        self.learning_rate_now(sess, learning_rate)
+        sess.run([self.reset, self.set_learning_rate],
+                 {self.noise_value: initial_noise, self.new_learning_rate: learning_rate})
 
     def learning_rate_now(self, sess, learning_rate: float) -> None:
         sess.run(self.set_learning_rate, {self.new_learning_rate: learning_rate})
