@@ -366,6 +366,9 @@ def _attack_record(model, split, offset, count, rule, steps, seed, early_stop, m
             "steps": steps, "seed": seed, "early_stop": early_stop, "margin": margin}
 
 
+MAX_TABLE_ROWS = 64
+
+
 def _print_attack(output: Output, name: str, summary, files: dict) -> None:
     from advmnist import report
 
@@ -377,8 +380,10 @@ def _print_attack(output: Output, name: str, summary, files: dict) -> None:
     output.say(f"reached target: {s['success']}/{s['count']} (after 8-bit rounding: {s['success_8bit']}/{s['count']})")
     headers = ["index", "label", "target", "pred", "p(target)", "L1", "L2", "Linf", "8-bit ok"]
     rows = [[r["index"], r["label"], r["target"], r["prediction"], r["target_prob"], r["l1"], r["l2"], r["linf"],
-             "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows]
+             "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows[:MAX_TABLE_ROWS]]
     output.say(report.format_table(headers, rows))
+    if len(summary.rows) > MAX_TABLE_ROWS:
+        output.say(f"... {len(summary.rows) - MAX_TABLE_ROWS} more rows in the metrics .json")
     output.say("files: " + ", ".join(files.values()))
 
 

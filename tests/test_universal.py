@@ -123,3 +123,12 @@ def test_universal_cli_saves_reusable_noise(tiny_run, tmp_path):
 def test_immunize_cli_refuses_to_overwrite_its_own_model(tiny_run):
     result = CliRunner().invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(tiny_run[0])])
     assert result.exit_code == 2 and "new folder" in result.output
+
+
+def test_same_seed_same_universal_noise(tiny_model, mnist_small):
+    train, test = mnist_small
+    run = lambda seed: universal_attack(tiny_model, train.images, test, [4],  # noqa: E731
+                                        UniversalSettings(steps=40, seed=seed)).noise
+    first, second, other = run(0), run(0), run(1)
+    assert first.tobytes() == second.tobytes()
+    assert not np.array_equal(first, other)
