@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from advmnist.data import NUM_CLASSES
+from advmnist.errors import InvalidInput
 from advmnist.noise import PerImageResult, Regularizer
 
 TARGET_RULES = ("9-d", "d+1", "random")
@@ -40,7 +41,7 @@ def parse_target_rule(rule: str) -> str:
     rule = str(rule).strip()
     if rule in TARGET_RULES or (rule.isdigit() and 0 <= int(rule) < NUM_CLASSES):
         return rule
-    raise ValueError(f"expected --target 9-d, d+1, random or a class 0-9, got {rule!r}")
+    raise InvalidInput(f"expected --target 9-d, d+1, random or a class 0-9, got {rule!r}")
 
 
 def choose_targets(labels: np.ndarray, rule: str, *, seed: int = 0, indices: np.ndarray | None = None) -> np.ndarray:
@@ -65,7 +66,7 @@ def choose_targets(labels: np.ndarray, rule: str, *, seed: int = 0, indices: np.
     same = np.flatnonzero(targets == labels)
     if len(same):
         where = indices[same] if indices is not None else same
-        raise ValueError(f"target equals the true label for image(s) {where.tolist()} "
+        raise InvalidInput(f"target equals the true label for image(s) {where.tolist()} "
                          f"(label {int(labels[same[0]])}); expected a different class, "
                          "e.g. --target 9-d, d+1 or random")
     return targets
@@ -100,15 +101,13 @@ def summarize(result: PerImageResult, regularizer: Regularizer, *, indices: np.n
     count = len(result.noise)
     noise = result.noise.reshape(count, -1)
     success = result.predictions == result.targets
-    penalty = {"l2": float((noise.astype(np.float64) ** 2).sum() / 2), "l1": float(np.abs(noise).sum()),
-               "none": 0.0}[regularizer.name]
     norms = perturbation_norms(result)
     summary = {
         "pred_label": result.predictions.tolist(),
         "L1Norm": float(np.abs(noise).sum() / count),
         "L2Norm": float(np.sqrt((noise.astype(np.float64) ** 2).sum()) / count),
         "cross_entropy_loss": float(result.cross_entropy.mean()),
-        "regularize_cost": regularizer.weight * penalty,
+        "regularize_cost": regularizer.weight * regularizer.penalty_value(result.noise),
         "train_error": float(1.0 - success.mean()),
         "success": int(success.sum()),
         "success_8bit": int((predictions_8bit == result.targets).sum()),

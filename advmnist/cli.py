@@ -51,6 +51,15 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def finite(ctx: click.Context, param: click.Parameter, value):
+    """click's FloatRange lets NaN through (every comparison with NaN is false)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}", ctx, param)
+    return value
+
+
 def json_option(func):
     return click.option("--json", "json_mode", is_flag=True,
                         help="Print one JSON object with the results on stdout (human text goes to stderr).")(func)
@@ -66,14 +75,15 @@ def translate_errors(func):
     """Turn the library's user-facing errors into one-line messages with exit status 2."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from advmnist.data import MnistUnavailable
-        from advmnist.frozen import ModelError
-        from advmnist.runs import RunDirError
+        from advmnist.errors import InvalidInput
 
         try:
             return func(*args, **kwargs)
-        except (ModelError, RunDirError, MnistUnavailable, ValueError) as err:
+        except InvalidInput as err:
             raise InputError(str(err)) from err
+        except OSError as err:  # a full disk, a folder we may not write to: not a usage error
+            raise click.ClickException(f"{getattr(err, 'filename', None) or 'file system'}: "
+                                       f"{err.strerror or err}") from err
         except KeyboardInterrupt:
             click.echo("\nInterrupted.", err=True)
             sys.exit(130)
@@ -133,7 +143,7 @@ def _train_defaults():
               help="Epochs over the 60,000 training images.")
 @click.option("--batch-size", type=click.IntRange(1, 60000), default=_train_defaults().batch_size,
               show_default=True)
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=_train_defaults().lr, show_default=True,
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=_train_defaults().lr, show_default=True,
               help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=_train_defaults().seed, show_default=True)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/cnn"),
@@ -153,17 +163,17 @@ def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, js
 
     A run never overwrites a finished model: use a new --run-dir, --resume or --overwrite.
     """
-    from advmnist.data import load_split
+    from advmnist.data import load_train_test
     from advmnist.runs import prepare_run_dir
     from advmnist.train import TrainSettings, train as train_model
 
     out = Output(json_mode)
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
-    note = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    train_split, test_split = load_train_test(data_dir, out.say)
+    note = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, epochs=epochs)
     if note:
         out.say(note)
-    train_split, test_split = load_split("train", data_dir, log=out.say), load_split("test", data_dir, log=out.say)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     try:
         result = train_model(train_split, test_split, run_dir, settings, resume=resume)
@@ -227,12 +237,20 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise click.BadParameter(f"expected a readable TOML file, got {value} ({err})", ctx, param) from err
     section = table.get(ctx.info_name, table)
-    known = {p.name for p in ctx.command.params if p.name not in ("config", "json_mode")}
-    unknown = sorted(set(section) - known)
+    # a key may be spelled like the option (noise-steps, --noise-steps) or like its parameter (noise_steps)
+    names = {}
+    for option in ctx.command.params:
+        if option.name in ("config", "json_mode"):
+            continue
+        for spelling in [option.name, *getattr(option, "opts", [])]:
+            names[spelling.lstrip("-")] = option.name
+            names[spelling.lstrip("-").replace("-", "_")] = option.name
+    unknown = sorted(key for key in section if key.lstrip("-") not in names)
     if unknown:
-        raise click.BadParameter(f"unknown key(s) {unknown} in {value}; expected some of {sorted(known)}",
-                                 ctx, param)
-    ctx.default_map = {**(ctx.default_map or {}), **section}
+        expected = sorted(o.opts[0].lstrip("-") for o in ctx.command.params
+                          if isinstance(o, click.Option) and o.name not in ("config", "json_mode"))
+        raise click.BadParameter(f"unknown key(s) {unknown} in {value}; expected some of {expected}", ctx, param)
+    ctx.default_map = {**(ctx.default_map or {}), **{names[key.lstrip("-")]: val for key, val in section.items()}}
     return value
 
 
@@ -259,7 +277,7 @@ def _attack_defaults():
 @config_option
 @click.option("--reg", type=click.Choice(["l2", "l1", "none", "all"]), default=_attack_defaults().reg,
               show_default=True, help="Regularization of the noise; `all` runs the three on the same images.")
-@click.option("--weight", type=click.FloatRange(min=0), default=_attack_defaults().weight, show_default=True,
+@click.option("--weight", type=click.FloatRange(min=0), callback=finite, default=_attack_defaults().weight, show_default=True,
               help="Regularization weight: l2 adds weight*sum(noise^2)/2, l1 adds weight*sum(|noise|).")
 @click.option("--count", type=click.IntRange(min=1), default=_attack_defaults().count, show_default=True,
               help="Number of images to attack (1 to the whole split).")
@@ -274,7 +292,7 @@ def _attack_defaults():
               help="Seeds the initial noise N(0, 0.01) and random targets.")
 @click.option("--early-stop", is_flag=True,
               help="Stop once every image's target logit beats all others by --margin (checked every 100 steps).")
-@click.option("--margin", type=click.FloatRange(min=0), default=_attack_defaults().margin, show_default=True)
+@click.option("--margin", type=click.FloatRange(min=0), callback=finite, default=_attack_defaults().margin, show_default=True)
 @model_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
               help="Folder for the PNG grids, the .npz arrays and the metrics .json.")
@@ -374,7 +392,9 @@ def _print_attack(output: Output, name: str, summary, files: dict) -> None:
 
     s = summary.summary
     output.say(f"\n== {name} regularization (weight {summary.weight:g}), {summary.seconds:.1f} s")
-    output.say(f"pred_label: {s['pred_label']}")
+    shown = s["pred_label"][:MAX_TABLE_ROWS]
+    more = f" ... ({len(s['pred_label']) - MAX_TABLE_ROWS} more)" if len(s["pred_label"]) > MAX_TABLE_ROWS else ""
+    output.say(f"pred_label: {shown}{more}")
     for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost", "train_error"):
         output.say(f"{key}: {s[key]:.5g}")
     output.say(f"reached target: {s['success']}/{s['count']} (after 8-bit rounding: {s['success_8bit']}/{s['count']})")
@@ -392,6 +412,10 @@ def _print_attack(output: Output, name: str, summary, files: dict) -> None:
 TARGET_CLASSES = [str(c) for c in range(10)] + ["all"]
 
 
+def _target_list(target: str) -> list[int]:
+    return list(range(10)) if target == "all" else [int(target)]
+
+
 def _universal_defaults():
     from advmnist.universal import UniversalSettings
 
@@ -405,9 +429,9 @@ def universal_options(func):
         click.option("--noise-steps" if func.__name__ == "immunize" else "--steps", "noise_steps",
                      type=click.IntRange(min=1), default=defaults.steps, show_default=True,
                      help="Adam steps (learning rate 1e-2, batches of 64 training images) per noise."),
-        click.option("--noise-limit", type=click.FloatRange(0, 1, min_open=True), default=defaults.noise_limit,
+        click.option("--noise-limit", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=defaults.noise_limit,
                      show_default=True, help="The noise is clipped to [-limit, +limit] after every step."),
-        click.option("--l2-weight", type=click.FloatRange(min=0), default=defaults.l2_weight, show_default=True,
+        click.option("--l2-weight", type=click.FloatRange(min=0), callback=finite, default=defaults.l2_weight, show_default=True,
                      help="Loss = cross-entropy + l2_weight * sum(noise^2) / 2."),
     ]):
         func = option(func)
@@ -448,15 +472,15 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
       universal_<t|all>.json             the metrics
     """
     from advmnist import fileio, report
-    from advmnist.data import load_split
+    from advmnist.data import load_train_test
     from advmnist.frozen import FrozenModel
     from advmnist.universal import UniversalSettings, universal_attack
 
     output = Output(json_mode)
-    targets = list(range(10)) if target == "all" else [int(target)]
-    given = _load_noise(noise_file, len(targets)) if noise_file else None
+    targets = _target_list(target)
+    given = _checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
     model = FrozenModel.load(model_path)
-    train_split, test = load_split("train", data_dir, log=output.say), load_split("test", data_dir, log=output.say)
+    train_split, test = load_train_test(data_dir, output.say)
     settings = UniversalSettings(steps=noise_steps, noise_limit=noise_limit, l2_weight=l2_weight, seed=seed)
     result = universal_attack(model, train_split.images, test, targets, settings, progress=_progress_enabled(),
                               given_noise=given)
@@ -487,11 +511,23 @@ def dataclasses_asdict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+def _checked_noise(path: Path, count: int, noise_limit: float) -> np.ndarray:
+    """A saved noise of ``count`` targets, within the noise limit it is to be used with."""
+    noise = _load_noise(path, count)
+    if np.abs(noise).max() > noise_limit + 1e-6:
+        raise click.BadParameter(f"the noise in {path} reaches {np.abs(noise).max():.3g}; expected at most "
+                                 f"--noise-limit {noise_limit:g} (pass the limit it was made with)",
+                                 param_hint="--noise-limit")
+    return noise
+
+
 def _load_noise(path: Path, count: int) -> np.ndarray:
     try:
         noise = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise InputError(f"{path} is not a readable .npy noise file ({err})") from err
+    if not isinstance(noise, np.ndarray):  # an .npz archive
+        raise InputError(f"{path} is not a readable .npy noise file (expected one array, got an archive)")
     noise = noise.reshape((-1,) + noise.shape[-2:]) if noise.ndim >= 2 else noise
     if noise.shape != (count, 28, 28):
         raise InputError(f"{path}: expected a noise of shape {(28, 28) if count == 1 else (count, 28, 28)}, "
@@ -517,7 +553,7 @@ def _immunize_defaults():
 @click.option("--rounds", type=click.IntRange(1, 1000), default=_immunize_defaults().rounds, show_default=True)
 @click.option("--train-steps", type=click.IntRange(min=0), default=_immunize_defaults().train_steps,
               show_default=True, help="Network training steps (Adam 1e-4, batches of 64) per round and target.")
-@click.option("--clean-fraction", type=click.FloatRange(0, 1, max_open=True),
+@click.option("--clean-fraction", type=click.FloatRange(0, 1, max_open=True), callback=finite,
               default=_immunize_defaults().clean_fraction, show_default=True,
               help="Fraction of each training batch left without noise, so clean accuracy holds.")
 @click.option("--refresh-every", type=click.IntRange(min=0), default=_immunize_defaults().refresh_every,
@@ -530,6 +566,9 @@ def _immunize_defaults():
                    "so the network does not forget them.")
 @universal_options
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--noise", "noise_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Start from a saved noise (.npy of `advmnist universal`, one per target) instead of a fresh one; "
+                   "it is also measured before and after.")
 @model_option
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the immunized network goes (a new run).  [default: runs/cnn-immune-TARGET]")
@@ -540,7 +579,8 @@ def _immunize_defaults():
 @json_option
 @translate_errors
 def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay, noise_steps,
-             noise_limit, l2_weight, seed, model_path, run_dir, overwrite, out, data_dir, json_mode) -> None:
+             noise_limit, l2_weight, seed, noise_file, model_path, run_dir, overwrite, out, data_dir,
+             json_mode) -> None:
     """Adversarial training against universal noise: make the network immune to it.
 
     Each round (a) optimizes a universal noise for the target against the current
@@ -553,38 +593,45 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     recording what it was immunized against); the original is never touched.
     """
     from advmnist import fileio, report
-    from advmnist.data import load_split
+    from advmnist.data import load_train_test
     from advmnist.frozen import FrozenModel
-    from advmnist.immunize import ImmunizeSettings, immunize as immunize_network
+    from advmnist.immunize import ImmunizeSettings, checkpoint_of, immunize as immunize_network
     from advmnist.runs import prepare_run_dir
     from advmnist.universal import UniversalSettings
 
     output = Output(json_mode)
-    targets = list(range(10)) if target == "all" else [int(target)]
+    targets = _target_list(target)
     run_dir = run_dir or Path("runs") / f"cnn-immune-{target}"
+    given = _checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
     model = FrozenModel.load(model_path)
-    if run_dir.resolve() == model.path.parent.resolve():
-        raise click.BadParameter("expected a new folder for the immunized network, not the model's own run",
-                                 param_hint="--run-dir")
+    checkpoint_of(model)  # fails early if the run has no checkpoint to train from
+    model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
+    if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
+        raise click.BadParameter("expected a new folder for the immunized network, not the model's run "
+                                 "or a folder holding it", param_hint="--run-dir")
+    train_split, test = load_train_test(data_dir, output.say)
     note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite)
     if note:
         output.say(note)
-    train_split, test = load_split("train", data_dir, log=output.say), load_split("test", data_dir, log=output.say)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
                                 replay=replay, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
                                                                            l2_weight=l2_weight, seed=seed))
     result = immunize_network(model, train_split, test, targets, settings, seed=seed, progress=_progress_enabled(),
-                              log=output.say, out_dir=run_dir)
+                              log=output.say, out_dir=run_dir, given_noise=given)
     name = target if target != "all" else f"all_{schedule}"
     figure = out / f"immunize_{name}.png"
     report.immunize_figure(result, figure, title=f"immunizing against target {target}"
                            + (f" ({schedule})" if target == "all" else ""))
-    rows = [[t, f"{result.before[t]:.2%}", f"{result.after_own_training[t]:.2%}", f"{result.after[t]:.2%}"]
-            for t in targets]
+    rows = [[t, f"{result.before[t]:.2%}", f"{result.after_own_training[t]:.2%}", f"{result.after[t]:.2%}",
+             f"{100 * result.lost[t]:+.1f} pp"] for t in targets]
     output.say(f"clean test accuracy: {result.clean_before:.2%} before, {result.clean_after:.2%} after")
     output.say("test accuracy under a freshly optimized noise:")
-    output.say(report.format_table(["target", "before", "after its own training", "at the end"], rows))
+    output.say(report.format_table(["target", "before", "after its own training", "at the end",
+                                    "lost since its own training"], rows))
+    for t in result.given_before:
+        output.say(f"under the given noise for {t}: {result.given_before[t]:.2%} before, "
+                   f"{result.given_after[t]:.2%} after")
     output.say(f"immunized network: {run_dir / 'model.pb'}; plot: {figure}")
     record = {**result.to_dict(), "run_dir": str(run_dir), "model": str(run_dir / "model.pb"),
               "base_model": str(model.path), "figure": str(figure),

@@ -31,6 +31,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from advmnist import fileio
+from advmnist.errors import InvalidInput
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -77,7 +78,7 @@ class SourceError(OSError):
     """A source could not be asked (network down, npm missing, ...)."""
 
 
-class MnistUnavailable(RuntimeError):
+class MnistUnavailable(InvalidInput):
     """No source had a valid copy of some file."""
 
 
@@ -355,8 +356,18 @@ def load_split(split: str, data_dir: os.PathLike | str | None = None,
                remote_sources: Sequence | None = None) -> Split:
     """Load ``train`` (60,000) or ``test`` (10,000) digits, fetching MNIST on first need."""
     if split not in SPLITS:
-        raise ValueError(f"expected split 'train' or 'test', got {split!r}")
-    folder = ensure_mnist(data_dir, cache_dir, remote_sources=remote_sources, log=log)
+        raise InvalidInput(f"expected split 'train' or 'test', got {split!r}")
+    return read_split(ensure_mnist(data_dir, cache_dir, remote_sources=remote_sources, log=log), split)
+
+
+def load_train_test(data_dir: os.PathLike | str | None = None, log: Log = _stderr_log) -> tuple[Split, Split]:
+    """Both splits, with MNIST fetched and verified once."""
+    folder = ensure_mnist(data_dir, log=log)
+    return read_split(folder, "train"), read_split(folder, "test")
+
+
+def read_split(folder: Path, split: str) -> Split:
+    """Parse one split from a folder that :func:`ensure_mnist` has verified."""
     images_spec, labels_spec = FILES[f"{split}-images"], FILES[f"{split}-labels"]
     images = parse_idx((folder / images_spec.name).read_bytes(), images_spec.shape)
     labels = parse_idx((folder / labels_spec.name).read_bytes(), labels_spec.shape)

@@ -51,14 +51,11 @@ def write_npz(path: os.PathLike | str, **arrays: np.ndarray) -> None:
     ``np.savez`` stamps every member with the current time; here every member gets
     the same fixed date so that the same arrays always give the same bytes.
     """
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
         for name in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            archive.writestr(info, member.getvalue())
-    write_bytes(path, buffer.getvalue())
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
 
 
 def write_npy(path: os.PathLike | str, array: np.ndarray) -> None:

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from advmnist.tfcompat import session_config, tf1
+from advmnist.errors import InvalidInput
 
 MODEL_FILE = "model.pb"
 META_FILE = "model.json"
 DEFAULT_RUN_DIR = Path("runs") / "cnn"
 
 
-class ModelError(RuntimeError):
+class ModelError(InvalidInput):
     """A model file is missing or unreadable; the message is one line for the user."""
 
 
@@ -46,7 +47,8 @@ class FrozenModel:
         try:
             meta = json.loads(meta_path.read_text())
             for key in ("input", "logits", "prob"):
-                meta[key]  # noqa: B018  (presence check)
+                if not isinstance(meta[key], str):
+                    raise TypeError(f"{key} is {meta[key]!r}, not a tensor name")
         except (ValueError, KeyError, TypeError) as err:
             raise ModelError(f"{meta_path} is corrupt: expected JSON with input/logits/prob names ({err})") from err
         tf = tf1()

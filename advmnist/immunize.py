@@ -18,10 +18,11 @@ from typing import Callable
 import numpy as np
 
 from advmnist.data import IMAGE_SIZE, Split
+from advmnist.errors import InvalidInput
 from advmnist.export import inference_graph_def, write_frozen
 from advmnist.frozen import FrozenModel
 from advmnist.model import cnn_logits
-from advmnist.noise import UniversalNoise
+from advmnist.noise import UniversalNoise, progress_bar
 from advmnist.tfcompat import session_config, tf1
 from advmnist.universal import UniversalSettings, check_targets, noise_effect
 
@@ -43,13 +44,13 @@ class ImmunizeSettings:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"expected schedule in {SCHEDULES}, got {self.schedule!r}")
+            raise InvalidInput(f"expected schedule in {SCHEDULES}, got {self.schedule!r}")
         if not 0 <= self.clean_fraction < 1:
-            raise ValueError(f"expected a clean fraction in [0, 1), got {self.clean_fraction}")
+            raise InvalidInput(f"expected a clean fraction in [0, 1), got {self.clean_fraction}")
         if self.rounds < 1 or self.train_steps < 0:
-            raise ValueError(f"expected rounds >= 1 and train steps >= 0, got {self.rounds}, {self.train_steps}")
+            raise InvalidInput(f"expected rounds >= 1 and train steps >= 0, got {self.rounds}, {self.train_steps}")
         if self.refresh_every < 0 or self.refresh_steps < 0:
-            raise ValueError(f"expected refresh_every and refresh_steps >= 0, got "
+            raise InvalidInput(f"expected refresh_every and refresh_steps >= 0, got "
                              f"{self.refresh_every}, {self.refresh_steps}")
 
 
@@ -64,37 +65,48 @@ class ImmunizeResult:
     after_own_training: dict  # target -> fresh-noise accuracy right after its last training phase
     final_noise: np.ndarray   # (T, 28, 28) fresh noises against the final network
     seconds: float
+    given_before: dict = dataclasses.field(default_factory=dict)  # target -> accuracy under a given noise
+    given_after: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def lost(self) -> dict:
+        """Accuracy under fresh noise lost since the target's own training (> 0: immunity faded)."""
+        return {t: self.after_own_training[t] - self.after[t] for t in self.targets}
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data.pop("final_noise")
+        data["lost_since_own_training"] = self.lost
         return data
 
 
-def _checkpoint_of(model: FrozenModel) -> str:
+def checkpoint_of(model: FrozenModel) -> str:
+    """The training checkpoint of ``model``'s run (immunize trains variables, not constants)."""
     checkpoint = model.meta.get("checkpoint")
     if not checkpoint:
-        raise ValueError(f"{model.path.with_name('model.json')} names no checkpoint; immunize needs the "
+        raise InvalidInput(f"{model.path.with_name('model.json')} names no checkpoint; immunize needs the "
                          "run folder of `advmnist train` (its checkpoint, not only model.pb)")
     path = model.path.parent / checkpoint
     if not Path(f"{path}.index").is_file():
-        raise ValueError(f"checkpoint {path} is missing: immunize trains the network from the checkpoint "
+        raise InvalidInput(f"checkpoint {path} is missing: immunize trains the network from the checkpoint "
                          "of the run, not from model.pb")
     return str(path)
 
 
 def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: ImmunizeSettings, *,
              seed: int = 0, progress: bool = False, log: Callable[[str], None] = lambda message: None,
-             out_dir: os.PathLike | str | None = None) -> ImmunizeResult:
+             out_dir: os.PathLike | str | None = None, given_noise: np.ndarray | None = None) -> ImmunizeResult:
     """Adversarially train the network of ``model``'s run against universal noise for ``targets``.
 
     ``sequential``: all rounds for target 0, then for target 1, ... (the reference's way).
     ``interleaved``: each round cycles through every target.
     If ``out_dir`` is given, the immunized network is saved there as a new run
-    (checkpoint, model.pb, model.json).
+    (checkpoint, model.pb, model.json). ``given_noise`` (one per target, e.g. saved by
+    ``advmnist universal``) is the noise of each target's first training phase, and is
+    measured before and after.
     """
     targets = check_targets(targets)
-    checkpoint = _checkpoint_of(model)
+    checkpoint = checkpoint_of(model)
     started = time.time()
     tf = tf1()
     graph = tf.Graph()
@@ -146,11 +158,27 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
         else:
             order = [(r, t) for r in range(1, settings.rounds + 1) for t in targets]
         history, after_own = [], {}
+        given_before = {}
+        if given_noise is not None:
+            for target, noise in zip(targets, given_noise):
+                current[target] = noise
+                given_before[target] = noise_effect(universal.predict(sess, test.images, noise), test.labels,
+                                                    target).accuracy
+                log(f"before: target {target}: accuracy under the given noise {given_before[target]:.2%}")
         pool = {target: [current[target]] for target in targets}
+        stale: set[int] = set()  # targets whose noise predates the network's latest training
         for round_number, target in order:
             scope = [target] if settings.schedule == "sequential" else targets
+            if target in stale:
+                # (a): the network has learnt other targets since; find this target's noise again
+                current[target] = universal.optimize(sess, train.images, target, steps=settings.noise.steps,
+                                                     seed=int(rng.integers(2**31)), initial=current[target],
+                                                     progress=progress)
+                pool[target].append(current[target])
             description = f"round {round_number}, target {target}: training"
-            for step in _steps(settings.train_steps, description, progress):
+            bar = progress_bar(settings.train_steps, description, progress)
+            for step in range(settings.train_steps):
+                bar.update(1)
                 if settings.refresh_every and step and step % settings.refresh_every == 0 and settings.refresh_steps:
                     # the adversary keeps up with the network instead of waiting for the next round
                     current[target] = universal.optimize(sess, train.images, target, steps=settings.refresh_steps,
@@ -159,10 +187,12 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                 batch = rng.integers(0, len(train.images), settings.train_batch_size)
                 sess.run(train_step, {images: train.images[batch], labels: train.labels[batch].astype(np.int32),
                                       noise_batch: _noise_batch(rng, settings, current[target], pool, scope)})
+            bar.close()
             trained_on = noise_effect(universal.predict(sess, test.images, current[target]), test.labels, target)
             clean = clean_accuracy()
             current[target], effect = fresh(target)
             pool[target].append(current[target])
+            stale = set(targets) - {target}
             after_own[target] = effect.accuracy
             entry = {"round": round_number, "target": target, "clean_accuracy": clean,
                      "accuracy_trained_noise": trained_on.accuracy, "accuracy_fresh_noise": effect.accuracy,
@@ -181,6 +211,9 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                 current[target], effect = fresh(target)
                 after[target] = effect.accuracy
             final_noise.append(current[target])
+        given_after = {target: noise_effect(universal.predict(sess, test.images, noise), test.labels,
+                                            target).accuracy
+                       for target, noise in zip(targets, given_noise if given_noise is not None else [])}
         if out_dir is not None:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +225,8 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                      base_model=str(model.path))
     return ImmunizeResult(targets=targets, before=before, after=after, clean_before=clean_before,
                           clean_after=clean_after, history=history, after_own_training=after_own,
-                          final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1))
+                          final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1),
+                          given_before=given_before, given_after=given_after)
 
 
 def _noise_batch(rng, settings: ImmunizeSettings, current: np.ndarray, pool: dict, scope) -> np.ndarray:
@@ -205,11 +239,3 @@ def _noise_batch(rng, settings: ImmunizeSettings, current: np.ndarray, pool: dic
     for i in noisy:
         batch[i] = earlier[rng.integers(len(earlier))] if earlier and rng.random() < 0.5 else current
     return batch
-
-
-def _steps(count: int, description: str, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(range(count), desc=description, disable=not progress, leave=False, dynamic_ncols=True,
-                mininterval=0.5)
-

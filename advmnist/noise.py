@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from advmnist.data import IMAGE_SIZE, NUM_CLASSES
+from advmnist.errors import InvalidInput
 from advmnist.tfcompat import tf1
 
 #: The reference averaged the cross-entropy over a batch of 16 images and summed the
@@ -41,7 +42,7 @@ class Regularizer(abc.ABC):
 
     def __init__(self, weight: float = 1e-2):
         if not weight >= 0:
-            raise ValueError(f"expected a regularization weight >= 0, got {weight}")
+            raise InvalidInput(f"expected a regularization weight >= 0, got {weight}")
         self.weight = float(weight)
 
     @abc.abstractmethod
@@ -50,6 +51,10 @@ class Regularizer(abc.ABC):
 
     def cost(self, noise):
         return self.weight * self.penalty(noise)
+
+    @abc.abstractmethod
+    def penalty_value(self, noise: np.ndarray) -> float:
+        """:meth:`penalty` of a NumPy array (for reports)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight})"
@@ -63,6 +68,9 @@ class L2(Regularizer):
     def penalty(self, noise):
         return tf1().nn.l2_loss(noise)
 
+    def penalty_value(self, noise: np.ndarray) -> float:
+        return float((np.asarray(noise, np.float64) ** 2).sum() / 2)
+
 
 class L1(Regularizer):
     """``weight * sum(|noise|)``: sparse noise with a few strong pixels."""
@@ -72,6 +80,9 @@ class L1(Regularizer):
     def penalty(self, noise):
         tf = tf1()
         return tf.reduce_sum(tf.abs(noise))
+
+    def penalty_value(self, noise: np.ndarray) -> float:
+        return float(np.abs(np.asarray(noise, np.float64)).sum())
 
 
 class NoRegularization(Regularizer):
@@ -85,6 +96,9 @@ class NoRegularization(Regularizer):
     def penalty(self, noise):
         return tf1().constant(0.0)
 
+    def penalty_value(self, noise: np.ndarray) -> float:
+        return 0.0
+
     def cost(self, noise):
         return tf1().constant(0.0)
 
@@ -94,7 +108,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {cls.name: cls for cls in (L2, L1, 
 
 def make_regularizer(name: str, weight: float) -> Regularizer:
     if name not in REGULARIZERS:
-        raise ValueError(f"expected a regularizer in {sorted(REGULARIZERS)}, got {name!r}")
+        raise InvalidInput(f"expected a regularizer in {sorted(REGULARIZERS)}, got {name!r}")
     return REGULARIZERS[name](weight) if name != "none" else NoRegularization()
 
 
@@ -152,7 +166,7 @@ class NoiseGraph:
         sess.run(self.assign_noise, {self.noise_value: noise})
 
 
-def _progress(total: int, description: str, enabled: bool):
+def progress_bar(total: int, description: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True,
@@ -206,9 +220,9 @@ class PerImageNoise:
                  lr: float = 3e-3, late_lr: float = 1e-3, init_std: float = 0.01,
                  early_stop_margin: float | None = None, chunk_size: int = 256, check_every: int = 100):
         if steps < 1:
-            raise ValueError(f"expected steps >= 1, got {steps}")
+            raise InvalidInput(f"expected steps >= 1, got {steps}")
         if chunk_size < 1:
-            raise ValueError(f"expected chunk_size >= 1, got {chunk_size}")
+            raise InvalidInput(f"expected chunk_size >= 1, got {chunk_size}")
         self.logits_fn = logits_fn
         self.regularizer = regularizer
         self.steps = steps
@@ -223,14 +237,14 @@ class PerImageNoise:
         images = np.asarray(images, np.float32)
         targets = np.asarray(targets, np.int32)
         if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"expected images of shape (N, 28, 28), got {images.shape}")
+            raise InvalidInput(f"expected images of shape (N, 28, 28), got {images.shape}")
         if images.min() < 0 or images.max() > 1:
-            raise ValueError("expected image values in [0, 1]")
+            raise InvalidInput("expected image values in [0, 1]")
         if targets.shape != (len(images),) or targets.min() < 0 or targets.max() >= NUM_CLASSES:
-            raise ValueError(f"expected {len(images)} targets in 0..9, got {targets}")
+            raise InvalidInput(f"expected {len(images)} targets in 0..9, got {targets}")
         initial = np.random.default_rng(seed).normal(0.0, self.init_std, images.shape).astype(np.float32)
         parts = []
-        bar = _progress(self.steps * len(images), f"{self.regularizer.name} noise", progress)
+        bar = progress_bar(self.steps * len(images), f"{self.regularizer.name} noise", progress)
         with bar:
             for start in range(0, len(images), self.chunk_size):
                 part = slice(start, start + self.chunk_size)
@@ -298,7 +312,7 @@ class UniversalNoise:
     def __init__(self, logits_fn: LogitsFn, *, noise_limit: float = 0.35, l2_weight: float = 0.02,
                  lr: float = 1e-2, batch_size: int = 64, scope: str = "universal_noise"):
         if not 0 < noise_limit <= 1:
-            raise ValueError(f"expected a noise limit in (0, 1], got {noise_limit}")
+            raise InvalidInput(f"expected a noise limit in (0, 1], got {noise_limit}")
         tf = tf1()
         self.lr = lr
         self.batch_size = batch_size
@@ -316,7 +330,7 @@ class UniversalNoise:
         rng = np.random.default_rng(seed)
         start = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32) if initial is None else initial
         self.net.start(sess, start, self.lr)
-        with _progress(steps, f"universal noise -> {target}", progress) as bar:
+        with progress_bar(steps, f"universal noise -> {target}", progress) as bar:
             for step in range(steps):
                 batch = images[rng.integers(0, len(images), self.batch_size)]
                 _, loss = sess.run([self.net.step, self.net.loss], {self.images: batch, self.target: target})

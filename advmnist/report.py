@@ -108,21 +108,27 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
+#: Grids show at most this many images; the arrays hold all of them.
+MAX_TILES = 64
+
+
 def attack_figures(result, reg: str, out_dir, *, predictions=None) -> dict[str, str]:
     """The reference's two grids: adversarial samples (true / predicted label) and the noise."""
     from pathlib import Path
 
     out_dir = Path(out_dir)
     predictions = result.predictions if predictions is None else predictions
-    titles = [f"true {l}, pred {p}" for l, p in zip(result.labels, predictions)]
-    colors = ["tab:green" if p == t else "tab:red" for p, t in zip(predictions, result.targets)]
+    shown = slice(0, MAX_TILES)
+    titles = [f"true {l}, pred {p}" for l, p in zip(result.labels[shown], predictions[shown])]
+    colors = ["tab:green" if p == t else "tab:red" for p, t in zip(predictions[shown], result.targets[shown])]
     sample = out_dir / f"mnist_adv_sample_{reg}.png"
     noise = out_dir / f"mnist_adv_sample_{reg}_noise.png"
     success = int((predictions == result.targets).sum())
-    digit_grid(result.adversarial, titles, sample, title_colors=colors,
-               suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green)")
-    noise_grid(result.noise, [f"{l} -> {t}" for l, t in zip(result.labels, result.targets)], noise,
-               suptitle=f"{reg} noise (red adds ink, blue removes it)")
+    first = f" (first {MAX_TILES} shown)" if len(predictions) > MAX_TILES else ""
+    digit_grid(result.adversarial[shown], titles, sample, title_colors=colors,
+               suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green){first}")
+    noise_grid(result.noise[shown], [f"{l} -> {t}" for l, t in zip(result.labels[shown], result.targets[shown])],
+               noise, suptitle=f"{reg} noise (red adds ink, blue removes it){first}")
     return {"samples": str(sample), "noise": str(noise)}
 
 

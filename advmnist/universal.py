@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from advmnist.data import NUM_CLASSES, Split
+from advmnist.errors import InvalidInput
 from advmnist.frozen import FrozenModel, confusion_matrix
 from advmnist.noise import UniversalNoise
 from advmnist.tfcompat import session_config, tf1
@@ -61,7 +62,7 @@ def check_targets(targets) -> list[int]:
     targets = [int(t) for t in targets]
     bad = [t for t in targets if not 0 <= t < NUM_CLASSES]
     if bad or not targets:
-        raise ValueError(f"expected target classes in 0..9, got {targets}")
+        raise InvalidInput(f"expected target classes in 0..9, got {targets}")
     return targets
 
 
@@ -87,7 +88,7 @@ def universal_attack(model: FrozenModel, train_images: np.ndarray, test: Split, 
         clean = universal.predict(sess, test.images, np.zeros_like(train_images[0]))
         for i, target in enumerate(targets):
             if given_noise is not None:
-                noise = np.clip(given_noise[i], -settings.noise_limit, settings.noise_limit)
+                noise = given_noise[i]
             else:
                 noise = universal.optimize(sess, train_images, target, steps=settings.steps,
                                            seed=settings.seed * 100 + target, progress=progress)

@@ -54,20 +54,13 @@ from pathlib import Path
 
 import numpy as np
 
+from advmnist.report import format_table
+
 REFERENCE_COUNT = 16
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- measurements

@@ -76,6 +76,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from advmnist.report import format_table
+
 RESULT_MARK = "ADVMNIST_BENCH_RESULT "
 SIDES = ("ours", "keras")
 EPOCH_LINE = re.compile(r"Epoch (\d+) \(global_step (\d+)\) finished, time:(.+?)\.\s*$")
@@ -255,15 +257,6 @@ def run_worker(side: str, args) -> dict:
         "images_per_second": sum(images) / sum(timed),
         "process_wall_seconds": round(wall, 2), "loadavg_before": load_before, "loadavg_after": os.getloadavg()})
     return record
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

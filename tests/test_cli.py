@@ -184,9 +184,70 @@ def test_reference_configs_are_valid(runner, tiny_run):
 
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
     assert len(configs) >= 4
+    assert {"reference-targeted.toml", "reference-universal.toml", "reference-immunize.toml"} <= \
+        {c.name for c in configs}
     for config in configs:
         command = "universal" if "universal" in config.name else "immunize" if "immunize" in config.name else "attack"
         # an unknown model stops the command after the config was read and checked
         result = runner.invoke(main, [command, "--config", str(config), "--model", "/nonexistent"])
         assert result.exit_code == 2
         assert "no trained model" in result.output, (config, result.output)
+
+
+@pytest.mark.parametrize("args", [
+    ["--count", "1", "--offset", "0"],
+    ["--split", "test", "--count", "3", "--offset", "9997"],
+    ["--target", "random", "--count", "5"],
+    ["--target", "d+1", "--early-stop", "--margin", "0.5", "--steps", "2000", "--reg", "none"],
+])
+def test_attack_edge_cases(runner, tiny_run, tmp_path, args):
+    base = ["attack", "--steps", "40", "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"]
+    result = runner.invoke(main, base + args)
+    assert result.exit_code == 0, result.output
+    payload = _json(result)
+    rows = payload["rows"]
+    assert all(r["target"] != r["label"] for r in rows)
+    if "--early-stop" in args:
+        assert max(r["steps"] for r in rows) < 2000 and payload["summary"]["success"] == len(rows)
+    if "--split" in args:
+        assert [r["index"] for r in rows] == [9997, 9998, 9999]
+
+
+def test_attack_grid_shows_at_most_64_tiles_but_keeps_every_array(runner, tiny_run, tmp_path):
+    result = runner.invoke(main, ["attack", "--count", "70", "--offset", "0", "--steps", "2",
+                                  "--model", str(tiny_run[0]), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "6 more rows" in result.output
+    assert np.load(tmp_path / "mnist_adv_l2.npz")["noise"].shape == (70, 28, 28)
+
+
+def test_resume_needs_a_checkpoint_and_more_epochs(runner, tiny_run, tmp_path):
+    result = runner.invoke(main, ["train", "--resume", "--run-dir", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "no checkpoint to resume from" in result.output
+    run = _copy_run(tiny_run, tmp_path)
+    result = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "1"])
+    assert result.exit_code == 2 and "already trained 1 epochs" in result.output
+
+
+def test_config_keys_may_be_spelled_like_options(runner, tiny_run, tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text('[attack]\nreg = "l1"\ncount = 2\nsteps = 20\nearly-stop = true\n"--margin" = 0.25\n')
+    result = runner.invoke(main, ["attack", "--config", str(config), "--model", str(tiny_run[0]),
+                                  "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    settings = _json(result)["settings"]
+    assert settings["early_stop"] is True and settings["margin"] == 0.25 and settings["count"] == 2
+
+
+def test_model_json_with_wrong_types_is_a_one_line_error(runner, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "model.json").read_text())
+    meta["input"] = 1
+    (run / "model.json").write_text(json.dumps(meta))
+    result = runner.invoke(main, ["evaluate", "--model", str(run)])
+    assert result.exit_code == 2 and "corrupt" in result.output and "Traceback" not in result.output
+
+
+def test_nan_is_not_a_learning_rate(runner):
+    result = runner.invoke(main, ["train", "--lr", "nan"])
+    assert result.exit_code == 2 and "finite" in result.output

@@ -66,7 +66,10 @@ def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, 
     assert meta["immunized_against"] == [3] and meta["base_model"] == str(tiny_model.path)
     assert (out / "model.pb").read_bytes() != original["model.pb"]
     assert len(result.history) == 1 and result.history[0]["target"] == 3
-    assert 0 <= result.after[3] <= 1 and 0 <= result.clean_after <= 1
+    # one phase ends with the fresh noise that measures it: the two numbers are one measurement
+    assert result.after[3] == result.after_own_training[3] == result.history[0]["accuracy_fresh_noise"]
+    assert result.lost == {3: 0.0}
+    assert result.clean_after > 0.5  # 40 steps with half the images clean do not wreck the network
     from advmnist.frozen import FrozenModel
 
     immune = FrozenModel.load(out)
@@ -132,3 +135,56 @@ def test_same_seed_same_universal_noise(tiny_model, mnist_small):
     first, second, other = run(0), run(0), run(1)
     assert first.tobytes() == second.tobytes()
     assert not np.array_equal(first, other)
+
+
+def test_given_noise_starts_immunization_and_is_measured(tiny_model, mnist_small):
+    train, test = mnist_small
+    noise = universal_attack(tiny_model, train.images, test, [6], UniversalSettings(steps=120)).noise
+    result = immunize(tiny_model, train, test, [6], _tiny_immunize(train_steps=150, refresh_every=0,
+                                                                  clean_fraction=0.25), given_noise=noise)
+    assert result.given_before[6] < 0.6
+    assert result.given_after[6] > result.given_before[6] + 0.2
+    assert result.history[0]["accuracy_trained_noise"] == pytest.approx(result.given_after[6])
+
+
+def test_immunize_cli_end_to_end(tiny_run, tmp_path):
+    runner = CliRunner()
+    run_dir, out = tmp_path / "immune", tmp_path / "assets"
+    args = ["immunize", "--target", "all", "--schedule", "sequential", "--rounds", "1", "--train-steps", "3",
+            "--refresh-every", "0", "--noise-steps", "3", "--model", str(tiny_run[0]), "--run-dir", str(run_dir),
+            "--out", str(out), "--json"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["targets"] == list(range(10)) and len(payload["history"]) == 10
+    assert sorted(payload["lost_since_own_training"], key=int) == [str(t) for t in range(10)]
+    assert (out / "immunize_all_sequential.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run_dir / "model.json").read_text())["immunized_against"] == list(range(10))
+    again = runner.invoke(main, args)
+    assert again.exit_code == 2 and "already holds a trained model" in again.output
+    for bad_dir in (tiny_run[0], tiny_run[0].parent):
+        refused = runner.invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(bad_dir),
+                                       "--overwrite"])
+        assert refused.exit_code == 2 and "new folder" in refused.output
+    assert (tiny_run[0] / "model.pb").is_file()
+
+
+def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["universal", "--target", "all", "--steps", "3", "--model", str(tiny_run[0]),
+                                  "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [e["target"] for e in json.loads(result.stdout)["effects"]] == list(range(10))
+    assert np.load(tmp_path / "universal_noise_all.npy").shape == (10, 28, 28)
+    assert (tmp_path / "universal_noise_all.png").is_file()
+    loud = tmp_path / "loud.npy"
+    np.save(loud, np.full((28, 28), 0.5, np.float32))
+    refused = runner.invoke(main, ["universal", "--noise", str(loud), "--model", str(tiny_run[0])])
+    assert refused.exit_code == 2 and "--noise-limit" in refused.output
+    accepted = runner.invoke(main, ["universal", "--noise", str(loud), "--noise-limit", "0.5",
+                                    "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])
+    assert accepted.exit_code == 0, accepted.output
+    archive = tmp_path / "archive.npz"
+    np.savez(archive, noise=np.zeros((28, 28)))
+    refused = runner.invoke(main, ["universal", "--noise", str(archive), "--model", str(tiny_run[0])])
+    assert refused.exit_code == 2 and "archive" in refused.output
