@@ -203,14 +203,16 @@ def immunize_figure(result, path, *, title: str) -> None:
     """Clean accuracy and accuracy under fresh noise after every training phase."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4))
-    phases = list(range(len(result.history) + 1))
-    clean = [result.clean_before] + [h["clean_accuracy"] for h in result.history]
+    end = len(result.history) + 1
+    phases = list(range(end + 1))
+    clean = [result.clean_before] + [h["clean_accuracy"] for h in result.history] + [result.clean_after]
     ax.plot(phases, [100 * c for c in clean], "k-o", label="clean test accuracy")
     for target in result.targets:
-        xs = [0] + [i + 1 for i, h in enumerate(result.history) if h["target"] == target]
-        ys = [result.before[target]] + [h["accuracy_fresh_noise"] for h in result.history if h["target"] == target]
+        xs = [0] + [i + 1 for i, h in enumerate(result.history) if h["target"] == target] + [end]
+        ys = ([result.before[target]] + [h["accuracy_fresh_noise"] for h in result.history if h["target"] == target]
+              + [result.after[target]])
         ax.plot(xs, [100 * y for y in ys], "o--", label=f"under fresh noise -> {target}")
-    labels = ["start"] + [f"r{h['round']}\nt{h['target']}" for h in result.history]
+    labels = ["start"] + [f"r{h['round']}\nt{h['target']}" for h in result.history] + ["end"]
     ax.set_xticks(phases)
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_xlabel("training phase (round, target)")
