@@ -15,6 +15,7 @@ import click
 import numpy as np
 
 from advmnist import tfcompat
+from advmnist.frozen import DEFAULT_RUN_DIR
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -146,7 +147,7 @@ def _train_defaults():
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=_train_defaults().lr, show_default=True,
               help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=_train_defaults().seed, show_default=True)
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/cnn"),
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
               show_default=True, help="Where checkpoints, logs and model.pb go; `attack` looks here by default.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
