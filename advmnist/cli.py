@@ -41,8 +41,6 @@ class Output:
 
 
 def _jsonable(value):
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -144,7 +142,8 @@ def _train_defaults():
               help="Epochs over the 60,000 training images.")
 @click.option("--batch-size", type=click.IntRange(1, 60000), default=_train_defaults().batch_size,
               show_default=True)
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=_train_defaults().lr, show_default=True,
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite,
+              default=_train_defaults().lr, show_default=True,
               help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=_train_defaults().seed, show_default=True)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
@@ -278,7 +277,8 @@ def _attack_defaults():
 @config_option
 @click.option("--reg", type=click.Choice(["l2", "l1", "none", "all"]), default=_attack_defaults().reg,
               show_default=True, help="Regularization of the noise; `all` runs the three on the same images.")
-@click.option("--weight", type=click.FloatRange(min=0), callback=finite, default=_attack_defaults().weight, show_default=True,
+@click.option("--weight", type=click.FloatRange(min=0), callback=finite,
+              default=_attack_defaults().weight, show_default=True,
               help="Regularization weight: l2 adds weight*sum(noise^2)/2, l1 adds weight*sum(|noise|).")
 @click.option("--count", type=click.IntRange(min=1), default=_attack_defaults().count, show_default=True,
               help="Number of images to attack (1 to the whole split).")
@@ -293,7 +293,8 @@ def _attack_defaults():
               help="Seeds the initial noise N(0, 0.01) and random targets.")
 @click.option("--early-stop", is_flag=True,
               help="Stop once every image's target logit beats all others by --margin (checked every 100 steps).")
-@click.option("--margin", type=click.FloatRange(min=0), callback=finite, default=_attack_defaults().margin, show_default=True)
+@click.option("--margin", type=click.FloatRange(min=0), callback=finite,
+              default=_attack_defaults().margin, show_default=True)
 @model_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
               help="Folder for the PNG grids, the .npz arrays and the metrics .json.")
@@ -345,7 +346,8 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     results, reports = {}, {}
     for name in regs:
         regularizer = make_regularizer(name, weight)
-        optimizer = PerImageNoise(model.logits, regularizer, steps=steps, early_stop_margin=margin if early_stop else None)
+        optimizer = PerImageNoise(model.logits, regularizer, steps=steps,
+                                  early_stop_margin=margin if early_stop else None)
         started = time.time()
         result = optimizer.run(images, targets, labels=labels, seed=seed, progress=_progress_enabled())
         seconds = time.time() - started
@@ -364,7 +366,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         results[name], reports[name] = result, record
         _print_attack(output, name, summary, files)
 
-    payload = reports[regs[0]] if len(regs) == 1 else {"runs": reports}
+    payload = reports[regs[0]]
     if len(regs) > 1:
         figure = out / "mnist_adv_comparison.png"
         report.comparison_figure(results, figure)
@@ -430,9 +432,11 @@ def universal_options(func):
         click.option("--noise-steps" if func.__name__ == "immunize" else "--steps", "noise_steps",
                      type=click.IntRange(min=1), default=defaults.steps, show_default=True,
                      help="Adam steps (learning rate 1e-2, batches of 64 training images) per noise."),
-        click.option("--noise-limit", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=defaults.noise_limit,
+        click.option("--noise-limit", type=click.FloatRange(0, 1, min_open=True), callback=finite,
+                     default=defaults.noise_limit,
                      show_default=True, help="The noise is clipped to [-limit, +limit] after every step."),
-        click.option("--l2-weight", type=click.FloatRange(min=0), callback=finite, default=defaults.l2_weight, show_default=True,
+        click.option("--l2-weight", type=click.FloatRange(min=0), callback=finite,
+                     default=defaults.l2_weight, show_default=True,
                      help="Loss = cross-entropy + l2_weight * sum(noise^2) / 2."),
     ]):
         func = option(func)
