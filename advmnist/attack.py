@@ -67,8 +67,8 @@ def choose_targets(labels: np.ndarray, rule: str, *, seed: int = 0, indices: np.
     if len(same):
         where = indices[same] if indices is not None else same
         raise InvalidInput(f"target equals the true label for image(s) {where.tolist()} "
-                         f"(label {int(labels[same[0]])}); expected a different class, "
-                         "e.g. --target 9-d, d+1 or random")
+                           f"(label {int(labels[same[0]])}); expected a different class, "
+                           "e.g. --target 9-d, d+1 or random")
     return targets
 
 

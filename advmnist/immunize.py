@@ -51,7 +51,7 @@ class ImmunizeSettings:
             raise InvalidInput(f"expected rounds >= 1 and train steps >= 0, got {self.rounds}, {self.train_steps}")
         if self.refresh_every < 0 or self.refresh_steps < 0:
             raise InvalidInput(f"expected refresh_every and refresh_steps >= 0, got "
-                             f"{self.refresh_every}, {self.refresh_steps}")
+                               f"{self.refresh_every}, {self.refresh_steps}")
 
 
 @dataclasses.dataclass
@@ -85,11 +85,11 @@ def checkpoint_of(model: FrozenModel) -> str:
     checkpoint = model.meta.get("checkpoint")
     if not checkpoint:
         raise InvalidInput(f"{model.path.with_name('model.json')} names no checkpoint; immunize needs the "
-                         "run folder of `advmnist train` (its checkpoint, not only model.pb)")
+                           "run folder of `advmnist train` (its checkpoint, not only model.pb)")
     path = model.path.parent / checkpoint
     if not Path(f"{path}.index").is_file():
         raise InvalidInput(f"checkpoint {path} is missing: immunize trains the network from the checkpoint "
-                         "of the run, not from model.pb")
+                           "of the run, not from model.pb")
     return str(path)
 
 
