@@ -576,7 +576,8 @@ def _immunize_defaults():
                    "it is also measured before and after.")
 @model_option
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the immunized network goes (a new run).  [default: runs/cnn-immune-TARGET]")
+              help="Where the immunized network goes (a new run).  "
+                   "[default: runs/cnn-immune-TARGET, or runs/cnn-immune-all-SCHEDULE]")
 @click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
               help="Folder for the accuracy plot and the metrics .json.")
@@ -606,7 +607,8 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
 
     output = Output(json_mode)
     targets = _target_list(target)
-    run_dir = run_dir or Path("runs") / f"cnn-immune-{target}"
+    run_dir = run_dir or DEFAULT_RUN_DIR.with_name(f"cnn-immune-{target}" if target != "all"
+                                                   else f"cnn-immune-all-{schedule}")
     given = _checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
     model = FrozenModel.load(model_path)
     checkpoint_of(model)  # fails early if the run has no checkpoint to train from
