@@ -6,6 +6,7 @@ JSON object on stdout), and writes files only through atomic renames.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -498,7 +499,7 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
         if target == "all":
             fileio.write_npy(out / "universal_noise_all.npy", result.noise)
     record = {**result.to_dict(), "model": str(model.path), "target": target, "files": files,
-              "settings": {**dataclasses_asdict(settings), "noise_file": str(noise_file) if noise_file else None}}
+              "settings": {**dataclasses.asdict(settings), "noise_file": str(noise_file) if noise_file else None}}
     fileio.write_json(out / f"universal_{name}{tag}.json", record)
     output.say(f"model {model.path}: clean test accuracy {result.clean_accuracy:.2%}")
     rows = [[e.target, f"{e.accuracy:.2%}", f"{e.fooled:.2%}"] for e in result.effects]
@@ -508,12 +509,6 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
         output.say(report.format_confusion(result.effects[0].confusion))
     output.say(f"figures and noise in {out}/")
     output.result(record)
-
-
-def dataclasses_asdict(obj) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def _checked_noise(path: Path, count: int, noise_limit: float) -> np.ndarray:
@@ -642,7 +637,7 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     output.say(f"immunized network: {run_dir / 'model.pb'}; plot: {figure}")
     record = {**result.to_dict(), "run_dir": str(run_dir), "model": str(run_dir / "model.pb"),
               "base_model": str(model.path), "figure": str(figure),
-              "settings": {**dataclasses_asdict(settings), "seed": seed}}
+              "settings": {**dataclasses.asdict(settings), "seed": seed}}
     fileio.write_json(out / f"immunize_{name}.json", record)
     output.result(record)
 

@@ -137,10 +137,13 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
         sess.run(init)
         restore.restore(sess, checkpoint)
 
+        def effect_of(noise: np.ndarray, target: int):
+            return noise_effect(universal.predict(sess, test.images, noise), test.labels, target)
+
         def fresh(target: int):
             noise = universal.optimize(sess, train.images, target, steps=settings.noise.steps,
                                        seed=int(rng.integers(2**31)), progress=progress)
-            return noise, noise_effect(universal.predict(sess, test.images, noise), test.labels, target)
+            return noise, effect_of(noise, target)
 
         def clean_accuracy() -> float:
             return float((universal.predict(sess, test.images, zero) == test.labels).mean())
@@ -162,8 +165,7 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
         if given_noise is not None:
             for target, noise in zip(targets, given_noise):
                 current[target] = noise
-                given_before[target] = noise_effect(universal.predict(sess, test.images, noise), test.labels,
-                                                    target).accuracy
+                given_before[target] = effect_of(noise, target).accuracy
                 log(f"before: target {target}: accuracy under the given noise {given_before[target]:.2%}")
         pool = {target: [current[target]] for target in targets}
         stale: set[int] = set()  # targets whose noise predates the network's latest training
@@ -188,7 +190,7 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                 sess.run(train_step, {images: train.images[batch], labels: train.labels[batch].astype(np.int32),
                                       noise_batch: _noise_batch(rng, settings, current[target], pool, scope)})
             bar.close()
-            trained_on = noise_effect(universal.predict(sess, test.images, current[target]), test.labels, target)
+            trained_on = effect_of(current[target], target)
             clean = clean_accuracy()
             current[target], effect = fresh(target)
             pool[target].append(current[target])
@@ -211,8 +213,7 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                 current[target], effect = fresh(target)
                 after[target] = effect.accuracy
             final_noise.append(current[target])
-        given_after = {target: noise_effect(universal.predict(sess, test.images, noise), test.labels,
-                                            target).accuracy
+        given_after = {target: effect_of(noise, target).accuracy
                        for target, noise in zip(targets, given_noise if given_noise is not None else [])}
         if out_dir is not None:
             out_dir = Path(out_dir)
