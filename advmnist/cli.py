@@ -322,7 +322,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
 
     from advmnist import attack as attack_lib
     from advmnist import fileio, report
-    from advmnist.data import load_split
+    from advmnist.data import load_split, split_size
     from advmnist.frozen import FrozenModel
     from advmnist.noise import PerImageNoise, make_regularizer
 
@@ -331,13 +331,13 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         rule = attack_lib.parse_target_rule(target)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--target") from err
-    model = FrozenModel.load(model_path)
-    data = load_split(split, data_dir, log=output.say)
-    if offset + count > len(data):
-        raise click.BadParameter(f"expected --offset + --count <= {len(data)} ({split} split), "
+    if offset + count > split_size(split):
+        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
                                  f"got {offset} + {count}", param_hint="--count")
+    model = FrozenModel.load(model_path)
+    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
-    images, labels = data.images[indices], data.labels[indices]
+    images, labels = data.images, data.labels
     try:
         targets = attack_lib.choose_targets(labels, rule, seed=seed, indices=indices)
     except ValueError as err:

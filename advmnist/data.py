@@ -353,11 +353,21 @@ class Split:
 
 def load_split(split: str, data_dir: os.PathLike | str | None = None,
                cache_dir: os.PathLike | str | None = None, log: Log = _stderr_log,
-               remote_sources: Sequence | None = None) -> Split:
-    """Load ``train`` (60,000) or ``test`` (10,000) digits, fetching MNIST on first need."""
+               remote_sources: Sequence | None = None, rows: slice | None = None) -> Split:
+    """Load ``train`` (60,000) or ``test`` (10,000) digits, fetching MNIST on first need.
+
+    ``rows`` selects digits (e.g. ``slice(16, 32)``); only those are converted to float.
+    """
     if split not in SPLITS:
         raise InvalidInput(f"expected split 'train' or 'test', got {split!r}")
-    return read_split(ensure_mnist(data_dir, cache_dir, remote_sources=remote_sources, log=log), split)
+    return read_split(ensure_mnist(data_dir, cache_dir, remote_sources=remote_sources, log=log), split, rows)
+
+
+def split_size(split: str) -> int:
+    """Number of digits in a split."""
+    if split not in SPLITS:
+        raise InvalidInput(f"expected split 'train' or 'test', got {split!r}")
+    return FILES[f"{split}-labels"].shape[0]
 
 
 def load_train_test(data_dir: os.PathLike | str | None = None, log: Log = _stderr_log) -> tuple[Split, Split]:
@@ -366,9 +376,11 @@ def load_train_test(data_dir: os.PathLike | str | None = None, log: Log = _stder
     return read_split(folder, "train"), read_split(folder, "test")
 
 
-def read_split(folder: Path, split: str) -> Split:
-    """Parse one split from a folder that :func:`ensure_mnist` has verified."""
+def read_split(folder: Path, split: str, rows: slice | None = None) -> Split:
+    """Parse one split (or its ``rows``) from a folder that :func:`ensure_mnist` has verified."""
     images_spec, labels_spec = FILES[f"{split}-images"], FILES[f"{split}-labels"]
     images = parse_idx((folder / images_spec.name).read_bytes(), images_spec.shape)
     labels = parse_idx((folder / labels_spec.name).read_bytes(), labels_spec.shape)
+    if rows is not None:
+        images, labels = images[rows], labels[rows]
     return Split(images.astype(np.float32) / 255.0, labels.astype(np.int64))

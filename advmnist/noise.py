@@ -173,10 +173,9 @@ def progress_bar(total: int, description: str, enabled: bool):
                 mininterval=0.5)
 
 
-def adam_schedule(steps: int, lr: float, late_lr: float) -> Callable[[int], float]:
-    """``lr`` for the first two thirds of the steps, ``late_lr`` after (the reference's schedule)."""
-    switch = (2 * steps) // 3
-    return lambda step: lr if step < switch else late_lr
+def late_lr_from(steps: int) -> int:
+    """The step from which the late learning rate applies: two thirds in (the reference's schedule)."""
+    return (2 * steps) // 3
 
 
 # ---------------------------------------------------------------------------- per-image noise
@@ -226,7 +225,7 @@ class PerImageNoise:
         self.logits_fn = logits_fn
         self.regularizer = regularizer
         self.steps = steps
-        self.schedule = adam_schedule(steps, lr, late_lr)
+        self.lr, self.late_lr = lr, late_lr
         self.init_std = init_std
         self.early_stop_margin = early_stop_margin
         self.chunk_size = chunk_size
@@ -263,37 +262,109 @@ class PerImageNoise:
 
         graph = tf.Graph()
         with graph.as_default():
-            image_var = tf.get_variable("images", initializer=images, trainable=False)
-            target_var = tf.get_variable("targets", initializer=targets, trainable=False)
-            net = NoiseGraph(self.logits_fn, image_var, target_var, images.shape, regularizer=self.regularizer,
-                             ce_weight=1.0 / REFERENCE_BATCH)
-            target_logit = tf.gather(net.logits, target_var, batch_dims=1)
-            others = net.logits - 1e9 * tf.one_hot(target_var, NUM_CLASSES)
-            margin = target_logit - tf.reduce_max(others, axis=1)
+            loop = AdamLoop(self.logits_fn, images, targets, regularizer=self.regularizer,
+                            ce_weight=1.0 / REFERENCE_BATCH)
             init = tf.global_variables_initializer()
         graph.finalize()
         with tf.Session(graph=graph, config=session_config(tf)) as sess:
             sess.run(init)
-            net.start(sess, initial, self.schedule(0))
-            lr = self.schedule(0)
+            loop.start(sess, initial)
+            switch = late_lr_from(self.steps)
             step = 0
             while step < self.steps:
-                if self.schedule(step) != lr:
-                    lr = self.schedule(step)
-                    net.learning_rate_now(sess, lr)
-                _, loss = sess.run([net.step, net.loss])
-                step += 1
-                bar.update(len(images))
+                # one session call runs up to the next check, never across the learning-rate switch
+                end = min(step + self.check_every - step % self.check_every, self.steps)
+                if step < switch < end:
+                    end = switch
+                loss, margins = loop.run(sess, end - step, self.lr if step < switch else self.late_lr)
+                bar.update(len(images) * (end - step))
+                step = end
                 if step % self.check_every == 0 or step == self.steps:
-                    margins = sess.run(margin)
                     reached = int((margins > 0).sum())
                     bar.set_postfix(loss=f"{loss:.4g}", at_target=f"{reached}/{len(images)}", refresh=False)
                     if self.early_stop_margin is not None and margins.min() >= self.early_stop_margin:
                         bar.update(len(images) * (self.steps - step))
                         break
             noise, predictions, probabilities, cross_entropy = sess.run(
-                [net.noise, net.predictions, net.probabilities, net.cross_entropy])
+                [loop.noise, loop.predictions, loop.probabilities, loop.cross_entropy])
         return noise, predictions, probabilities, cross_entropy, np.full(len(images), step, np.int64)
+
+
+class AdamLoop:
+    """Many Adam steps on a per-image noise in one session call (a ``tf.while_loop``).
+
+    A Python loop of ``sess.run(train_op)`` pays the session's overhead, and a fetch,
+    at every step; here the loop runs inside the graph, ``steps`` at a time. Each
+    iteration reads the noise, builds ``clip(images + noise)`` through ``logits_fn``,
+    takes the gradient of ``ce_weight * sum(CE) + regularizer`` and applies TensorFlow's
+    own Adam kernel (``ResourceApplyAdam``, the one ``tf.train.AdamOptimizer`` uses),
+    so the noise is bit for bit what that optimizer would produce.
+    """
+
+    BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-8
+
+    def __init__(self, logits_fn: LogitsFn, images: np.ndarray, targets: np.ndarray, *,
+                 regularizer: Regularizer, ce_weight: float, scope: str = "adversarial_noise"):
+        tf = tf1()
+        import tensorflow
+
+        shape = images.shape
+        images = tf.constant(images, name="images")
+        targets = tf.constant(targets, name="targets")
+        with tf.variable_scope(scope):
+            def variable(name, value):
+                return tf.get_variable(name, initializer=value, trainable=False, use_resource=True)
+
+            self.noise = variable("noise", np.zeros(shape, np.float32))
+            moments = [variable(name, np.zeros(shape, np.float32)) for name in ("m", "v")]
+            powers = [variable(name, np.float32(beta)) for name, beta in
+                      (("beta1_power", self.BETA1), ("beta2_power", self.BETA2))]
+            self.step_count = tf.placeholder(tf.int32, (), name="step_count")
+            self.learning_rate = tf.placeholder(tf.float32, (), name="learning_rate")
+            self.noise_value = tf.placeholder(tf.float32, shape, name="noise_value")
+
+        def network(noise):
+            logits = logits_fn(tf.clip_by_value(images + noise, 0.0, 1.0))
+            cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+            return logits, cross_entropy
+
+        def body(step, beta1_power, beta2_power, _loss):
+            with tf.control_dependencies([step]):
+                noise = self.noise.read_value()
+            _, cross_entropy = network(noise)
+            loss = ce_weight * tf.reduce_sum(cross_entropy) + regularizer.cost(noise)
+            (gradient,) = tf.gradients(loss, [noise])
+            update = tensorflow.raw_ops.ResourceApplyAdam(
+                var=self.noise.handle, m=moments[0].handle, v=moments[1].handle, beta1_power=beta1_power,
+                beta2_power=beta2_power, lr=self.learning_rate, beta1=self.BETA1, beta2=self.BETA2,
+                epsilon=self.EPSILON, grad=gradient)
+            with tf.control_dependencies([update]):
+                return step + 1, beta1_power * self.BETA1, beta2_power * self.BETA2, tf.identity(loss)
+
+        with tf.variable_scope(scope):
+            _, beta1_end, beta2_end, self.loss = tf.while_loop(
+                lambda step, *_: step < self.step_count, body,
+                [tf.constant(0), powers[0].read_value(), powers[1].read_value(), tf.constant(0.0)],
+                parallel_iterations=1, name="adam_steps")
+            with tf.control_dependencies([self.loss]):
+                self.advance = tf.group(powers[0].assign(beta1_end), powers[1].assign(beta2_end))
+            self.reset = tf.group(self.noise.assign(self.noise_value),
+                                  *[m.initializer for m in moments], *[p.initializer for p in powers])
+        logits, self.cross_entropy = network(self.noise.read_value())
+        target_logit = tf.gather(logits, targets, batch_dims=1)
+        others = logits - 1e9 * tf.one_hot(targets, NUM_CLASSES)
+        self.margin = target_logit - tf.reduce_max(others, axis=1)
+        self.predictions = tf.argmax(logits, 1, output_type=tf.int32)
+        self.probabilities = tf.nn.softmax(logits)
+
+    def start(self, sess, initial_noise: np.ndarray) -> None:
+        """Set the noise and forget Adam's moments."""
+        sess.run(self.reset, {self.noise_value: initial_noise})
+
+    def run(self, sess, steps: int, learning_rate: float) -> tuple[float, np.ndarray]:
+        """``steps`` Adam steps; the loss of the last one and every image's margin after them."""
+        _, loss = sess.run([self.advance, self.loss], {self.step_count: steps, self.learning_rate: learning_rate})
+        return float(loss), sess.run(self.margin)
 
 
 # ---------------------------------------------------------------------------- universal noise

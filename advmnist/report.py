@@ -32,41 +32,56 @@ def grid_shape(count: int) -> tuple[int, int]:
     return math.ceil(count / cols), cols
 
 
+TILE, GAP = 28, 9  # pixels of a tile, and of the space around it that holds its title
+
+
+def tile_figure(tiles: np.ndarray, titles: Sequence[str] | None, path: os.PathLike | str, *, cmap: str,
+                vmin: float, vmax: float, suptitle: str | None = None,
+                title_colors: Sequence[str] | None = None, colorbar_label: str | None = None) -> None:
+    """A square-ish grid of 28x28 tiles, each with its title, drawn in one axes.
+
+    One axes with every tile placed by ``extent`` draws several times faster than a
+    subplot per tile, which matters for a command that writes two grids per run.
+    """
+    plt = _pyplot()
+    rows, cols = grid_shape(len(tiles))
+    step = TILE + GAP
+    inch = 1.6 / step  # inches per pixel: a 1.6-inch cell per tile
+    width, height = cols * step * inch, rows * step * inch
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_xlim(-0.5, cols * step - 0.5)
+    ax.set_ylim(rows * step - 0.5, -0.5)
+    ax.axis("off")
+    shown = None
+    for i, tile in enumerate(tiles):
+        row, col = divmod(i, cols)
+        x, y = col * step + GAP / 2, row * step + GAP - 1
+        shown = ax.imshow(tile, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+                          extent=(x - 0.5, x + TILE - 0.5, y + TILE - 0.5, y - 0.5))
+        if titles:
+            ax.text(x + TILE / 2 - 0.5, y - 1.5, titles[i], ha="center", va="bottom", fontsize=9,
+                    color=title_colors[i] if title_colors else "black")
+    if colorbar_label and shown is not None:
+        fig.colorbar(shown, ax=ax, label=colorbar_label, fraction=0.04, pad=0.02, shrink=0.85)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11, y=1.0, va="bottom")
+    save_figure(fig, path)  # the tight box takes in the titles and colorbar label; cheap with one axes
+
+
 def digit_grid(images: np.ndarray, titles: Sequence[str], path: os.PathLike | str, *,
                suptitle: str | None = None, title_colors: Sequence[str] | None = None) -> None:
-    """Grayscale tiles (0 = white ink-free paper as in MNIST: black background) with a title each."""
-    plt = _pyplot()
-    rows, cols = grid_shape(len(images))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(images):
-            ax.imshow(images[i], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(titles[i], fontsize=9, color=(title_colors[i] if title_colors else "black"))
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
-    save_figure(fig, path)
+    """Grayscale tiles (black background, white ink, as MNIST), each with its title."""
+    tile_figure(images, titles, path, cmap="gray", vmin=0.0, vmax=1.0, suptitle=suptitle,
+                title_colors=title_colors)
 
 
 def noise_grid(noise: np.ndarray, titles: Sequence[str] | None, path: os.PathLike | str, *,
                limit: float | None = None, suptitle: str | None = None) -> None:
     """Noise tiles on a diverging colormap centred at zero, one shared colorbar."""
-    plt = _pyplot()
     limit = float(limit if limit is not None else max(np.abs(noise).max(), 1e-6))
-    rows, cols = grid_shape(len(noise))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.8, 1.75 * rows), squeeze=False)
-    image = None
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(noise):
-            image = ax.imshow(noise[i], cmap="seismic", vmin=-limit, vmax=limit, interpolation="nearest")
-            if titles:
-                ax.set_title(titles[i], fontsize=9)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="noise")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    save_figure(fig, path)
+    tile_figure(noise, titles, path, cmap="seismic", vmin=-limit, vmax=limit, suptitle=suptitle,
+                colorbar_label="noise")
 
 
 def confusion_figure(matrix: np.ndarray, path: os.PathLike | str, *, title: str) -> None:

@@ -134,3 +134,67 @@ def test_to_8bit_rounds_to_pixel_levels():
     rounded = attack.to_8bit(images)
     assert np.allclose(rounded * 255, np.round(rounded * 255))
     assert np.abs(rounded - images).max() <= 0.5 / 255 + 1e-7
+
+
+def _tf_adam_noise(model, images, targets, initial, steps: int, lr: float, *, plain_import: bool):
+    """The textbook TF1 loop: tf.train.AdamOptimizer, one sess.run per step (what AdamLoop replaces)."""
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    graph = tf.Graph()
+    with graph.as_default():
+        noise = tf.Variable(initial)
+        adversarial = tf.clip_by_value(tf.constant(images) + noise, 0.0, 1.0)
+        if plain_import:  # TensorFlow's own gradients, no override
+            (logits,) = tf.import_graph_def(model.graph_def, input_map={model.meta["input"]: adversarial},
+                                            return_elements=[model.meta["logits"]], name="net")
+        else:
+            logits = model.logits(adversarial)
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.constant(targets), logits=logits)
+        loss = tf.reduce_sum(cross_entropy) / 16 + 1e-2 * tf.nn.l2_loss(noise)
+        step = tf.train.AdamOptimizer(lr).minimize(loss, var_list=[noise])
+        gradient = tf.gradients(loss, [noise])[0]
+        init = tf.global_variables_initializer()
+    with tf.Session(graph=graph) as sess:
+        sess.run(init)
+        first_gradient = sess.run(gradient)
+        for _ in range(steps):
+            sess.run(step)
+        return sess.run(noise), first_gradient
+
+
+def test_constant_weight_gradients_equal_tensorflows(tiny_model, digits):
+    """FrozenModel.logits' input gradients (advmnist.gradients) are TensorFlow's, to float rounding."""
+    images, _, targets = digits
+    targets = targets.astype(np.int32)
+    initial = np.random.default_rng(0).normal(0.0, 0.01, images.shape).astype(np.float32)
+    _, plain = _tf_adam_noise(tiny_model, images, targets, initial, 0, 3e-3, plain_import=True)
+    _, ours = _tf_adam_noise(tiny_model, images, targets, initial, 0, 3e-3, plain_import=False)
+    assert np.abs(plain).max() > 1e-4
+    np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+
+
+def test_in_graph_adam_loop_matches_the_textbook_loop(tiny_model, digits):
+    """AdamLoop (many steps per session call) gives what tf.train.AdamOptimizer's loop gives."""
+    images, _, targets = digits
+    targets = targets.astype(np.int32)
+    initial = np.random.default_rng(0).normal(0.0, 0.01, images.shape).astype(np.float32)
+    expected, _ = _tf_adam_noise(tiny_model, images, targets, initial, 30, 3e-3, plain_import=False)
+    # 30 steps at a constant rate: no learning-rate switch (that would come at step 20 of 30), so
+    # the check cadence (every 7 steps) splits the 30 steps into session calls of 7, 7, 7, 7, 2
+    attack = PerImageNoise(tiny_model.logits, L2(1e-2), steps=30, lr=3e-3, late_lr=3e-3, check_every=7)
+    ours = attack.run(images, targets, seed=0)
+    np.testing.assert_allclose(ours.noise, expected, rtol=0, atol=1e-6)
+    assert (ours.steps_run == 30).all()
+
+
+def test_learning_rate_switch_lands_on_its_step(tiny_model, digits):
+    """Two thirds in, the rate drops, whatever the check cadence: 9 steps, switch after step 6."""
+    images, _, targets = digits
+    images, targets = images[:2], targets[:2]
+    one_call_each = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=1).run(images, targets, seed=2)
+    few_calls = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=4).run(images, targets, seed=2)
+    np.testing.assert_allclose(few_calls.noise, one_call_each.noise, rtol=0, atol=1e-6)
+    no_switch = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=4,
+                              late_lr=3e-3).run(images, targets, seed=2)
+    assert np.abs(no_switch.noise - few_calls.noise).max() > 1e-5

@@ -860,3 +860,15 @@ def test_cli_data_unavailable(cli_env, tmp_path, cache):
     for name in cli_env.names:
         assert name in result.stderr
     assert _listing(cache) == []
+
+
+
+def test_rows_of_a_split_are_those_of_the_whole_split(syn, cache, logs):
+    remote = FakeSource("m", syn.by_name())
+    part = load_split("train", cache_dir=cache, log=logs.append, remote_sources=[remote], rows=slice(1, 4))
+    assert len(part) == 3 and part.images.dtype == np.float32
+    np.testing.assert_allclose(part.images, syn.arrays["train-images"][1:4] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(part.labels, syn.arrays["train-labels"][1:4])
+    assert data.split_size("train") == 5 and data.split_size("test") == 3  # the (patched) specs' sizes
+    with pytest.raises(ValueError, match="expected split"):
+        data.split_size("validation")

@@ -1,9 +1,11 @@
 """The CNN: names, shapes, training end to end, and the frozen graph against the checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
+import pytest
 
 from advmnist.model import cnn_logits
 from advmnist.tfcompat import tf1
@@ -98,3 +100,37 @@ def test_resume_continues_from_last_checkpoint(tmp_path, mnist_small):
     assert [s["epoch_num"] for s in stats] == [1, 2]
     assert stats[-1]["global_step"] == 10
     assert result.epochs == 2
+
+
+@pytest.mark.parametrize("padding, channels", [("VALID", 1), ("SAME", 1), ("VALID", 3)])
+def test_constant_weight_gradients_on_small_graphs(padding, channels):
+    """Each override equals TensorFlow's gradient; the cases it does not cover fall back to it."""
+    from advmnist import gradients
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(3, 9, 8, channels)).astype(np.float32)
+    conv = rng.normal(size=(3, 2, channels, 5)).astype(np.float32)
+    dense_in = 9 * 8 * 5 if padding == "SAME" else 7 * 7 * 5
+    dense = rng.normal(size=(dense_in, 4)).astype(np.float32)
+
+    def input_gradient(override: bool) -> np.ndarray:
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.constant(image)
+            with gradients.constant_weight_gradients() if override else contextlib.nullcontext():
+                hidden = tf.nn.relu(tf.nn.conv2d(x, tf.identity(tf.constant(conv)), 1, padding))
+                logits = tf.matmul(tf.reshape(hidden, [3, -1]), tf.constant(dense))
+            (grad,) = tf.gradients(tf.reduce_sum(tf.sin(logits)), [x])
+            overridden = {op.name for op in graph.get_operations()
+                          if op.name.startswith("gradients") and op.type == "Conv2DBackpropInput"}
+        with tf.Session(graph=graph) as sess:
+            return sess.run(grad), overridden
+
+    plain, plain_ops = input_gradient(False)
+    ours, our_ops = input_gradient(True)
+    np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
+    assert plain_ops  # TensorFlow's own gradient uses Conv2DBackpropInput ...
+    covered = padding == "VALID" and channels == 1
+    assert bool(our_ops) == (not covered)  # ... ours replaces it only where it applies
