@@ -96,7 +96,7 @@ class AttackReport:
 
 
 def summarize(result: PerImageResult, regularizer: Regularizer, *, indices: np.ndarray,
-              predictions_8bit: np.ndarray, seconds: float) -> AttackReport:
+              seconds: float) -> AttackReport:
     """The reference's summary (same names and definitions) and a per-image table."""
     count = len(result.noise)
     noise = result.noise.reshape(count, -1)
@@ -110,7 +110,7 @@ def summarize(result: PerImageResult, regularizer: Regularizer, *, indices: np.n
         "regularize_cost": regularizer.weight * regularizer.penalty_value(result.noise),
         "train_error": float(1.0 - success.mean()),
         "success": int(success.sum()),
-        "success_8bit": int((predictions_8bit == result.targets).sum()),
+        "success_8bit": int((result.predictions_8bit == result.targets).sum()),
         "count": count,
         "mean_l1": float(norms["l1"].mean()),
         "mean_l2": float(norms["l2"].mean()),
@@ -119,7 +119,7 @@ def summarize(result: PerImageResult, regularizer: Regularizer, *, indices: np.n
     rows = [{"index": int(indices[i]), "label": int(result.labels[i]), "target": int(result.targets[i]),
              "prediction": int(result.predictions[i]), "target_prob": float(result.target_probability[i]),
              "l1": float(norms["l1"][i]), "l2": float(norms["l2"][i]), "linf": float(norms["linf"][i]),
-             "adversarial_8bit": bool(predictions_8bit[i] == result.targets[i]),
+             "adversarial_8bit": bool(result.predictions_8bit[i] == result.targets[i]),
              "steps": int(result.steps_run[i])}
             for i in range(count)]
     return AttackReport(reg=regularizer.name, weight=regularizer.weight, summary=summary, rows=rows,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -317,6 +318,9 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
       mnist_adv_sample_<reg>_noise.png  the noise, red adds ink, blue removes it
       mnist_adv_<reg>.npz / .json       arrays and metrics
       mnist_adv_comparison.png / .json  with --reg all
+
+    Ctrl-C stops the run; with more than 256 images (optimized 256 at a time) the
+    finished ones are kept in mnist_adv_<reg>_partial.* beside earlier results.
     """
     import time
 
@@ -324,7 +328,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     from advmnist import fileio, report
     from advmnist.data import load_split, split_size
     from advmnist.frozen import FrozenModel
-    from advmnist.noise import PerImageNoise, make_regularizer
+    from advmnist.noise import AttackInterrupted, PerImageNoise, make_regularizer
 
     output = Output(json_mode)
     try:
@@ -344,28 +348,26 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         raise click.BadParameter(str(err), param_hint="--target") from err
 
     regs = ["l2", "l1", "none"] if reg == "all" else [reg]
+    settings = _attack_record(model, split, offset, count, rule, steps, seed, early_stop, margin)
+    report.import_in_background()
     results, reports = {}, {}
     for name in regs:
         regularizer = make_regularizer(name, weight)
         optimizer = PerImageNoise(model.logits, regularizer, steps=steps,
                                   early_stop_margin=margin if early_stop else None)
         started = time.time()
-        result = optimizer.run(images, targets, labels=labels, seed=seed, progress=_progress_enabled())
-        seconds = time.time() - started
-        predictions_8bit = model.predict_proba(attack_lib.to_8bit(result.adversarial)).argmax(1)
-        summary = attack_lib.summarize(result, regularizer, indices=indices, predictions_8bit=predictions_8bit,
-                                       seconds=seconds)
-        files = report.attack_figures(result, name, out)
-        arrays = out / f"mnist_adv_{name}.npz"
-        fileio.write_npz(arrays, originals=result.originals, noise=result.noise, adversarial=result.adversarial,
-                         labels=result.labels, targets=result.targets, predictions=result.predictions,
-                         indices=indices)
-        files["arrays"] = str(arrays)
-        record = {**summary.to_dict(), "files": files, "settings": _attack_record(
-            model, split, offset, count, rule, steps, seed, early_stop, margin)}
-        fileio.write_json(out / f"mnist_adv_{name}.json", record)
-        results[name], reports[name] = result, record
-        _print_attack(output, name, summary, files)
+        try:
+            result = optimizer.run(images, targets, labels=labels, seed=seed, progress=_progress_enabled())
+        except AttackInterrupted as stop:  # keep the chunks that finished, beside (not over) earlier results
+            done = len(stop.partial.noise)
+            record = _write_attack(output, model, stop.partial, regularizer, f"{name}_partial", indices[:done],
+                                   time.time() - started, out, {**settings, "completed": done})
+            click.echo(f"\nInterrupted during {name}: the first {done} of {count} images were done; their "
+                       f"results are in {record['files']['arrays']} and beside it.", err=True)
+            sys.exit(130)
+        results[name] = result
+        reports[name] = _write_attack(output, model, result, regularizer, name, indices, time.time() - started,
+                                      out, settings)
 
     payload = reports[regs[0]]
     if len(regs) > 1:
@@ -381,6 +383,24 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         output.say(f"comparison figure: {figure}")
         payload = {"runs": reports, "comparison": table, "figure": str(figure)}
     output.result(payload)
+
+
+def _write_attack(output: Output, model, result, regularizer, name: str, indices, seconds: float, out: Path,
+                  settings: dict) -> dict:
+    """Write one regularizer's figures, arrays and metrics; print its table."""
+    from advmnist import attack as attack_lib
+    from advmnist import fileio, report
+
+    summary = attack_lib.summarize(result, regularizer, indices=indices, seconds=seconds)
+    files = report.attack_figures(result, name, out)
+    arrays = out / f"mnist_adv_{name}.npz"
+    fileio.write_npz(arrays, originals=result.originals, noise=result.noise, adversarial=result.adversarial,
+                     labels=result.labels, targets=result.targets, predictions=result.predictions, indices=indices)
+    files["arrays"] = str(arrays)
+    record = {**summary.to_dict(), "files": files, "settings": settings}
+    fileio.write_json(out / f"mnist_adv_{name}.json", record)
+    _print_attack(output, name, summary, files)
+    return record
 
 
 def _attack_record(model, split, offset, count, rule, steps, seed, early_stop, margin) -> dict:
@@ -642,5 +662,31 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     output.result(record)
 
 
+def entry() -> None:
+    """The ``advmnist`` console script: run the command, then exit without interpreter teardown.
+
+    Once TensorFlow is imported, Python's normal shutdown spends about half a second
+    tearing it down; every file a command writes is complete (written to a temporary
+    name and renamed) before the command returns, so after flushing the streams and
+    the logging handlers the process can end at once with the command's exit status.
+    """
+    import logging
+
+    try:
+        main()
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    if status is None:
+        status = 0
+    elif not isinstance(status, int):
+        print(status, file=sys.stderr)
+        status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

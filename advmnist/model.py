@@ -9,7 +9,7 @@ graph and adversarial training build exactly the same variables.
 from __future__ import annotations
 
 from advmnist.data import IMAGE_SIZE, NUM_CLASSES
-from advmnist.tfcompat import tf1
+from advmnist.tfcompat import load_tensorpack, tf1
 
 INPUT_NAME = "input"
 LABEL_NAME = "label"
@@ -26,6 +26,7 @@ def cnn_logits(image, *, training: bool):
     the current variable scope: ``conv0``, ``conv1``, ``fc0``, ``fc1``.
     """
     tf = tf1()
+    load_tensorpack()
     from tensorpack.models import Conv2D, Dropout, FullyConnected, MaxPooling
     from tensorpack.tfutils.argscope import argscope
 
@@ -43,6 +44,7 @@ def cnn_logits(image, *, training: bool):
 def make_model(learning_rate: float = 1e-3):
     """Return a tensorpack ``ModelDesc`` instance for the CNN."""
     tf = tf1()
+    load_tensorpack()
     from tensorpack import ModelDesc
     from tensorpack.tfutils.summary import add_moving_summary
     from tensorpack.tfutils.tower import get_current_tower_context

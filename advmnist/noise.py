@@ -193,6 +193,7 @@ class PerImageResult:
     target_probability: np.ndarray
     cross_entropy: np.ndarray
     steps_run: np.ndarray
+    predictions_8bit: np.ndarray  # for the adversarial images rounded to 8-bit pixels, as a saved PNG holds them
 
 
 class PerImageNoise:
@@ -241,22 +242,24 @@ class PerImageNoise:
             raise InvalidInput("expected image values in [0, 1]")
         if targets.shape != (len(images),) or targets.min() < 0 or targets.max() >= NUM_CLASSES:
             raise InvalidInput(f"expected {len(images)} targets in 0..9, got {targets}")
+        labels = np.asarray(labels if labels is not None else np.full(len(images), -1), np.int64)
         initial = np.random.default_rng(seed).normal(0.0, self.init_std, images.shape).astype(np.float32)
         parts = []
         bar = progress_bar(self.steps * len(images), f"{self.regularizer.name} noise", progress)
-        with bar:
-            for start in range(0, len(images), self.chunk_size):
-                part = slice(start, start + self.chunk_size)
-                parts.append(self._run_chunk(images[part], targets[part], initial[part], bar))
-        noise, predictions, probabilities, cross_entropy, steps_run = (np.concatenate(x) for x in zip(*parts))
-        return PerImageResult(
-            originals=images, noise=noise, adversarial=np.clip(images + noise, 0.0, 1.0),
-            labels=np.asarray(labels if labels is not None else np.full(len(images), -1), np.int64),
-            targets=targets.astype(np.int64), predictions=predictions.astype(np.int64),
-            target_probability=probabilities[np.arange(len(targets)), targets],
-            cross_entropy=cross_entropy, steps_run=steps_run)
+        try:
+            with bar:
+                for start in range(0, len(images), self.chunk_size):
+                    part = slice(start, start + self.chunk_size)
+                    parts.append(self._run_chunk(images[part], targets[part], initial[part], bar))
+        except KeyboardInterrupt:
+            if not parts:
+                raise
+            done = sum(len(part[0]) for part in parts)
+            raise AttackInterrupted(_assemble(images[:done], targets[:done], labels[:done], parts)) from None
+        return _assemble(images, targets, labels, parts)
 
     def _run_chunk(self, images, targets, initial, bar):
+        """Optimize one chunk's noise in its own graph and session; the arrays of :func:`_assemble`."""
         tf = tf1()
         from advmnist.tfcompat import session_config
 
@@ -285,9 +288,32 @@ class PerImageNoise:
                     if self.early_stop_margin is not None and margins.min() >= self.early_stop_margin:
                         bar.update(len(images) * (self.steps - step))
                         break
-            noise, predictions, probabilities, cross_entropy = sess.run(
-                [loop.noise, loop.predictions, loop.probabilities, loop.cross_entropy])
-        return noise, predictions, probabilities, cross_entropy, np.full(len(images), step, np.int64)
+            noise, predictions, probabilities, cross_entropy, predictions_8bit = sess.run(
+                [loop.noise, loop.predictions, loop.probabilities, loop.cross_entropy, loop.predictions_8bit])
+        return (noise, predictions, probabilities, cross_entropy, np.full(len(images), step, np.int64),
+                predictions_8bit)
+
+
+def _assemble(images, targets, labels, parts) -> PerImageResult:
+    noise, predictions, probabilities, cross_entropy, steps_run, predictions_8bit = (
+        np.concatenate(x) for x in zip(*parts))
+    return PerImageResult(
+        originals=images, noise=noise, adversarial=np.clip(images + noise, 0.0, 1.0), labels=labels,
+        targets=targets.astype(np.int64), predictions=predictions.astype(np.int64),
+        target_probability=probabilities[np.arange(len(targets)), targets],
+        cross_entropy=cross_entropy, steps_run=steps_run, predictions_8bit=predictions_8bit.astype(np.int64))
+
+
+class AttackInterrupted(KeyboardInterrupt):
+    """Ctrl-C after at least one chunk finished: ``partial`` holds those images' results.
+
+    Chunks run in order and each image's result does not depend on the others, so the
+    partial result is exactly the first images of the full run.
+    """
+
+    def __init__(self, partial: PerImageResult):
+        super().__init__(f"interrupted after {len(partial.noise)} images")
+        self.partial = partial
 
 
 class AdamLoop:
@@ -350,7 +376,11 @@ class AdamLoop:
                 self.advance = tf.group(powers[0].assign(beta1_end), powers[1].assign(beta2_end))
             self.reset = tf.group(self.noise.assign(self.noise_value),
                                   *[m.initializer for m in moments], *[p.initializer for p in powers])
-        logits, self.cross_entropy = network(self.noise.read_value())
+        noise = self.noise.read_value()
+        logits, self.cross_entropy = network(noise)
+        # what a saved 8-bit PNG holds (advmnist.attack.to_8bit, in the graph: no second session)
+        rounded = tf.round(tf.clip_by_value(images + noise, 0.0, 1.0) * 255.0) / 255.0
+        self.predictions_8bit = tf.argmax(logits_fn(rounded), 1, output_type=tf.int32)
         target_logit = tf.gather(logits, targets, batch_dims=1)
         others = logits - 1e9 * tf.one_hot(targets, NUM_CLASSES)
         self.margin = target_logit - tf.reduce_max(others, axis=1)

@@ -19,6 +19,18 @@ def _pyplot():
     return plt
 
 
+def import_in_background() -> None:
+    """Import matplotlib on a side thread (about 0.3 s), e.g. while an attack keeps TensorFlow busy.
+
+    TensorFlow's kernels run without the GIL and seldom keep both cores of a laptop busy
+    at every instant, so the import mostly costs nothing; the first figure then does not
+    wait for it.
+    """
+    import threading
+
+    threading.Thread(target=_pyplot, name="import-matplotlib", daemon=True).start()
+
+
 def save_figure(fig, path: os.PathLike | str) -> None:
     plt = _pyplot()
     with fileio.atomic_path(path) as tmp:

@@ -14,6 +14,7 @@ import advmnist  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
 
 _verbose = False
 _tf = None
+_tensorpack = None
 
 
 def set_verbose(verbose: bool) -> None:
@@ -53,29 +54,37 @@ def tf1():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_stderr():
         import tensorflow as tf
-        import tensorpack  # noqa: F401  (imports its ops with the same quiet stderr)
     tf.compat.v1.disable_v2_behavior()
     tf.get_logger().setLevel(logging.INFO if _verbose else logging.ERROR)
-    _route_tensorpack_logs()
     _tf = tf.compat.v1
     return _tf
 
 
-def _route_tensorpack_logs() -> None:
-    """tensorpack logs to stdout; stdout is reserved for ``--json`` output."""
-    from tensorpack.utils import logger
+def load_tensorpack():
+    """Import tensorpack after :func:`tf1`, quietly, with its logs on stderr; return the module.
 
-    for handler in logger._logger.handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(sys.stderr)
-    tensorpack_logs(_verbose)
+    Only training and the live network need it; attacks on a frozen graph skip its
+    import (about 0.2 s).
+    """
+    global _tensorpack
+    if _tensorpack is None:
+        tf1()
+        with _quiet_stderr():
+            import tensorpack
+        from tensorpack.utils import logger
+
+        # tensorpack logs to stdout; stdout is reserved for ``--json`` output
+        for handler in logger._logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                handler.setStream(sys.stderr)
+        _tensorpack = tensorpack
+        tensorpack_logs(_verbose)
+    return _tensorpack
 
 
 def tensorpack_logs(show: bool) -> None:
     """tensorpack's INFO lines: wanted while training (epochs, validation), noise elsewhere."""
-    from tensorpack.utils import logger
-
-    logger._logger.setLevel(logging.INFO if show else logging.WARNING)
+    load_tensorpack().utils.logger._logger.setLevel(logging.INFO if show else logging.WARNING)
 
 
 def session_config(tf=None):

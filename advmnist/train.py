@@ -20,7 +20,7 @@ from advmnist.export import TENSOR_NAMES, inference_graph_def, write_frozen
 from advmnist.frozen import MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
 from advmnist.runs import RunDirError, completed_epochs
-from advmnist.tfcompat import session_config, tensorpack_logs, tf1
+from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, tf1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,7 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
     Gathering a batch with one fancy-index is far cheaper than tensorpack's per-sample
     ``BatchData``; ``seed=None`` means no shuffling and a final partial batch.
     """
+    load_tensorpack()
     from tensorpack.dataflow import DataFlow
 
     class ArrayBatches(DataFlow):
@@ -84,6 +85,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     ``stats.json``). ``steps_per_epoch`` shortens epochs (tests only).
     """
     tf = tf1()
+    load_tensorpack()
     from tensorpack import (AutoResumeTrainConfig, InferenceRunner, ModelSaver, QueueInput, ScalarStats,
                             ScheduledHyperParamSetter, SimpleTrainer, launch_train_with_config)
     from tensorpack.tfutils.sesscreate import NewSessionCreator

@@ -137,9 +137,9 @@ def worker_ours(args) -> None:
     # with --limit it is cut as well so quick checks stay quick.
     test_split = limited(load_split("test"), min(args.limit, 10000) if args.limit else None)
 
-    from advmnist.tfcompat import tf1
+    from advmnist.tfcompat import load_tensorpack
 
-    tf1()  # import TensorFlow + tensorpack the package's way before patching
+    load_tensorpack()  # import TensorFlow + tensorpack the package's way before patching
     import tensorpack.train.base as tp_base
 
     exact: list[float] = []

@@ -116,8 +116,7 @@ def test_summary_follows_reference_definitions(tiny_model, digits):
     images, labels, targets = digits
     reg = L1(1e-2)
     result = PerImageNoise(tiny_model.logits, reg, steps=100).run(images, targets, labels=labels)
-    report = attack.summarize(result, reg, indices=np.arange(16, 24), predictions_8bit=result.predictions,
-                              seconds=1.0)
+    report = attack.summarize(result, reg, indices=np.arange(16, 24), seconds=1.0)
     count = len(images)
     assert report.summary["L1Norm"] == pytest.approx(np.abs(result.noise).sum() / count, rel=1e-5)
     assert report.summary["L2Norm"] == pytest.approx(np.sqrt((result.noise.astype(np.float64) ** 2).sum()) / count,
@@ -127,6 +126,13 @@ def test_summary_follows_reference_definitions(tiny_model, digits):
     assert [r["index"] for r in report.rows] == list(range(16, 24))
     # effective perturbation is at most the noise (clipping only shrinks it)
     assert all(r["l1"] <= np.abs(result.noise[i]).sum() + 1e-4 for i, r in enumerate(report.rows))
+
+
+def test_8bit_predictions_are_those_of_the_rounded_images(tiny_model, digits):
+    images, labels, targets = digits
+    result = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60).run(images, targets, labels=labels)
+    expected = tiny_model.predict_proba(attack.to_8bit(result.adversarial)).argmax(1)
+    np.testing.assert_array_equal(result.predictions_8bit, expected)
 
 
 def test_to_8bit_rounds_to_pixel_levels():

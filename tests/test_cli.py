@@ -226,6 +226,44 @@ def test_attack_grid_shows_at_most_64_tiles_but_keeps_every_array(runner, tiny_r
     assert np.load(tmp_path / "mnist_adv_l2.npz")["noise"].shape == (70, 28, 28)
 
 
+def test_interrupted_attack_keeps_finished_chunks_beside_earlier_results(runner, tiny_run, tmp_path, monkeypatch):
+    from advmnist.noise import PerImageNoise
+
+    (tmp_path / "mnist_adv_l2.npz").write_bytes(b"an earlier, complete run")
+    original, calls = PerImageNoise._run_chunk, []
+
+    def second_chunk_interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(PerImageNoise, "_run_chunk", second_chunk_interrupted)
+    result = runner.invoke(main, ["attack", "--count", "300", "--offset", "0", "--steps", "2",
+                                  "--model", str(tiny_run[0]), "--out", str(tmp_path)])
+    assert result.exit_code == 130, result.output
+    assert "the first 256 of 300 images were done" in result.output
+    partial = np.load(tmp_path / "mnist_adv_l2_partial.npz")
+    assert partial["noise"].shape == (256, 28, 28) and partial["indices"].tolist() == list(range(256))
+    record = json.loads((tmp_path / "mnist_adv_l2_partial.json").read_text())
+    assert record["settings"]["completed"] == 256 and record["summary"]["count"] == 256
+    assert (tmp_path / "mnist_adv_sample_l2_partial.png").exists()
+    assert (tmp_path / "mnist_adv_l2.npz").read_bytes() == b"an earlier, complete run"
+
+
+def test_interrupt_in_the_first_chunk_writes_nothing(runner, tiny_run, tmp_path, monkeypatch):
+    from advmnist.noise import PerImageNoise
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PerImageNoise, "_run_chunk", interrupted)
+    result = runner.invoke(main, ["attack", "--count", "3", "--steps", "2", "--model", str(tiny_run[0]),
+                                  "--out", str(tmp_path / "out")])
+    assert result.exit_code == 130 and "Interrupted" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_resume_needs_a_checkpoint_and_more_epochs(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ["train", "--resume", "--run-dir", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no checkpoint to resume from" in result.output
@@ -256,3 +294,22 @@ def test_model_json_with_wrong_types_is_a_one_line_error(runner, tiny_run, tmp_p
 def test_nan_is_not_a_learning_rate(runner):
     result = runner.invoke(main, ["train", "--lr", "nan"])
     assert result.exit_code == 2 and "finite" in result.output
+
+
+def test_console_entry_keeps_exit_status_output_and_files(tiny_run, tmp_path):
+    """``entry`` (the installed ``advmnist`` script) skips interpreter teardown: nothing may be lost."""
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-c", "from advmnist.cli import entry; entry()"]
+    ok = subprocess.run(run + ["attack", "--count", "2", "--steps", "3", "--model", str(tiny_run[0]),
+                               "--out", str(tmp_path), "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    payload = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert payload["summary"]["count"] == 2
+    assert np.load(tmp_path / "mnist_adv_l2.npz")["noise"].shape == (2, 28, 28)
+    assert json.loads((tmp_path / "mnist_adv_l2.json").read_text())["summary"] == payload["summary"]
+    usage = subprocess.run(run + ["attack", "--count", "0"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "x>=1" in usage.stderr
+    missing = subprocess.run(run + ["attack", "--model", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "advmnist train" in missing.stderr
