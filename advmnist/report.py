@@ -56,6 +56,8 @@ def tile_figure(tiles: np.ndarray, titles: Sequence[str] | None, path: os.PathLi
     subplot per tile, which matters for a command that writes two grids per run.
     """
     plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
     rows, cols = grid_shape(len(tiles))
     step = TILE + GAP
     inch = 1.6 / step  # inches per pixel: a 1.6-inch cell per tile
@@ -71,6 +73,8 @@ def tile_figure(tiles: np.ndarray, titles: Sequence[str] | None, path: os.PathLi
         x, y = col * step + GAP / 2, row * step + GAP - 1
         shown = ax.imshow(tile, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
                           extent=(x - 0.5, x + TILE - 0.5, y + TILE - 0.5, y - 0.5))
+        # a thin frame: a noise tile is white where the noise is zero, like the page
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), TILE, TILE, fill=False, linewidth=0.6, edgecolor="0.75"))
         if titles:
             ax.text(x + TILE / 2 - 0.5, y - 1.5, titles[i], ha="center", va="bottom", fontsize=9,
                     color=title_colors[i] if title_colors else "black")
@@ -249,3 +253,61 @@ def immunize_figure(result, path, *, title: str) -> None:
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     ax.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
+    """Heatmaps of a source x target matrix, and a 10x10 mosaic of one adversarial example per cell."""
+    from pathlib import Path
+
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    classes = range(matrix.success.shape[0])
+    heat = out_dir / f"matrix_{reg}.png"
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.0))
+    panels = [(100 * matrix.success, "reached the target (%)", "Greens", "{:.0f}", (0.0, 100.0)),
+              (matrix.mean_l2, "mean L2 of the perturbation (successes)", "magma_r", "{:.2f}", (None, None))]
+    for ax, (values, title, cmap, fmt, (vmin, vmax)) in zip(axes, panels):
+        shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
+        for (row, col), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=7,
+                        color="white" if shown.norm(value) > 0.6 else "black")
+        ax.set_xticks(list(classes))
+        ax.set_yticks(list(classes))
+        ax.set_xlabel("target class")
+        ax.set_ylabel("source digit")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+    fig.suptitle(f"source x target, {reg} regularization", fontsize=11)
+    save_figure(fig, heat)
+
+    mosaic = out_dir / f"matrix_{reg}_examples.png"
+    n = matrix.example.shape[0]
+    step = TILE + 4
+    fig = plt.figure(figsize=(7.6, 7.9))
+    ax = fig.add_axes((0.08, 0.02, 0.9, 0.9))
+    for (row, col) in np.ndindex(n, n):
+        x, y = col * step, row * step
+        ax.imshow(matrix.example[row, col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
+                  extent=(x - 0.5, x + TILE - 0.5, y + TILE - 0.5, y - 0.5))
+        failed = row != col and not matrix.success[row, col] > 0
+        if row == col or failed:
+            ax.add_patch(Rectangle((x - 1.5, y - 1.5), TILE + 2, TILE + 2, fill=False, linewidth=1.5,
+                                   edgecolor="tab:red" if failed else "tab:blue"))
+    ax.set_xlim(-2.5, n * step - 2.5)
+    ax.set_ylim(n * step - 2.5, -2.5)
+    ax.set_xticks([c * step + TILE / 2 for c in range(n)], [str(c) for c in range(n)])
+    ax.set_yticks([r * step + TILE / 2 for r in range(n)], [str(r) for r in range(n)])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_xlabel("target class")
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    ax.set_ylabel("source digit")
+    fig.suptitle(f"one adversarial example per cell ({reg}); originals on the diagonal (blue), "
+                 "red: target not reached", fontsize=9)
+    save_figure(fig, mosaic)
+    return {"heatmaps": str(heat), "examples": str(mosaic)}

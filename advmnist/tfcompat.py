@@ -54,8 +54,8 @@ def tf1():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_stderr():
         import tensorflow as tf
-    tf.compat.v1.disable_v2_behavior()
     tf.get_logger().setLevel(logging.INFO if _verbose else logging.ERROR)
+    tf.compat.v1.disable_v2_behavior()  # after the level: it logs a deprecation warning
     _tf = tf.compat.v1
     return _tf
 

@@ -20,7 +20,7 @@ def _json(result) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("command", ["data", "train", "evaluate", "attack", "universal", "immunize"])
+@pytest.mark.parametrize("command", ["data", "train", "evaluate", "attack", "matrix", "universal", "immunize"])
 def test_every_command_has_help_with_examples_of_its_options(runner, command):
     result = runner.invoke(main, [command, "--help"])
     assert result.exit_code == 0
@@ -305,6 +305,7 @@ def test_console_entry_keeps_exit_status_output_and_files(tiny_run, tmp_path):
     ok = subprocess.run(run + ["attack", "--count", "2", "--steps", "3", "--model", str(tiny_run[0]),
                                "--out", str(tmp_path), "--json"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+    assert "tensorflow" not in ok.stderr.lower() and "warning" not in ok.stderr.lower()  # a quiet TF import
     payload = json.loads(ok.stdout.strip().splitlines()[-1])
     assert payload["summary"]["count"] == 2
     assert np.load(tmp_path / "mnist_adv_l2.npz")["noise"].shape == (2, 28, 28)

@@ -1,0 +1,109 @@
+"""Source x target matrix: how hard is it to turn each digit into each other digit?
+
+The per-image attack of :mod:`advmnist.noise`, run on every ordered pair of classes:
+``per_class`` images of each source digit, each pushed towards each of the nine other
+classes. Each cell (source, target) then says how often the attack got there and how
+large the perturbation had to be. The optimization is exactly the ``attack`` command's
+(same loss, schedule, seed handling); only the choice of images and targets differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from advmnist.data import NUM_CLASSES
+from advmnist.errors import InvalidInput
+from advmnist.noise import PerImageResult
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixSettings:
+    reg: str = "l2"
+    weight: float = 1e-2
+    per_class: int = 2
+    split: str = "test"
+    steps: int = 1000
+    seed: int = 0
+
+
+def pick_sources(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first ``per_class`` images of each class, class 0 first."""
+    if per_class < 1:
+        raise InvalidInput(f"expected --per-class >= 1, got {per_class}")
+    labels = np.asarray(labels)
+    chosen = []
+    for digit in range(NUM_CLASSES):
+        found = np.flatnonzero(labels == digit)[:per_class]
+        if len(found) < per_class:
+            raise InvalidInput(f"expected at least {per_class} images of digit {digit} in the split, "
+                               f"found {len(found)}; lower --per-class")
+        chosen.append(found)
+    return np.concatenate(chosen)
+
+
+def all_pairs(indices: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every chosen image once per wrong class: (image indices, targets), sorted by source then target."""
+    labels = np.asarray(labels)
+    rows = [(i, t) for i in indices for t in range(NUM_CLASSES) if t != labels[i]]
+    pairs = np.asarray(rows, np.int64).reshape(-1, 2)
+    order = np.lexsort((pairs[:, 1], labels[pairs[:, 0]]))  # source digit, then target
+    return pairs[order, 0], pairs[order, 1]
+
+
+@dataclasses.dataclass
+class Matrix:
+    """10 x 10 arrays indexed [source, target]; the diagonal is NaN (no attack)."""
+
+    success: np.ndarray        # fraction of the source's images that reached the target
+    mean_l2: np.ndarray        # mean L2 norm of the effective perturbation, successful images only (NaN if none)
+    mean_l1: np.ndarray        # the same for L1
+    example: np.ndarray        # (10, 10, 28, 28): the first image's adversarial version; the original on the diagonal
+    count: np.ndarray          # images attacked per cell
+
+    def to_dict(self) -> dict:
+        def rows(matrix):
+            return [[None if np.isnan(v) else float(v) for v in row] for row in matrix]
+
+        return {"success": rows(self.success), "mean_l2": rows(self.mean_l2), "mean_l1": rows(self.mean_l1),
+                "count": self.count.tolist()}
+
+    def hardest(self, k: int = 3) -> list[tuple[int, int]]:
+        """The ``k`` (source, target) cells with the largest mean L2 (the hardest to reach)."""
+        values = np.where(np.isnan(self.mean_l2), -np.inf, self.mean_l2)
+        flat = np.argsort(values, axis=None)[::-1][:k]
+        return [tuple(int(x) for x in np.unravel_index(i, values.shape)) for i in flat
+                if np.isfinite(values.flat[i])]
+
+    def easiest(self, k: int = 3) -> list[tuple[int, int]]:
+        values = np.where(np.isnan(self.mean_l2), np.inf, self.mean_l2)
+        flat = np.argsort(values, axis=None)[:k]
+        return [tuple(int(x) for x in np.unravel_index(i, values.shape)) for i in flat
+                if np.isfinite(values.flat[i])]
+
+
+def summarize(result: PerImageResult, sources: np.ndarray) -> Matrix:
+    """Collect per-pair results into the matrices; ``sources`` is each attacked image's true digit."""
+    sources = np.asarray(sources)
+    delta = (result.adversarial - result.originals).reshape(len(sources), -1)
+    l2 = np.sqrt((delta.astype(np.float64) ** 2).sum(1))
+    l1 = np.abs(delta.astype(np.float64)).sum(1)
+    reached = result.predictions == result.targets
+    shape = (NUM_CLASSES, NUM_CLASSES)
+    success, mean_l2, mean_l1 = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    count = np.zeros(shape, np.int64)
+    example = np.zeros(shape + result.originals.shape[1:], np.float32)
+    for s in range(NUM_CLASSES):
+        for t in range(NUM_CLASSES):
+            cell = np.flatnonzero((sources == s) & (result.targets == t))
+            if s == t or not len(cell):
+                continue
+            count[s, t] = len(cell)
+            success[s, t] = reached[cell].mean()
+            if reached[cell].any():
+                mean_l2[s, t] = l2[cell][reached[cell]].mean()
+                mean_l1[s, t] = l1[cell][reached[cell]].mean()
+            example[s, t] = result.adversarial[cell[0]]
+            if not example[s, s].any():
+                example[s, s] = result.originals[cell[0]]
+    return Matrix(success=success, mean_l2=mean_l2, mean_l1=mean_l1, example=example, count=count)
