@@ -1,10 +1,12 @@
 """Adversarial noise against a fixed network: one optimization core, two uses.
 
 The network sees ``clip(image + noise, 0, 1)``; the only variable the optimizer may
-change is the noise. :class:`NoiseGraph` builds that once; :class:`PerImageNoise`
-(one noise per image, the first reference experiment) and :class:`UniversalNoise`
-(one noise for every image, the second) only differ in the noise's shape, how the
-cross-entropy is averaged and whether the noise is clipped after each step.
+change is the noise. :class:`PerImageNoise` (one noise per image, the first reference
+experiment) runs its Adam steps inside the graph, many per session call
+(:class:`AdamLoop`); :class:`UniversalNoise` (one noise for every image, the second)
+draws a new batch of images at every step and so takes one step per call
+(:class:`NoiseGraph`). Both use TensorFlow's Adam kernel and the same loss: the
+cross-entropy towards the target plus the regularizer's cost.
 
 Both take ``logits_fn``: a function from an image tensor to logits. For attacks it
 imports the frozen graph (:meth:`advmnist.frozen.FrozenModel.logits`); for
