@@ -700,12 +700,14 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     on, and under a freshly optimized noise: the honest measure of immunity.
 
     The immunized network is saved as a new run (checkpoint, model.pb, model.json
-    recording what it was immunized against); the original is never touched.
+    recording what it was immunized against); the original is never touched. Ctrl-C
+    once training has begun saves the network as it is (marked interrupted) and the
+    finished rounds in immunize_<target>_partial.json.
     """
     from advmnist import fileio, report
     from advmnist.data import load_train_test
     from advmnist.frozen import FrozenModel
-    from advmnist.immunize import ImmunizeSettings, checkpoint_of, immunize as immunize_network
+    from advmnist.immunize import ImmunizeInterrupted, ImmunizeSettings, checkpoint_of, immunize as immunize_network
     from advmnist.runs import prepare_run_dir
     from advmnist.universal import UniversalSettings
 
@@ -728,9 +730,19 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
                                 replay=replay, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
                                                                            l2_weight=l2_weight, seed=seed))
-    result = immunize_network(model, train_split, test, targets, settings, seed=seed, progress=_progress_enabled(),
-                              log=output.say, out_dir=run_dir, given_noise=given)
     name = target if target != "all" else f"all_{schedule}"
+    try:
+        result = immunize_network(model, train_split, test, targets, settings, seed=seed,
+                                  progress=_progress_enabled(), log=output.say, out_dir=run_dir, given_noise=given)
+    except ImmunizeInterrupted as stop:
+        partial = out / f"immunize_{name}_partial.json"
+        fileio.write_json(partial, {**stop.to_dict(), "base_model": str(model.path),
+                                    "settings": {**dataclasses.asdict(settings), "seed": seed}})
+        where = f" in round {stop.phase[0]}, target {stop.phase[1]}" if stop.phase else " during the final measurements"
+        click.echo(f"\nInterrupted{where} after {len(stop.history)} finished phase(s). The network as it was is "
+                   f"saved in {run_dir} (model.json says interrupted); the finished phases are in {partial}.",
+                   err=True)
+        sys.exit(130)
     figure = out / f"immunize_{name}.png"
     report.immunize_figure(result, figure, title=f"immunizing against target {target}"
                            + (f" ({schedule})" if target == "all" else ""))

@@ -80,6 +80,29 @@ class ImmunizeResult:
         return data
 
 
+class ImmunizeInterrupted(KeyboardInterrupt):
+    """Ctrl-C once training had begun: what was done is kept.
+
+    ``history`` holds the finished phases (as in :class:`ImmunizeResult`); ``phase`` the
+    (round, target) cut short (None if every phase had finished and the final
+    measurements were running). When the run had an ``out_dir``, the network as it was
+    when stopped is saved there (``saved_to``), its ``model.json`` marked ``interrupted``.
+    """
+
+    def __init__(self, *, targets: list[int], before: dict, clean_before: float, history: list[dict],
+                 phase: tuple[int, int] | None, seconds: float):
+        super().__init__(f"immunization interrupted after {len(history)} finished phase(s)")
+        self.targets, self.before, self.clean_before = targets, before, clean_before
+        self.history, self.phase, self.seconds = history, phase, seconds
+        self.saved_to: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"interrupted": True, "targets": self.targets, "before": self.before,
+                "clean_before": self.clean_before, "history": self.history,
+                "interrupted_in": dict(zip(("round", "target"), self.phase)) if self.phase else None,
+                "seconds": self.seconds, "run_dir": str(self.saved_to) if self.saved_to else None}
+
+
 def checkpoint_of(model: FrozenModel) -> str:
     """The training checkpoint of ``model``'s run (immunize trains variables, not constants)."""
     checkpoint = model.meta.get("checkpoint")
@@ -169,61 +192,81 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                 log(f"before: target {target}: accuracy under the given noise {given_before[target]:.2%}")
         pool = {target: [current[target]] for target in targets}
         stale: set[int] = set()  # targets whose noise predates the network's latest training
-        for round_number, target in order:
-            scope = [target] if settings.schedule == "sequential" else targets
-            if target in stale:
-                # (a): the network has learnt other targets since; find this target's noise again
-                current[target] = universal.optimize(sess, train.images, target, steps=settings.noise.steps,
-                                                     seed=int(rng.integers(2**31)), initial=current[target],
-                                                     progress=progress)
-                pool[target].append(current[target])
-            description = f"round {round_number}, target {target}: training"
-            bar = progress_bar(settings.train_steps, description, progress)
-            for step in range(settings.train_steps):
-                bar.update(1)
-                if settings.refresh_every and step and step % settings.refresh_every == 0 and settings.refresh_steps:
-                    # the adversary keeps up with the network instead of waiting for the next round
-                    current[target] = universal.optimize(sess, train.images, target, steps=settings.refresh_steps,
-                                                         seed=int(rng.integers(2**31)), initial=current[target])
+        phase = None  # the (round, target) being trained, for an interruption's report
+        try:
+            for round_number, target in order:
+                phase = (round_number, target)
+                scope = [target] if settings.schedule == "sequential" else targets
+                if target in stale:
+                    # (a): the network has learnt other targets since; find this target's noise again
+                    current[target] = universal.optimize(sess, train.images, target, steps=settings.noise.steps,
+                                                         seed=int(rng.integers(2**31)), initial=current[target],
+                                                         progress=progress)
                     pool[target].append(current[target])
-                batch = rng.integers(0, len(train.images), settings.train_batch_size)
-                sess.run(train_step, {images: train.images[batch], labels: train.labels[batch].astype(np.int32),
-                                      noise_batch: _noise_batch(rng, settings, current[target], pool, scope)})
-            bar.close()
-            trained_on = effect_of(current[target], target)
-            clean = clean_accuracy()
-            current[target], effect = fresh(target)
-            pool[target].append(current[target])
-            stale = set(targets) - {target}
-            after_own[target] = effect.accuracy
-            entry = {"round": round_number, "target": target, "clean_accuracy": clean,
-                     "accuracy_trained_noise": trained_on.accuracy, "accuracy_fresh_noise": effect.accuracy,
-                     "fooled_fresh_noise": effect.fooled}
-            history.append(entry)
-            log(f"round {round_number}, target {target}: clean {clean:.2%}, under the noise it trained on "
-                f"{trained_on.accuracy:.2%}, under fresh noise {effect.accuracy:.2%}")
-
-        clean_after = clean_accuracy()
-        after, final_noise = {}, []
-        for target in targets:
-            # The last phase already measured its target against the final network.
-            if order[-1][1] == target:
-                after[target] = after_own[target]
-            else:
+                description = f"round {round_number}, target {target}: training"
+                bar = progress_bar(settings.train_steps, description, progress)
+                for step in range(settings.train_steps):
+                    bar.update(1)
+                    if (settings.refresh_every and step and step % settings.refresh_every == 0
+                            and settings.refresh_steps):
+                        # the adversary keeps up with the network instead of waiting for the next round
+                        current[target] = universal.optimize(sess, train.images, target,
+                                                             steps=settings.refresh_steps,
+                                                             seed=int(rng.integers(2**31)), initial=current[target])
+                        pool[target].append(current[target])
+                    batch = rng.integers(0, len(train.images), settings.train_batch_size)
+                    sess.run(train_step, {images: train.images[batch],
+                                          labels: train.labels[batch].astype(np.int32),
+                                          noise_batch: _noise_batch(rng, settings, current[target], pool, scope)})
+                bar.close()
+                trained_on = effect_of(current[target], target)
+                clean = clean_accuracy()
                 current[target], effect = fresh(target)
-                after[target] = effect.accuracy
-            final_noise.append(current[target])
-        given_after = {target: effect_of(noise, target).accuracy
-                       for target, noise in zip(targets, given_noise if given_noise is not None else [])}
+                pool[target].append(current[target])
+                stale = set(targets) - {target}
+                after_own[target] = effect.accuracy
+                entry = {"round": round_number, "target": target, "clean_accuracy": clean,
+                         "accuracy_trained_noise": trained_on.accuracy, "accuracy_fresh_noise": effect.accuracy,
+                         "fooled_fresh_noise": effect.fooled}
+                history.append(entry)
+                log(f"round {round_number}, target {target}: clean {clean:.2%}, under the noise it trained on "
+                    f"{trained_on.accuracy:.2%}, under fresh noise {effect.accuracy:.2%}")
+            phase = None
+
+            clean_after = clean_accuracy()
+            after, final_noise = {}, []
+            for target in targets:
+                # The last phase already measured its target against the final network.
+                if order[-1][1] == target:
+                    after[target] = after_own[target]
+                else:
+                    current[target], effect = fresh(target)
+                    after[target] = effect.accuracy
+                final_noise.append(current[target])
+            given_after = {target: effect_of(noise, target).accuracy
+                           for target, noise in zip(targets, given_noise if given_noise is not None else [])}
+        except KeyboardInterrupt:
+            # keep the training done so far: the network as it is now, and the finished phases
+            stopped = ImmunizeInterrupted(targets=targets, before=before, clean_before=clean_before,
+                                          history=history, phase=phase, seconds=round(time.time() - started, 1))
+        else:
+            stopped = None
         if out_dir is not None:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             saved = saver.save(sess, str(out_dir / "model-immunized"), write_meta_graph=False)
     if out_dir is not None:
-        write_frozen(inference_graph_def(saved), out_dir, saved, test_accuracy=clean_after,
+        state = ({"test_accuracy": clean_after} if stopped is None else
+                 {"interrupted": True, "finished_phases": len(history),
+                  "interrupted_in": dict(zip(("round", "target"), stopped.phase)) if stopped.phase else None})
+        write_frozen(inference_graph_def(saved), out_dir, saved, **state,
                      immunized_against=targets, schedule=settings.schedule, rounds=settings.rounds,
                      train_steps=settings.train_steps, clean_fraction=settings.clean_fraction, seed=seed,
                      base_model=str(model.path))
+        if stopped is not None:
+            stopped.saved_to = out_dir
+    if stopped is not None:
+        raise stopped
     return ImmunizeResult(targets=targets, before=before, after=after, clean_before=clean_before,
                           clean_after=clean_after, history=history, after_own_training=after_own,
                           final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1),

@@ -188,3 +188,34 @@ def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
     np.savez(archive, noise=np.zeros((28, 28)))
     refused = runner.invoke(main, ["universal", "--noise", str(archive), "--model", str(tiny_run[0])])
     assert refused.exit_code == 2 and "archive" in refused.output
+
+
+def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run, tmp_path, monkeypatch):
+    from advmnist import immunize as immunize_module
+    from advmnist.frozen import FrozenModel
+
+    original, calls = immunize_module._noise_batch, []
+
+    def interrupted_in_round_two(*args):
+        calls.append(1)
+        if len(calls) == 5:  # 3 training steps a round: the second step of round 2
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(immunize_module, "_noise_batch", interrupted_in_round_two)
+    run_dir, out = tmp_path / "immune", tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "immunize", "--target", "3", "--rounds", "2", "--train-steps", "3", "--noise-steps", "3",
+        "--refresh-every", "0", "--model", str(tiny_run[0]), "--run-dir", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert "in round 2, target 3 after 1 finished phase(s)" in result.output
+    partial = json.loads((out / "immunize_3_partial.json").read_text())
+    assert [h["round"] for h in partial["history"]] == [1] and partial["interrupted_in"] == {"round": 2, "target": 3}
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["interrupted"] is True and meta["finished_phases"] == 1 and "test_accuracy" not in meta
+    from advmnist.immunize import checkpoint_of
+
+    assert checkpoint_of(FrozenModel.load(run_dir))  # a later run can go on from it with --model
+    probabilities = FrozenModel.load(run_dir).predict_proba(np.zeros((2, 28, 28), np.float32))
+    assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert not (out / "immunize_3.json").exists()
