@@ -311,3 +311,30 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
                  "red: target not reached", fontsize=9)
     save_figure(fig, mosaic)
     return {"heatmaps": str(heat), "examples": str(mosaic)}
+
+
+def tradeoff_figure(points, path, *, title: str) -> None:
+    """Success and mean perturbation size against the regularization weight, one line per regularizer."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.8))
+    positive = [p.weight for p in points if p.weight > 0]
+    panels = [("success", "reached the target (%)", 100.0), ("mean_l2", "mean L2 of the perturbation", 1.0),
+              ("mean_l1", "mean L1 of the perturbation", 1.0)]
+    for ax, (key, label, scale) in zip(axes, panels):
+        for reg in dict.fromkeys(p.reg for p in points):
+            rows = [p.summary() for p in points if p.reg == reg]
+            xs = [r["weight"] for r in rows if r[key] is not None]
+            ys = [scale * r[key] for r in rows if r[key] is not None]
+            ax.plot(xs, ys, marker="o", label=reg)
+        if positive:
+            ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xlabel("regularization weight")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-5, 105)
+    axes[0].legend()
+    axes[1].set_title("(successful images only)", fontsize=9)
+    axes[2].set_title("(successful images only)", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)

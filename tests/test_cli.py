@@ -20,7 +20,8 @@ def _json(result) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("command", ["data", "train", "evaluate", "attack", "matrix", "universal", "immunize"])
+@pytest.mark.parametrize("command", ["data", "train", "evaluate", "attack", "matrix", "tradeoff", "universal",
+                                     "immunize"])
 def test_every_command_has_help_with_examples_of_its_options(runner, command):
     result = runner.invoke(main, [command, "--help"])
     assert result.exit_code == 0

@@ -1,0 +1,90 @@
+"""Trade-off between the size of the noise and success: a sweep over the regularization weight.
+
+The per-image attack of :mod:`advmnist.noise`, run on the same images, targets and
+seed for each regularizer and each weight. A larger weight buys a smaller
+perturbation until the attack stops reaching its target; the sweep shows where, and
+for each image the smallest perturbation that still fooled the network (a
+minimal-norm search over the grid of weights).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from advmnist.attack import perturbation_norms
+from advmnist.errors import InvalidInput
+from advmnist.noise import PerImageNoise, make_regularizer
+
+DEFAULT_WEIGHTS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+def parse_weights(text: str) -> list[float]:
+    """``"0,0.01,0.1"`` -> sorted distinct weights, each finite and >= 0."""
+    try:
+        weights = sorted({float(part) for part in str(text).split(",") if part.strip()})
+    except ValueError as err:
+        raise InvalidInput(f"expected comma-separated numbers for --weights, got {text!r}") from err
+    if not weights or not all(np.isfinite(w) and w >= 0 for w in weights):
+        raise InvalidInput(f"expected one or more finite weights >= 0, got {text!r}")
+    return weights
+
+
+@dataclasses.dataclass
+class SweepPoint:
+    reg: str
+    weight: float
+    success: np.ndarray   # per image: reached the target
+    l1: np.ndarray        # per image: norms of the effective perturbation
+    l2: np.ndarray
+    linf: np.ndarray
+
+    def summary(self) -> dict:
+        hit = self.success
+
+        def mean_of_successes(values):
+            return float(values[hit].mean()) if hit.any() else None
+
+        return {"reg": self.reg, "weight": self.weight, "success": float(hit.mean()),
+                "mean_l1": mean_of_successes(self.l1), "mean_l2": mean_of_successes(self.l2),
+                "mean_linf": mean_of_successes(self.linf)}
+
+
+def sweep(logits_fn, images: np.ndarray, targets: np.ndarray, regs: Sequence[str], weights: Sequence[float], *,
+          steps: int, seed: int, progress: bool = False,
+          on_point: Callable[[SweepPoint], None] = lambda point: None) -> list[SweepPoint]:
+    """One attack per (regularizer, weight); ``none`` has no weight and runs once (weight 0).
+
+    Weight 0 is the same attack for every regularizer (no penalty): it runs once and
+    its result is reported under each regularizer that asks for it.
+    """
+    points, unpenalized = [], None
+    for reg in regs:
+        for weight in ([0.0] if reg == "none" else weights):
+            regularizer = make_regularizer(reg, weight)
+            if regularizer.weight == 0 and unpenalized is not None:
+                point = dataclasses.replace(unpenalized, reg=reg)
+            else:
+                result = PerImageNoise(logits_fn, regularizer, steps=steps).run(images, targets, seed=seed,
+                                                                                progress=progress)
+                norms = perturbation_norms(result)
+                point = SweepPoint(reg=reg, weight=regularizer.weight, success=result.predictions == result.targets,
+                                   l1=norms["l1"], l2=norms["l2"], linf=norms["linf"])
+                if regularizer.weight == 0:
+                    unpenalized = point
+            on_point(point)
+            points.append(point)
+    return points
+
+
+def smallest_successes(points: Sequence[SweepPoint], norm: str = "l2") -> list[dict | None]:
+    """Per image, the successful run with the smallest ``norm`` of the effective perturbation."""
+    count = len(points[0].success)
+    best: list[dict | None] = [None] * count
+    for point in points:
+        values = getattr(point, norm)
+        for i in np.flatnonzero(point.success):
+            if best[i] is None or values[i] < best[i][norm]:
+                best[i] = {"reg": point.reg, "weight": point.weight, norm: float(values[i])}
+    return best
