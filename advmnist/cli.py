@@ -326,28 +326,12 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     """
     import time
 
-    from advmnist import attack as attack_lib
     from advmnist import fileio, report
-    from advmnist.data import load_split, split_size
-    from advmnist.frozen import FrozenModel
     from advmnist.noise import AttackInterrupted, PerImageNoise, make_regularizer
 
     output = Output(json_mode)
-    try:
-        rule = attack_lib.parse_target_rule(target)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--target") from err
-    if offset + count > split_size(split):
-        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
-                                 f"got {offset} + {count}", param_hint="--count")
-    model = FrozenModel.load(model_path)
-    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
-    indices = np.arange(offset, offset + count)
-    images, labels = data.images, data.labels
-    try:
-        targets = attack_lib.choose_targets(labels, rule, seed=seed, indices=indices)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--target") from err
+    model, rule, indices, images, labels, targets = _attack_inputs(
+        model_path, split, offset, count, target, seed, data_dir, output)
 
     regs = ["l2", "l1", "none"] if reg == "all" else [reg]
     settings = _attack_record(model, split, offset, count, rule, steps, seed, early_stop, margin)
@@ -385,6 +369,29 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         output.say(f"comparison figure: {figure}")
         payload = {"runs": reports, "comparison": table, "figure": str(figure)}
     output.result(payload)
+
+
+def _attack_inputs(model_path, split, offset, count, target, seed, data_dir, output: Output):
+    """Check the image range and target rule, then load the model and the digits with their targets."""
+    from advmnist import attack as attack_lib
+    from advmnist.data import load_split, split_size
+    from advmnist.frozen import FrozenModel
+
+    try:
+        rule = attack_lib.parse_target_rule(target)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--target") from err
+    if offset + count > split_size(split):
+        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
+                                 f"got {offset} + {count}", param_hint="--count")
+    model = FrozenModel.load(model_path)
+    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
+    indices = np.arange(offset, offset + count)
+    try:
+        targets = attack_lib.choose_targets(data.labels, rule, seed=seed, indices=indices)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--target") from err
+    return model, rule, indices, data.images, data.labels, targets
 
 
 def _write_attack(output: Output, model, result, regularizer, name: str, indices, seconds: float, out: Path,
@@ -572,32 +579,17 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
     """
     import time
 
-    from advmnist import attack as attack_lib
     from advmnist import fileio, report
     from advmnist import tradeoff as tradeoff_lib
-    from advmnist.data import load_split, split_size
-    from advmnist.frozen import FrozenModel
 
     output = Output(json_mode)
     try:
         weight_list = tradeoff_lib.parse_weights(weights)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--weights") from err
-    try:
-        rule = attack_lib.parse_target_rule(target)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--target") from err
-    if offset + count > split_size(split):
-        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
-                                 f"got {offset} + {count}", param_hint="--count")
     regs = list(dict.fromkeys(regs))
-    model = FrozenModel.load(model_path)
-    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
-    indices = np.arange(offset, offset + count)
-    try:
-        targets = attack_lib.choose_targets(data.labels, rule, seed=seed, indices=indices)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--target") from err
+    model, rule, indices, images, labels, targets = _attack_inputs(
+        model_path, split, offset, count, target, seed, data_dir, output)
     penalized = sum(len([w for w in weight_list if w > 0]) for reg in regs if reg != "none")
     runs = penalized + int(any(reg == "none" or 0.0 in weight_list for reg in regs))  # weight 0 runs once
     output.say(f"{runs} attacks of {count} image(s), {steps} steps each")
@@ -609,12 +601,12 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
         output.say(f"{point.reg} weight {point.weight:g}: {s['success']:.0%} reached the target"
                    + (f", mean L2 {s['mean_l2']:.3f}, mean L1 {s['mean_l1']:.2f}" if s["mean_l2"] is not None else ""))
 
-    points = tradeoff_lib.sweep(model.logits, data.images, targets, regs, weight_list, steps=steps, seed=seed,
+    points = tradeoff_lib.sweep(model.logits, images, targets, regs, weight_list, steps=steps, seed=seed,
                                 progress=_progress_enabled(), on_point=said)
     smallest = tradeoff_lib.smallest_successes(points)
     figure = out / "tradeoff.png"
     report.tradeoff_figure(points, figure, title=f"{count} images, {rule} targets, {steps} steps")
-    rows = [[int(indices[i]), int(data.labels[i]), int(targets[i])]
+    rows = [[int(indices[i]), int(labels[i]), int(targets[i])]
             + (["-", "-", "-"] if best is None else [best["reg"], f"{best['weight']:g}", f"{best['l2']:.3f}"])
             for i, best in enumerate(smallest)]
     output.say("smallest successful perturbation per image:")

@@ -121,16 +121,20 @@ def time_bare(model, images, targets, steps: int, seed: int = 0) -> dict:
             "reached_target": int((final_logits.argmax(1) == targets).sum())}
 
 
-def time_bare_script(model_path: str, steps: int, offset: int) -> dict:
-    """The bare loop as a fresh Python process: import TensorFlow, load model and digits, loop, fetch."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--bare-only", "--model", model_path,
-               "--steps-small", str(steps), "--offset", str(offset)]
+def run_timed(command: list[str]) -> tuple[float, dict]:
+    """Run a command, time it end to end, and return the seconds and the JSON object on its last line."""
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"bare script failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    inner = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"`{' '.join(command)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def time_bare_script(model_path: str, steps: int, offset: int) -> dict:
+    """The bare loop as a fresh Python process: import TensorFlow, load model and digits, loop, fetch."""
+    seconds, inner = run_timed([sys.executable, str(Path(__file__).resolve()), "--bare-only", "--model", model_path,
+                                "--steps-small", str(steps), "--offset", str(offset)])
     return {"seconds": seconds, "loop_seconds": inner["loop_seconds"], "steps": steps, "count": REFERENCE_COUNT}
 
 
@@ -140,12 +144,7 @@ def time_cli(model_path: str, steps: int, offset: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="advmnist-bench-cli-") as out:
         command += ["attack", "--reg", "l2", "--count", str(REFERENCE_COUNT), "--offset", str(offset),
                     "--steps", str(steps), "--out", out, "--model", model_path, "--json"]
-        started = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"`{' '.join(command)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+        seconds, payload = run_timed(command)
     return {"command": command, "seconds": seconds, "attack_seconds_reported": payload.get("seconds"),
             "steps": steps, "count": REFERENCE_COUNT}
 
