@@ -82,12 +82,30 @@ def test_l1_gives_sparser_noise_than_l2_and_none(tiny_model, digits):
     assert small["l1"] > small["l2"]
 
 
-def test_chunking_does_not_change_results(tiny_model, digits):
+def test_an_images_objective_does_not_depend_on_the_others(tiny_model, digits):
+    """CE_i / 16 + R(noise_i): an image's gradient is the same alone, in a batch of 3 or of 8."""
+    images, _, targets = digits
+    targets = targets.astype(np.int32)
+    initial = np.random.default_rng(5).normal(0.0, 0.01, images.shape).astype(np.float32)
+    _, batch = _tf_adam_noise(tiny_model, images, targets, initial, 0, 3e-3, plain_import=False)
+    _, three = _tf_adam_noise(tiny_model, images[:3], targets[:3], initial[:3], 0, 3e-3, plain_import=False)
+    _, alone = _tf_adam_noise(tiny_model, images[5:6], targets[5:6], initial[5:6], 0, 3e-3, plain_import=False)
+    scale = np.abs(batch).max()
+    np.testing.assert_allclose(three, batch[:3], rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(alone, batch[5:6], rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_chunks_cover_every_image_in_order(tiny_model, digits):
+    """Chunks of 3 give the run of the whole batch up to float rounding, which Adam's normalized
+    steps can turn into full-size steps in the odd pixel whose gradient is nearly zero."""
     images, labels, targets = digits
-    whole = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60).run(images, targets, seed=5)
-    chunked = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60, chunk_size=3).run(images, targets, seed=5)
-    np.testing.assert_allclose(whole.noise, chunked.noise, atol=2e-5)
-    assert (whole.predictions == chunked.predictions).all()
+    whole = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60).run(images, targets, labels=labels, seed=5)
+    chunked = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60, chunk_size=3).run(images, targets,
+                                                                                       labels=labels, seed=5)
+    for name in ("originals", "labels", "targets", "steps_run"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    assert np.abs(chunked.noise - whole.noise).mean() < 1e-3
+    assert (chunked.predictions == whole.predictions).mean() >= 7 / 8
 
 
 def test_same_seed_same_noise_other_seed_other_noise(tiny_model, digits):
@@ -190,7 +208,7 @@ def test_in_graph_adam_loop_matches_the_textbook_loop(tiny_model, digits):
     # the check cadence (every 7 steps) splits the 30 steps into session calls of 7, 7, 7, 7, 2
     attack = PerImageNoise(tiny_model.logits, L2(1e-2), steps=30, lr=3e-3, late_lr=3e-3, check_every=7)
     ours = attack.run(images, targets, seed=0)
-    np.testing.assert_allclose(ours.noise, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ours.noise, expected)  # the same kernel on the same gradients: bit for bit
     assert (ours.steps_run == 30).all()
 
 
@@ -200,7 +218,7 @@ def test_learning_rate_switch_lands_on_its_step(tiny_model, digits):
     images, targets = images[:2], targets[:2]
     one_call_each = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=1).run(images, targets, seed=2)
     few_calls = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=4).run(images, targets, seed=2)
-    np.testing.assert_allclose(few_calls.noise, one_call_each.noise, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(few_calls.noise, one_call_each.noise)
     no_switch = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=4,
                               late_lr=3e-3).run(images, targets, seed=2)
     assert np.abs(no_switch.noise - few_calls.noise).max() > 1e-5
