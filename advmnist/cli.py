@@ -472,7 +472,7 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, out, data_dir
 
     Takes the first --per-class images of each digit and attacks each of them towards
     each of the nine other classes with the per-image noise of `advmnist attack`
-    (90 x --per-class attacks, optimized together). Each cell (source, target) reports
+    (90 x --per-class attacks, optimized 256 at a time). Each cell (source, target) reports
     how often the target was reached and the mean L2 norm of the perturbation that
     did it: which digits are close to which, for this network.
 
@@ -554,7 +554,7 @@ def _tradeoff_default_weights() -> str:
               help="Seeds the initial noise (the same for every weight) and random targets.")
 @model_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
-              help="Folder for tradeoff.png and tradeoff.json.")
+              help="Folder for tradeoff_<regs>.png and tradeoff_<regs>.json.")
 @data_dir_option
 @json_option
 @translate_errors
@@ -569,9 +569,9 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
     the grid of weights.
 
     \b
-    Writes to --out (default assets/):
-      tradeoff.png   success, mean L2 and mean L1 against the weight
-      tradeoff.json  every point and each image's smallest success
+    Writes to --out (default assets/), <regs> being e.g. l2_l1:
+      tradeoff_<regs>.png   success, mean L2 and mean L1 against the weight
+      tradeoff_<regs>.json  every point and each image's smallest success
 
     \b
     Example (about 1.5 minutes on 2 CPU cores):
@@ -604,7 +604,8 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
     points = tradeoff_lib.sweep(model.logits, images, targets, regs, weight_list, steps=steps, seed=seed,
                                 progress=_progress_enabled(), on_point=said)
     smallest = tradeoff_lib.smallest_successes(points)
-    figure = out / "tradeoff.png"
+    name = "tradeoff_" + "_".join(regs)
+    figure = out / f"{name}.png"
     report.tradeoff_figure(points, figure, title=f"{count} images, {rule} targets, {steps} steps")
     rows = [[int(indices[i]), int(labels[i]), int(targets[i])]
             + (["-", "-", "-"] if best is None else [best["reg"], f"{best['weight']:g}", f"{best['l2']:.3f}"])
@@ -617,8 +618,8 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
               "smallest_success": [None if best is None else {"index": int(indices[i]), **best}
                                    for i, best in enumerate(smallest)],
               "seconds": round(time.time() - started, 2), "figure": str(figure)}
-    fileio.write_json(out / "tradeoff.json", record)
-    output.say(f"figure: {figure}; numbers: {out / 'tradeoff.json'}")
+    fileio.write_json(out / f"{name}.json", record)
+    output.say(f"figure: {figure}; numbers: {out / f'{name}.json'}")
     output.result(record)
 
 
@@ -804,7 +805,7 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     The immunized network is saved as a new run (checkpoint, model.pb, model.json
     recording what it was immunized against); the original is never touched. Ctrl-C
     once training has begun saves the network as it is (marked interrupted) and the
-    finished rounds in immunize_<target>_partial.json.
+    finished rounds in immunize_<target>_partial.json (immunize_all_<schedule>_partial.json).
     """
     from advmnist import fileio, report
     from advmnist.data import load_train_test
@@ -869,9 +870,11 @@ def entry() -> None:
     """The ``advmnist`` console script: run the command, then exit without interpreter teardown.
 
     Once TensorFlow is imported, Python's normal shutdown spends about half a second
-    tearing it down; every file a command writes is complete (written to a temporary
-    name and renamed) before the command returns, so after flushing the streams and
-    the logging handlers the process can end at once with the command's exit status.
+    tearing it down. Every file a command writes is complete before the command
+    returns: ours are written to a temporary name and renamed, and tensorpack closes
+    its checkpoint and event writers when training ends; its text log is flushed by
+    ``logging.shutdown`` here. So after flushing the streams the process can end at
+    once with the command's exit status.
     """
     import logging
 
@@ -886,8 +889,11 @@ def entry() -> None:
         print(status, file=sys.stderr)
         status = 1
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that went away (`advmnist ... | head`)
+            pass
     os._exit(status)
 
 

@@ -58,7 +58,9 @@ class Matrix:
     success: np.ndarray        # fraction of the source's images that reached the target
     mean_l2: np.ndarray        # mean L2 norm of the effective perturbation, successful images only (NaN if none)
     mean_l1: np.ndarray        # the same for L1
-    example: np.ndarray        # (10, 10, 28, 28): the first image's adversarial version; the original on the diagonal
+    example: np.ndarray        # (10, 10, 28, 28): an adversarial image per cell (the first that reached the
+                               # target, else the first); an original on the diagonal
+    example_reached: np.ndarray  # (10, 10) bool: whether the image shown reached its target
     count: np.ndarray          # images attacked per cell
 
     def to_dict(self) -> dict:
@@ -93,6 +95,7 @@ def summarize(result: PerImageResult, sources: np.ndarray) -> Matrix:
     success, mean_l2, mean_l1 = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     count = np.zeros(shape, np.int64)
     example = np.zeros(shape + result.originals.shape[1:], np.float32)
+    example_reached = np.zeros(shape, bool)
     for s in range(NUM_CLASSES):
         for t in range(NUM_CLASSES):
             cell = np.flatnonzero((sources == s) & (result.targets == t))
@@ -103,7 +106,9 @@ def summarize(result: PerImageResult, sources: np.ndarray) -> Matrix:
             if reached[cell].any():
                 mean_l2[s, t] = l2[cell][reached[cell]].mean()
                 mean_l1[s, t] = l1[cell][reached[cell]].mean()
-            example[s, t] = result.adversarial[cell[0]]
+            shown = cell[reached[cell]][0] if reached[cell].any() else cell[0]
+            example[s, t], example_reached[s, t] = result.adversarial[shown], reached[shown]
             if not example[s, s].any():
                 example[s, s] = result.originals[cell[0]]
-    return Matrix(success=success, mean_l2=mean_l2, mean_l1=mean_l1, example=example, count=count)
+    return Matrix(success=success, mean_l2=mean_l2, mean_l1=mean_l1, example=example,
+                  example_reached=example_reached, count=count)

@@ -27,9 +27,11 @@ from advmnist.tfcompat import tf1
 
 #: The reference averaged the cross-entropy over a batch of 16 images and summed the
 #: regularization over the same 16 noises. Each image's objective is kept exactly that,
-#: ``CE_i / 16 + weight * R(noise_i)``, whatever --count is, so an image's result does
-#: not depend on how many others are attacked with it (Adam updates every element on
-#: its own gradient history, so internal batching changes nothing either).
+#: ``CE_i / 16 + weight * R(noise_i)``, whatever --count is, so an image's gradient does
+#: not depend on how many others are attacked with it, and Adam updates every element
+#: on its own gradient history. Its noise is the same up to float rounding (kernels sum
+#: in other orders for other batch sizes), which Adam's normalized steps can enlarge in
+#: pixels whose gradient is nearly zero.
 REFERENCE_BATCH = 16
 
 LogitsFn = Callable[[object], object]
@@ -309,7 +311,7 @@ def _assemble(images, targets, labels, parts) -> PerImageResult:
 class AttackInterrupted(KeyboardInterrupt):
     """Ctrl-C after at least one chunk finished: ``partial`` holds those images' results.
 
-    Chunks run in order and each image's result does not depend on the others, so the
+    Chunks run in order with the same boundaries as an uninterrupted run, so the
     partial result is exactly the first images of the full run.
     """
 

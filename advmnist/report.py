@@ -292,7 +292,7 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
         x, y = col * step, row * step
         ax.imshow(matrix.example[row, col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
                   extent=(x - 0.5, x + TILE - 0.5, y + TILE - 0.5, y - 0.5))
-        failed = row != col and not matrix.success[row, col] > 0
+        failed = row != col and not matrix.example_reached[row, col]
         if row == col or failed:
             ax.add_patch(Rectangle((x - 1.5, y - 1.5), TILE + 2, TILE + 2, fill=False, linewidth=1.5,
                                    edgecolor="tab:red" if failed else "tab:blue"))

@@ -160,8 +160,10 @@ def test_to_8bit_rounds_to_pixel_levels():
     assert np.abs(rounded - images).max() <= 0.5 / 255 + 1e-7
 
 
-def _tf_adam_noise(model, images, targets, initial, steps: int, lr: float, *, plain_import: bool):
-    """The textbook TF1 loop: tf.train.AdamOptimizer, one sess.run per step (what AdamLoop replaces)."""
+def _tf_adam_noise(model, images, targets, initial, steps: int, lr: float, *, plain_import: bool,
+                   late_lr: float | None = None, switch: int | None = None):
+    """The textbook TF1 loop: tf.train.AdamOptimizer, one sess.run per step (what AdamLoop replaces);
+    from step ``switch`` on, the learning rate is ``late_lr``."""
     from advmnist.tfcompat import tf1
 
     tf = tf1()
@@ -176,14 +178,15 @@ def _tf_adam_noise(model, images, targets, initial, steps: int, lr: float, *, pl
             logits = model.logits(adversarial)
         cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.constant(targets), logits=logits)
         loss = tf.reduce_sum(cross_entropy) / 16 + 1e-2 * tf.nn.l2_loss(noise)
-        step = tf.train.AdamOptimizer(lr).minimize(loss, var_list=[noise])
+        rate = tf.placeholder_with_default(np.float32(lr), ())
+        step = tf.train.AdamOptimizer(rate).minimize(loss, var_list=[noise])
         gradient = tf.gradients(loss, [noise])[0]
         init = tf.global_variables_initializer()
     with tf.Session(graph=graph) as sess:
         sess.run(init)
         first_gradient = sess.run(gradient)
-        for _ in range(steps):
-            sess.run(step)
+        for k in range(steps):
+            sess.run(step, {rate: late_lr} if switch is not None and k >= switch else {})
         return sess.run(noise), first_gradient
 
 
@@ -213,12 +216,16 @@ def test_in_graph_adam_loop_matches_the_textbook_loop(tiny_model, digits):
 
 
 def test_learning_rate_switch_lands_on_its_step(tiny_model, digits):
-    """Two thirds in, the rate drops, whatever the check cadence: 9 steps, switch after step 6."""
+    """9 steps: 6 at 3e-3, then 3 at 1e-3 (two thirds in), whatever the check cadence."""
     images, _, targets = digits
-    images, targets = images[:2], targets[:2]
-    one_call_each = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=1).run(images, targets, seed=2)
-    few_calls = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=4).run(images, targets, seed=2)
-    np.testing.assert_array_equal(few_calls.noise, one_call_each.noise)
-    no_switch = PerImageNoise(tiny_model.logits, L1(1e-2), steps=9, check_every=4,
-                              late_lr=3e-3).run(images, targets, seed=2)
-    assert np.abs(no_switch.noise - few_calls.noise).max() > 1e-5
+    images, targets = images[:2], targets[:2].astype(np.int32)
+    initial = np.random.default_rng(2).normal(0.0, 0.01, images.shape).astype(np.float32)  # as PerImageNoise draws
+    expected, _ = _tf_adam_noise(tiny_model, images, targets, initial, 9, 3e-3, plain_import=False,
+                                 late_lr=1e-3, switch=6)
+    one_step_early, _ = _tf_adam_noise(tiny_model, images, targets, initial, 9, 3e-3, plain_import=False,
+                                       late_lr=1e-3, switch=5)
+    assert not np.array_equal(one_step_early, expected)  # the comparison can tell a switch one step off
+    for check_every in (1, 4, 100):
+        ours = PerImageNoise(tiny_model.logits, L2(1e-2), steps=9, lr=3e-3, late_lr=1e-3,
+                             check_every=check_every).run(images, targets, seed=2)
+        np.testing.assert_array_equal(ours.noise, expected)

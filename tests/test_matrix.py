@@ -48,19 +48,21 @@ def _fake_result(sources, targets, reached, scale):
 def test_summary_counts_successes_and_averages_their_norms():
     sources = np.array([0, 0, 0, 0, 1])
     targets = np.array([1, 1, 2, 2, 0])
-    reached = np.array([True, False, True, True, False])
+    reached = np.array([False, True, True, True, False])  # in cell (0, 1) the first image fails
     scale = np.array([0.2, 0.4, 0.1, 0.3, 0.25], np.float32)
     result = _fake_result(sources, targets, reached, scale)
     result.adversarial[np.arange(5), 0, 0] = 0.5 + scale
     cells = matrix.summarize(result, sources)
     assert cells.success[0, 1] == 0.5 and cells.success[0, 2] == 1.0 and cells.success[1, 0] == 0.0
-    assert cells.mean_l2[0, 1] == pytest.approx(0.2, rel=1e-5)  # the failed image's 0.4 is not averaged in
+    assert cells.mean_l2[0, 1] == pytest.approx(0.4, rel=1e-5)  # the failed image's 0.2 is not averaged in
     assert cells.mean_l2[0, 2] == pytest.approx(0.2, rel=1e-5)
     assert np.isnan(cells.mean_l2[1, 0]) and np.isnan(cells.success[0, 0]) and np.isnan(cells.success[5, 6])
     assert cells.count[0, 1] == 2 and cells.count[1, 0] == 1 and cells.count[0, 0] == 0
     np.testing.assert_array_equal(cells.example[0, 0], result.originals[0])  # the original on the diagonal
     np.testing.assert_array_equal(cells.example[0, 2], result.adversarial[2])
-    assert cells.easiest(1) == [(0, 1)] or cells.easiest(1) == [(0, 2)]
+    np.testing.assert_array_equal(cells.example[0, 1], result.adversarial[1])  # the one that got there
+    assert cells.example_reached[0, 1] and not cells.example_reached[1, 0]
+    assert cells.easiest(1) == [(0, 2)] and cells.hardest(1) == [(0, 1)]
     payload = cells.to_dict()
     assert payload["success"][0][0] is None and payload["success"][0][2] == 1.0
     json.dumps(payload)

@@ -53,7 +53,7 @@ def test_tradeoff_command(tiny_run, tmp_path):
     payload = json.loads(result.stdout)
     assert [(p["reg"], p["weight"]) for p in payload["points"]] == [("l1", 0.0), ("l1", 0.05)]
     assert len(payload["smallest_success"]) == 3
-    assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "tradeoff.json").read_text())["points"] == payload["points"]
+    assert (tmp_path / "tradeoff_l1.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "tradeoff_l1.json").read_text())["points"] == payload["points"]
     bad = runner.invoke(main, ["tradeoff", "--weights", "0,-1", "--model", str(tiny_run[0])])
     assert bad.exit_code == 2 and "weights >= 0" in bad.output
