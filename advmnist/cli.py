@@ -346,13 +346,13 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
             result = optimizer.run(images, targets, labels=labels, seed=seed, progress=_progress_enabled())
         except AttackInterrupted as stop:  # keep the chunks that finished, beside (not over) earlier results
             done = len(stop.partial.noise)
-            record = _write_attack(output, model, stop.partial, regularizer, f"{name}_partial", indices[:done],
+            record = _write_attack(output, stop.partial, regularizer, f"{name}_partial", indices[:done],
                                    time.time() - started, out, {**settings, "completed": done})
             click.echo(f"\nInterrupted during {name}: the first {done} of {count} images were done; their "
                        f"results are in {record['files']['arrays']} and beside it.", err=True)
             sys.exit(130)
         results[name] = result
-        reports[name] = _write_attack(output, model, result, regularizer, name, indices, time.time() - started,
+        reports[name] = _write_attack(output, result, regularizer, name, indices, time.time() - started,
                                       out, settings)
 
     payload = reports[regs[0]]
@@ -394,7 +394,7 @@ def _attack_inputs(model_path, split, offset, count, target, seed, data_dir, out
     return model, rule, indices, data.images, data.labels, targets
 
 
-def _write_attack(output: Output, model, result, regularizer, name: str, indices, seconds: float, out: Path,
+def _write_attack(output: Output, result, regularizer, name: str, indices, seconds: float, out: Path,
                   settings: dict) -> dict:
     """Write one regularizer's figures, arrays and metrics; print its table."""
     from advmnist import attack as attack_lib
