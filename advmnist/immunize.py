@@ -96,11 +96,16 @@ class ImmunizeInterrupted(KeyboardInterrupt):
         self.history, self.phase, self.seconds = history, phase, seconds
         self.saved_to: Path | None = None
 
+    @property
+    def interrupted_in(self) -> dict | None:
+        """The phase cut short as {"round": r, "target": t}, or None."""
+        return dict(zip(("round", "target"), self.phase)) if self.phase else None
+
     def to_dict(self) -> dict:
         return {"interrupted": True, "targets": self.targets, "before": self.before,
                 "clean_before": self.clean_before, "history": self.history,
-                "interrupted_in": dict(zip(("round", "target"), self.phase)) if self.phase else None,
-                "seconds": self.seconds, "run_dir": str(self.saved_to) if self.saved_to else None}
+                "interrupted_in": self.interrupted_in, "seconds": self.seconds,
+                "run_dir": str(self.saved_to) if self.saved_to else None}
 
 
 def checkpoint_of(model: FrozenModel) -> str:
@@ -204,21 +209,22 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
                                                          progress=progress)
                     pool[target].append(current[target])
                 description = f"round {round_number}, target {target}: training"
-                bar = progress_bar(settings.train_steps, description, progress)
-                for step in range(settings.train_steps):
-                    bar.update(1)
-                    if (settings.refresh_every and step and step % settings.refresh_every == 0
-                            and settings.refresh_steps):
-                        # the adversary keeps up with the network instead of waiting for the next round
-                        current[target] = universal.optimize(sess, train.images, target,
-                                                             steps=settings.refresh_steps,
-                                                             seed=int(rng.integers(2**31)), initial=current[target])
-                        pool[target].append(current[target])
-                    batch = rng.integers(0, len(train.images), settings.train_batch_size)
-                    sess.run(train_step, {images: train.images[batch],
-                                          labels: train.labels[batch].astype(np.int32),
-                                          noise_batch: _noise_batch(rng, settings, current[target], pool, scope)})
-                bar.close()
+                with progress_bar(settings.train_steps, description, progress) as bar:
+                    for step in range(settings.train_steps):
+                        bar.update(1)
+                        if (settings.refresh_every and step and step % settings.refresh_every == 0
+                                and settings.refresh_steps):
+                            # the adversary keeps up with the network instead of waiting for the next round
+                            current[target] = universal.optimize(sess, train.images, target,
+                                                                 steps=settings.refresh_steps,
+                                                                 seed=int(rng.integers(2**31)),
+                                                                 initial=current[target])
+                            pool[target].append(current[target])
+                        batch = rng.integers(0, len(train.images), settings.train_batch_size)
+                        sess.run(train_step, {images: train.images[batch],
+                                              labels: train.labels[batch].astype(np.int32),
+                                              noise_batch: _noise_batch(rng, settings, current[target], pool,
+                                                                        scope)})
                 trained_on = effect_of(current[target], target)
                 clean = clean_accuracy()
                 current[target], effect = fresh(target)
@@ -258,7 +264,7 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
     if out_dir is not None:
         state = ({"test_accuracy": clean_after} if stopped is None else
                  {"interrupted": True, "finished_phases": len(history),
-                  "interrupted_in": dict(zip(("round", "target"), stopped.phase)) if stopped.phase else None})
+                  "interrupted_in": stopped.interrupted_in})
         write_frozen(inference_graph_def(saved), out_dir, saved, **state,
                      immunized_against=targets, schedule=settings.schedule, rounds=settings.rounds,
                      train_steps=settings.train_steps, clean_fraction=settings.clean_fraction, seed=seed,

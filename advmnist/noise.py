@@ -163,9 +163,6 @@ class NoiseGraph:
         sess.run([self.reset, self.set_learning_rate],
                  {self.noise_value: initial_noise, self.new_learning_rate: learning_rate})
 
-    def learning_rate_now(self, sess, learning_rate: float) -> None:
-        sess.run(self.set_learning_rate, {self.new_learning_rate: learning_rate})
-
     def set_noise(self, sess, noise: np.ndarray) -> None:
         sess.run(self.assign_noise, {self.noise_value: noise})
 
