@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from advmnist.attack import perturbation_norms
 from advmnist.data import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.noise import PerImageResult
@@ -87,9 +88,8 @@ class Matrix:
 def summarize(result: PerImageResult, sources: np.ndarray) -> Matrix:
     """Collect per-pair results into the matrices; ``sources`` is each attacked image's true digit."""
     sources = np.asarray(sources)
-    delta = (result.adversarial - result.originals).reshape(len(sources), -1)
-    l2 = np.sqrt((delta.astype(np.float64) ** 2).sum(1))
-    l1 = np.abs(delta.astype(np.float64)).sum(1)
+    norms = perturbation_norms(result)
+    l1, l2 = norms["l1"].astype(np.float64), norms["l2"].astype(np.float64)
     reached = result.predictions == result.targets
     shape = (NUM_CLASSES, NUM_CLASSES)
     success, mean_l2, mean_l1 = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
