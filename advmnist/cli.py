@@ -197,10 +197,15 @@ def model_option(func):
                         help="A run folder or a model.pb file.  [default: runs/cnn]")(func)
 
 
+def out_option(description: str | None = None):
+    """``--out``: the folder for a command's figures and numbers (``assets`` by default)."""
+    return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"),
+                        show_default=True, help=description)
+
+
 @main.command()
 @model_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
-              help="Folder for confusion_matrix.png.")
+@out_option("Folder for confusion_matrix.png.")
 @data_dir_option
 @json_option
 @translate_errors
@@ -300,8 +305,7 @@ def _attack_defaults():
 @click.option("--margin", type=click.FloatRange(min=0), callback=finite,
               default=_attack_defaults().margin, show_default=True)
 @model_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
-              help="Folder for the PNG grids, the .npz arrays and the metrics .json.")
+@out_option("Folder for the PNG grids, the .npz arrays and the metrics .json.")
 @data_dir_option
 @json_option
 @translate_errors
@@ -462,8 +466,7 @@ def _matrix_defaults():
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=_matrix_defaults().seed, show_default=True,
               help="Seeds the initial noise N(0, 0.01).")
 @model_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
-              help="Folder for the figures, matrix_<reg>.npz and matrix_<reg>.json.")
+@out_option("Folder for the figures, matrix_<reg>.npz and matrix_<reg>.json.")
 @data_dir_option
 @json_option
 @translate_errors
@@ -542,19 +545,19 @@ def _tradeoff_default_weights() -> str:
               show_default=True, help="Regularizer(s) to sweep; repeat the option for several.")
 @click.option("--weights", default=_tradeoff_default_weights(),
               show_default=True, help="Comma-separated regularization weights to try (each >= 0).")
-@click.option("--count", type=click.IntRange(1, 1024), default=16, show_default=True, help="Images to attack.")
-@click.option("--offset", type=click.IntRange(min=0), default=16, show_default=True,
+@click.option("--count", type=click.IntRange(1, 1024), default=_attack_defaults().count, show_default=True,
+              help="Images to attack (the attack command's by default).")
+@click.option("--offset", type=click.IntRange(min=0), default=_attack_defaults().offset, show_default=True,
               help="Index of the first image in the split.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
-@click.option("--target", default="9-d", show_default=True,
+@click.option("--split", type=click.Choice(["train", "test"]), default=_attack_defaults().split, show_default=True)
+@click.option("--target", default=_attack_defaults().target, show_default=True,
               help="Target class: 9-d, d+1 (mod 10), random (seeded) or a class 0-9.")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Adam steps per attack (the attack command's schedule).")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=_attack_defaults().seed, show_default=True,
               help="Seeds the initial noise (the same for every weight) and random targets.")
 @model_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
-              help="Folder for tradeoff_<regs>.png and tradeoff_<regs>.json.")
+@out_option("Folder for tradeoff_<regs>.png and tradeoff_<regs>.json.")
 @data_dir_option
 @json_option
 @translate_errors
@@ -667,7 +670,7 @@ def universal_options(func):
               help="Measure a saved noise (.npy from an earlier run, e.g. against another network) "
                    "instead of optimizing one.")
 @model_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True)
+@out_option()
 @data_dir_option
 @json_option
 @translate_errors
@@ -786,8 +789,7 @@ def _immunize_defaults():
               help="Where the immunized network goes (a new run).  "
                    "[default: runs/cnn-immune-TARGET, or runs/cnn-immune-all-SCHEDULE]")
 @click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"), show_default=True,
-              help="Folder for the accuracy plot and the metrics .json.")
+@out_option("Folder for the accuracy plot and the metrics .json.")
 @data_dir_option
 @json_option
 @translate_errors
