@@ -72,6 +72,19 @@ def data_dir_option(func):
                         help="Folder holding the four MNIST IDX files (raw or .gz); tried before the cache.")(func)
 
 
+def writable_folder(ctx: click.Context, param: click.Parameter, value: Path | None):
+    """Check an output folder before any work is done (not after an hour of it)."""
+    from advmnist.errors import InvalidInput
+    from advmnist.fileio import check_writable_dir
+
+    if value is not None and not ctx.resilient_parsing:
+        try:
+            check_writable_dir(value, f"--{param.name.replace('_', '-')}")
+        except InvalidInput as err:
+            raise click.BadParameter(str(err), ctx, param) from err
+    return value
+
+
 def translate_errors(func):
     """Turn the library's user-facing errors into one-line messages with exit status 2."""
     @functools.wraps(func)
@@ -91,7 +104,46 @@ def translate_errors(func):
     return wrapper
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class AdvmnistGroup(click.Group):
+    """With ``--json``, an error also prints ``{"error": ..., "exit_code": N}`` on stdout.
+
+    Scripts that read stdout then always get one JSON object, also when the
+    command line is wrong (exit 2), a file is bad (exit 2), the command fails (exit 1)
+    or is interrupted (exit 130); the human message still goes to stderr.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["advmnist.json"] = "--json" in args
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        if not ctx.meta.get("advmnist.json"):
+            return super().invoke(ctx)
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException as err:
+            _json_error(err.format_message(), err.exit_code)
+            raise
+        except click.Abort:
+            _json_error("aborted", 1)
+            raise
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                _json_error("interrupted" if stop.code == 130 else f"exit status {stop.code}",
+                            stop.code if isinstance(stop.code, int) else 1)
+            raise
+        except Exception as err:
+            _json_error(f"{type(err).__name__}: {err}", 1)
+            raise
+
+
+def _json_error(message: str, exit_code: int) -> None:
+    click.echo(json.dumps({"error": message, "exit_code": exit_code}, sort_keys=True))
+
+
+@click.group(cls=AdvmnistGroup, context_settings=CONTEXT_SETTINGS)
 @click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's and tensorpack's own log messages.")
 @click.version_option(package_name="advmnist")
 def main(verbose: bool) -> None:
@@ -151,8 +203,11 @@ def _train_defaults():
               help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=_train_defaults().seed, show_default=True)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
-              show_default=True, help="Where checkpoints, logs and model.pb go; `attack` looks here by default.")
-@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
+              show_default=True, callback=writable_folder,
+              help="Where checkpoints, logs and model.pb go; `attack` looks here by default.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --run-dir from its last checkpoint (from scratch if it was interrupted "
+                   "before the first one; only freeze it if its epochs are done).")
 @click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
 @data_dir_option
 @json_option
@@ -166,9 +221,10 @@ def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, js
     weights are frozen into model.pb (dropout removed) with model.json beside it.
 
     A run never overwrites a finished model: use a new --run-dir, --resume or --overwrite.
+    Ctrl-C keeps the checkpoints of the finished epochs and says how to go on.
     """
     from advmnist.data import load_train_test
-    from advmnist.runs import prepare_run_dir
+    from advmnist.runs import interrupt_message, prepare_run_dir
     from advmnist.train import TrainSettings, train as train_model
 
     out = Output(json_mode)
@@ -182,25 +238,66 @@ def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, js
     try:
         result = train_model(train_split, test_split, run_dir, settings, resume=resume)
     except KeyboardInterrupt:
-        click.echo(f"\nInterrupted. Checkpoints are in {run_dir}; continue with "
-                   f"`advmnist train --resume --run-dir {run_dir} --epochs {epochs}`.", err=True)
+        click.echo("\n" + interrupt_message(run_dir, epochs), err=True)
         sys.exit(130)
     out.say(f"test accuracy {result.test_accuracy:.2%} after {result.epochs} epochs "
             f"({result.seconds:.0f} s); frozen model: {result.model}")
     out.result(result.to_dict())
 
 
+# ---------------------------------------------------------------------------- export
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                default=DEFAULT_RUN_DIR, callback=writable_folder)
+@data_dir_option
+@json_option
+@translate_errors
+def export(run_dir, data_dir, json_mode) -> None:
+    """Freeze RUN_DIR's last checkpoint into model.pb + model.json (dropout off).
+
+    `advmnist train` does this at the end of training; use `export` when that step
+    was interrupted, or to re-freeze a run whose model.pb was lost or damaged. The
+    test accuracy is measured on the frozen graph. RUN_DIR defaults to runs/cnn.
+    """
+    from advmnist.data import load_split
+    from advmnist.train import freeze_run
+
+    out = Output(json_mode)
+    test_split = load_split("test", data_dir, log=out.say)
+    try:
+        result = freeze_run(run_dir, test_split)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted while freezing; run `advmnist export {run_dir}` again.", err=True)
+        sys.exit(130)
+    out.say(f"froze {run_dir} after {result.epochs} epochs: test accuracy {result.test_accuracy:.2%}; "
+            f"model: {result.model}")
+    out.result(result.to_dict())
+
+
 # ---------------------------------------------------------------------------- evaluate
 
 def model_option(func):
+    func = click.option("--no-verify", is_flag=True,
+                        help="Use model.pb even if it does not match the SHA-256 recorded in model.json.")(func)
     return click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
                         help="A run folder or a model.pb file.  [default: runs/cnn]")(func)
+
+
+def load_model(model_path: Path | None, no_verify: bool, output: "Output"):
+    """The frozen model, checked against its recorded SHA-256 unless ``--no-verify``."""
+    from advmnist.frozen import FrozenModel
+
+    model = FrozenModel.load(model_path, verify=not no_verify)
+    for note in model.notes:
+        output.say(note)
+    return model
 
 
 def out_option(description: str | None = None):
     """``--out``: the folder for a command's figures and numbers (``assets`` by default)."""
     return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"),
-                        show_default=True, help=description)
+                        show_default=True, callback=writable_folder, help=description)
 
 
 @main.command()
@@ -209,14 +306,14 @@ def out_option(description: str | None = None):
 @data_dir_option
 @json_option
 @translate_errors
-def evaluate(model_path, out, data_dir, json_mode) -> None:
+def evaluate(model_path, no_verify, out, data_dir, json_mode) -> None:
     """Test accuracy and confusion matrix of a frozen model on the 10,000 test images."""
     from advmnist import report
     from advmnist.data import load_split
-    from advmnist.frozen import FrozenModel, confusion_matrix
+    from advmnist.frozen import confusion_matrix
 
     output = Output(json_mode)
-    model = FrozenModel.load(model_path)
+    model = load_model(model_path, no_verify, output)
     test = load_split("test", data_dir, log=output.say)
     predictions = model.predict_proba(test.images).argmax(1)
     accuracy = float((predictions == test.labels).mean())
@@ -309,7 +406,7 @@ def _attack_defaults():
 @data_dir_option
 @json_option
 @translate_errors
-def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, margin, model_path, out,
+def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, margin, model_path, no_verify, out,
            data_dir, json_mode) -> None:
     """Per-image targeted noise: make the frozen network read digit d as 9 - d.
 
@@ -335,7 +432,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
 
     output = Output(json_mode)
     model, rule, indices, images, labels, targets = _attack_inputs(
-        model_path, split, offset, count, target, seed, data_dir, output)
+        model_path, no_verify, split, offset, count, target, seed, data_dir, output)
 
     regs = ["l2", "l1", "none"] if reg == "all" else [reg]
     settings = _attack_record(model, split, offset, count, rule, steps, seed, early_stop, margin)
@@ -375,11 +472,10 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     output.result(payload)
 
 
-def _attack_inputs(model_path, split, offset, count, target, seed, data_dir, output: Output):
+def _attack_inputs(model_path, no_verify, split, offset, count, target, seed, data_dir, output: Output):
     """Check the image range and target rule, then load the model and the digits with their targets."""
     from advmnist import attack as attack_lib
     from advmnist.data import load_split, split_size
-    from advmnist.frozen import FrozenModel
 
     try:
         rule = attack_lib.parse_target_rule(target)
@@ -388,7 +484,7 @@ def _attack_inputs(model_path, split, offset, count, target, seed, data_dir, out
     if offset + count > split_size(split):
         raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
                                  f"got {offset} + {count}", param_hint="--count")
-    model = FrozenModel.load(model_path)
+    model = load_model(model_path, no_verify, output)
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     try:
@@ -470,7 +566,7 @@ def _matrix_defaults():
 @data_dir_option
 @json_option
 @translate_errors
-def matrix(reg, weight, per_class, split, steps, seed, model_path, out, data_dir, json_mode) -> None:
+def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, out, data_dir, json_mode) -> None:
     """Source x target: turn every digit into every other digit and compare the cost.
 
     Takes the first --per-class images of each digit and attacks each of them towards
@@ -494,11 +590,10 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, out, data_dir
     from advmnist import fileio, report
     from advmnist import matrix as matrix_lib
     from advmnist.data import load_split
-    from advmnist.frozen import FrozenModel
     from advmnist.noise import PerImageNoise, make_regularizer
 
     output = Output(json_mode)
-    model = FrozenModel.load(model_path)
+    model = load_model(model_path, no_verify, output)
     data = load_split(split, data_dir, log=output.say)
     chosen = matrix_lib.pick_sources(data.labels, per_class)
     indices, targets = matrix_lib.all_pairs(chosen, data.labels)
@@ -561,7 +656,8 @@ def _tradeoff_default_weights() -> str:
 @data_dir_option
 @json_option
 @translate_errors
-def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_path, out, data_dir, json_mode) -> None:
+def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_path, no_verify, out, data_dir,
+             json_mode) -> None:
     """Noise size against success: sweep the regularization weight.
 
     Attacks the same images, towards the same targets, from the same initial noise,
@@ -592,7 +688,7 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
         raise click.BadParameter(str(err), param_hint="--weights") from err
     regs = list(dict.fromkeys(regs))
     model, rule, indices, images, labels, targets = _attack_inputs(
-        model_path, split, offset, count, target, seed, data_dir, output)
+        model_path, no_verify, split, offset, count, target, seed, data_dir, output)
     penalized = sum(len([w for w in weight_list if w > 0]) for reg in regs if reg != "none")
     runs = penalized + int(any(reg == "none" or 0.0 in weight_list for reg in regs))  # weight 0 runs once
     output.say(f"{runs} attacks of {count} image(s), {steps} steps each")
@@ -674,7 +770,7 @@ def universal_options(func):
 @data_dir_option
 @json_option
 @translate_errors
-def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, out, data_dir,
+def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify, out, data_dir,
               json_mode) -> None:
     """One noise for all images: make the frozen network read every digit as TARGET.
 
@@ -694,13 +790,12 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
     """
     from advmnist import fileio, report
     from advmnist.data import load_train_test
-    from advmnist.frozen import FrozenModel
     from advmnist.universal import UniversalSettings, universal_attack
 
     output = Output(json_mode)
     targets = _target_list(target)
     given = _checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
-    model = FrozenModel.load(model_path)
+    model = load_model(model_path, no_verify, output)
     train_split, test = load_train_test(data_dir, output.say)
     settings = UniversalSettings(steps=noise_steps, noise_limit=noise_limit, l2_weight=l2_weight, seed=seed)
     result = universal_attack(model, train_split.images, test, targets, settings, progress=_progress_enabled(),
@@ -794,7 +889,7 @@ def _immunize_defaults():
 @json_option
 @translate_errors
 def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay, noise_steps,
-             noise_limit, l2_weight, seed, noise_file, model_path, run_dir, overwrite, out, data_dir,
+             noise_limit, l2_weight, seed, noise_file, model_path, no_verify, run_dir, overwrite, out, data_dir,
              json_mode) -> None:
     """Adversarial training against universal noise: make the network immune to it.
 
@@ -811,7 +906,6 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     """
     from advmnist import fileio, report
     from advmnist.data import load_train_test
-    from advmnist.frozen import FrozenModel
     from advmnist.immunize import ImmunizeInterrupted, ImmunizeSettings, checkpoint_of, immunize as immunize_network
     from advmnist.runs import prepare_run_dir
     from advmnist.universal import UniversalSettings
@@ -820,15 +914,16 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     targets = _target_list(target)
     run_dir = run_dir or DEFAULT_RUN_DIR.with_name(f"cnn-immune-{target}" if target != "all"
                                                    else f"cnn-immune-all-{schedule}")
+    fileio.check_writable_dir(run_dir, "--run-dir")
     given = _checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
-    model = FrozenModel.load(model_path)
+    model = load_model(model_path, no_verify, output)
     checkpoint_of(model)  # fails early if the run has no checkpoint to train from
     model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
     if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
         raise click.BadParameter("expected a new folder for the immunized network, not the model's run "
                                  "or a folder holding it", param_hint="--run-dir")
     train_split, test = load_train_test(data_dir, output.say)
-    note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite)
+    note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite, command="immunize")
     if note:
         output.say(note)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,

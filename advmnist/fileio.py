@@ -62,3 +62,34 @@ def write_npy(path: os.PathLike | str, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
     write_bytes(path, buffer.getvalue())
+
+
+def check_writable_dir(folder: os.PathLike | str, what: str = "folder") -> None:
+    """Make sure ``folder`` exists or can be created, and can take new files; create nothing.
+
+    Run before any long computation, so that an unwritable ``--out`` is an error in a
+    second, not after the work. Writability is tried for real (a temporary file made
+    and removed at once), so it holds for read-only mounts and for root alike.
+
+    Raises:
+        InvalidInput: the message names ``what``, the folder and what stands in the way.
+    """
+    from advmnist.errors import InvalidInput
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise InvalidInput(f"cannot use {what} {folder}: {existing} is a file, expected a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".advmnist-write-test.", dir=existing)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        where = "" if existing == folder else f" (it would be created in {existing})"
+        raise InvalidInput(f"cannot write to {what} {folder}{where}: {reason}; "
+                           "pass a folder you can write to") from err
+    os.close(fd)
+    os.unlink(probe)

@@ -5,6 +5,7 @@ an ``input`` placeholder that :meth:`FrozenModel.logits` can rewire to any tenso
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,23 +26,44 @@ class ModelError(InvalidInput):
 
 
 def resolve_model_path(path: os.PathLike | str | None) -> Path:
-    """``model.pb`` for a run folder, a ``.pb`` path, or the default run."""
+    """``model.pb`` for a run folder, a ``.pb`` path, its ``model.json``, or the default run."""
     path = Path(path) if path is not None else DEFAULT_RUN_DIR
+    if path.is_file() and path.name == META_FILE:
+        return path.with_name(MODEL_FILE)
     return path / MODEL_FILE if path.is_dir() or path.suffix != ".pb" else path
 
 
+def _missing_model_message(given, pb: Path) -> str:
+    if given is None:
+        return f"no trained model at {pb}: run `advmnist train` first (or pass --model RUN_DIR or a model.pb)"
+    given = Path(given)
+    if not given.exists():
+        return f"--model {given} does not exist; expected a run folder or a model.pb file"
+    if given.is_file() and given.name == META_FILE:
+        return f"--model {given}: expected the run folder or its {MODEL_FILE}, not {META_FILE} ({pb} is missing)"
+    return f"{pb} is missing: expected a frozen model there (`advmnist train --run-dir {pb.parent}` writes one)"
+
+
 class FrozenModel:
-    def __init__(self, graph_def, meta: dict, path: Path):
+    def __init__(self, graph_def, meta: dict, path: Path, notes: tuple[str, ...] = ()):
         self.graph_def = graph_def
         self.meta = meta
         self.path = path
+        self.notes = notes  # what the user should know about how it was loaded
 
     @classmethod
-    def load(cls, path: os.PathLike | str | None = None) -> "FrozenModel":
+    def load(cls, path: os.PathLike | str | None = None, *, verify: bool = True) -> "FrozenModel":
+        """Load ``model.pb`` with its ``model.json``.
+
+        With ``verify``, ``model.pb`` must match the SHA-256 that ``model.json`` records
+        (files of older versions have none: they load with a note in ``notes``).
+
+        Raises:
+            ModelError: a file is missing, unreadable, damaged or does not match the other.
+        """
         pb = resolve_model_path(path)
         if not pb.is_file():
-            raise ModelError(f"no trained model at {pb}: run `advmnist train` first "
-                             "(or pass --model RUN_DIR or a model.pb)")
+            raise ModelError(_missing_model_message(path, pb))
         meta_path = pb.with_name(META_FILE)
         if not meta_path.is_file():
             raise ModelError(f"{meta_path} is missing: expected it beside {pb.name} (written by advmnist train)")
@@ -52,17 +74,31 @@ class FrozenModel:
                     raise TypeError(f"{key} is {meta[key]!r}, not a tensor name")
         except (ValueError, KeyError, TypeError) as err:
             raise ModelError(f"{meta_path} is corrupt: expected JSON with input/logits/prob names ({err})") from err
+        blob = pb.read_bytes()
+        notes = []
+        recorded = meta.get("model_sha256")
+        if not verify:
+            notes.append(f"{pb} not verified (--no-verify)")
+        elif recorded is None:
+            notes.append(f"note: {meta_path} records no SHA-256 (written by an older advmnist); "
+                         f"{pb.name} was not verified")
+        elif hashlib.sha256(blob).hexdigest() != recorded:
+            raise ModelError(f"{pb} does not match the SHA-256 recorded in {meta_path.name}: the file is damaged "
+                             "or was replaced; re-freeze the run with `advmnist export RUN_DIR` if it has a "
+                             "checkpoint, or pass --no-verify to use it anyway")
         tf = tf1()
         graph_def = tf.GraphDef()
         try:
-            graph_def.ParseFromString(pb.read_bytes())
+            graph_def.ParseFromString(blob)
         except Exception as err:  # protobuf raises its own DecodeError
             raise ModelError(f"{pb} is corrupt: not a TensorFlow GraphDef ({err})") from err
         names = {node.name for node in graph_def.node}
         for key in ("input", "logits", "prob"):
             if meta[key].split(":")[0] not in names:
-                raise ModelError(f"{pb} is corrupt or truncated: tensor {meta[key]} not in the graph")
-        return cls(graph_def, meta, pb)
+                raise ModelError(f"{meta_path} names the {key} tensor {meta[key]!r}, which {pb.name} does not "
+                                 f"have (its graph has {len(names)} nodes); expected a name from the same "
+                                 "run, such as those `advmnist train` writes (input:0, logits:0, prob:0)")
+        return cls(graph_def, meta, pb, tuple(notes))
 
     def logits(self, image_tensor, name: str = "net"):
         """Import the graph into the default graph with ``image_tensor`` as its input.

@@ -1,13 +1,24 @@
-"""Run folders: what they hold, and never losing a finished one."""
+"""Run folders: what they hold, what can be done with them, and never losing a finished one.
+
+A training run folder holds ``run.json`` (written when training starts: the settings),
+tensorpack's checkpoints, ``stats.json`` (one entry per finished epoch) and, once
+frozen, ``model.pb`` + ``model.json``. From what is there, :func:`inspect_run` tells
+which state the run is in, and :func:`prepare_run_dir` what a new command may do with
+it; every refusal names the command that works.
+"""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 from pathlib import Path
 
-from advmnist.frozen import MODEL_FILE
+from advmnist import fileio
 from advmnist.errors import InvalidInput
+from advmnist.frozen import META_FILE, MODEL_FILE
+
+RUN_FILE = "run.json"
 
 
 class RunDirError(InvalidInput):
@@ -15,6 +26,7 @@ class RunDirError(InvalidInput):
 
 
 def completed_epochs(run_dir: Path) -> int:
+    """Epochs whose end tensorpack recorded in ``stats.json`` (its own notion, used to resume)."""
     stats = run_dir / "stats.json"
     try:
         return int(json.loads(stats.read_text())[-1]["epoch_num"])
@@ -22,34 +34,129 @@ def completed_epochs(run_dir: Path) -> int:
         return 0
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, epochs: int | None = None) -> str | None:
+def read_run_file(run_dir: Path) -> dict:
+    """The settings recorded when the run started (empty for runs of older versions)."""
+    try:
+        record = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def mark_run(run_dir: Path, settings: dict) -> None:
+    """Record that ``run_dir`` is an advmnist training run, before its first checkpoint exists."""
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    fileio.write_json(Path(run_dir) / RUN_FILE, {**settings, "started": started})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """What a run folder holds."""
+
+    exists: bool           # the folder exists and is not empty
+    is_run: bool           # written by advmnist (run.json, a checkpoint or a model)
+    has_checkpoint: bool
+    has_model: bool
+    epochs_done: int       # finished epochs according to stats.json
+    epochs_planned: int | None  # from run.json, when the run recorded it
+
+
+def inspect_run(run_dir: Path) -> RunState:
+    run_dir = Path(run_dir)
+    exists = run_dir.is_dir() and any(run_dir.iterdir())
+    has_checkpoint = (run_dir / "checkpoint").is_file()
+    has_model = (run_dir / MODEL_FILE).is_file() and (run_dir / META_FILE).is_file()
+    record = read_run_file(run_dir)
+    planned = record.get("epochs")
+    return RunState(exists=exists, is_run=bool(record) or has_checkpoint or has_model,
+                    has_checkpoint=has_checkpoint, has_model=has_model, epochs_done=completed_epochs(run_dir),
+                    epochs_planned=planned if isinstance(planned, int) else None)
+
+
+def train_command(run_dir: Path, epochs: int, *extra: str) -> str:
+    return " ".join(["advmnist", "train", *extra, "--run-dir", str(run_dir), "--epochs", str(epochs)])
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, epochs: int | None = None,
+                    command: str = "train") -> str | None:
     """Check what ``run_dir`` holds; move it aside on ``overwrite``. Returns a note for the user.
+
+    ``command`` is ``"train"`` (which can ``--resume``) or another command that writes a
+    new run (``"immunize"``), whose messages then offer only what it can do.
 
     Raises:
         RunDirError: the folder holds a run that this request would overwrite or cannot continue.
     """
-    has_checkpoint = (run_dir / "checkpoint").is_file()
-    has_model = (run_dir / MODEL_FILE).is_file()
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file; expected a folder for the run (pass another --run-dir)")
+    state = inspect_run(run_dir)
     if resume:
-        if not has_checkpoint:
-            raise RunDirError(f"--resume: {run_dir} has no checkpoint to resume from")
-        done = completed_epochs(run_dir)
-        if epochs is not None and done >= epochs:
-            raise RunDirError(f"--resume: {run_dir} has already trained {done} epochs; "
-                              f"pass --epochs larger than {done} to train it further")
-        return f"resuming {run_dir} after epoch {done}"
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return _resume_note(run_dir, state, epochs)
+    if not state.exists:
         return None
     if overwrite:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         backup = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
         os.replace(run_dir, backup)
         return f"moved the previous run to {backup}"
-    if has_model:
-        raise RunDirError(f"{run_dir} already holds a trained model ({MODEL_FILE}); pass --run-dir NEW_DIR "
-                          "for a new run, --resume to train it further, or --overwrite to move it aside")
-    if has_checkpoint:
-        raise RunDirError(f"{run_dir} holds an interrupted run (last checkpoint after epoch "
-                          f"{completed_epochs(run_dir)}); pass --resume to continue it, "
+    if command != "train":
+        what = "a model" if state.has_model else "an advmnist run" if state.is_run else "other files"
+        raise RunDirError(f"{run_dir} already holds {what}; pass --run-dir NEW_DIR for a new run, "
                           "or --overwrite to move it aside")
-    raise RunDirError(f"{run_dir} exists and is not an advmnist run; pass another --run-dir")
+    epochs = epochs or state.epochs_planned or 1
+    if state.has_model:
+        raise RunDirError(f"{run_dir} already holds a trained model ({MODEL_FILE}); pass --run-dir NEW_DIR "
+                          f"for a new run, `--resume --epochs N` with N > {state.epochs_done} to train it "
+                          "further, or --overwrite to move it aside")
+    if state.has_checkpoint:
+        if state.epochs_done >= epochs:
+            raise RunDirError(f"{run_dir} holds a run that finished {state.epochs_done} epochs but was not "
+                              f"frozen; freeze it with `advmnist export {run_dir}`, or pass --overwrite "
+                              "to move it aside")
+        raise RunDirError(f"{run_dir} holds an interrupted run (last checkpoint after epoch "
+                          f"{state.epochs_done}); continue it with `{train_command(run_dir, epochs, '--resume')}`, "
+                          "or pass --overwrite to move it aside")
+    if state.is_run:
+        raise RunDirError(f"{run_dir} holds a run interrupted before its first checkpoint; start it again "
+                          f"there with `{train_command(run_dir, epochs, '--resume')}` (from scratch), "
+                          "or pass --overwrite to move it aside")
+    raise RunDirError(f"{run_dir} exists and is not an advmnist run; pass another --run-dir, "
+                      "or --overwrite to move it aside")
+
+
+def _resume_note(run_dir: Path, state: RunState, epochs: int | None) -> str:
+    if state.has_checkpoint:
+        done = state.epochs_done
+        if epochs is not None and done >= epochs:
+            if state.has_model:
+                raise RunDirError(f"--resume: {run_dir} has already trained {done} epochs and is frozen; "
+                                  f"pass --epochs larger than {done} to train it further "
+                                  f"(`advmnist export {run_dir}` re-freezes it)")
+            return f"{run_dir} finished its {done} epochs before it was frozen; freezing it"
+        return f"resuming {run_dir} after epoch {done}"
+    if state.is_run:
+        return f"{run_dir} was interrupted before its first checkpoint; training it from the start"
+    if state.exists:
+        raise RunDirError(f"--resume: {run_dir} is not an advmnist run (no run.json, no checkpoint); "
+                          "pass another --run-dir")
+    raise RunDirError(f"--resume: {run_dir} has no run to resume; start one with "
+                      f"`advmnist train --run-dir {run_dir}`")
+
+
+def interrupt_message(run_dir: Path, epochs: int) -> str:
+    """After Ctrl-C in ``train``: what the folder holds and the command that goes on from it."""
+    state = inspect_run(run_dir)
+    if state.has_model:
+        return f"Interrupted after training and freezing had finished: {run_dir / MODEL_FILE} is complete."
+    if not state.has_checkpoint:
+        return (f"Interrupted in epoch 1, before the first checkpoint: {run_dir} holds no weights yet. "
+                f"Start again with `{train_command(run_dir, epochs, '--resume')}` (from scratch, same folder) "
+                "or pass --overwrite.")
+    done = state.epochs_done
+    if done >= epochs:
+        return (f"Interrupted after the last epoch ({done}), while freezing: the trained weights are in "
+                f"{run_dir}'s checkpoint. Freeze them with `advmnist export {run_dir}` "
+                f"(or `{train_command(run_dir, epochs, '--resume')}`).")
+    return (f"Interrupted in epoch {done + 1}: {run_dir} has a checkpoint after epoch {done}. "
+            f"Continue with `{train_command(run_dir, epochs, '--resume')}`.")

@@ -17,9 +17,9 @@ import numpy as np
 
 from advmnist.data import Split
 from advmnist.export import TENSOR_NAMES, inference_graph_def, write_frozen
-from advmnist.frozen import MODEL_FILE, FrozenModel
+from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import RunDirError, completed_epochs
+from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file
 from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, tf1
 
 
@@ -78,11 +78,13 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
 
 
 def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, settings: TrainSettings, *,
-          resume: bool = False, steps_per_epoch: int | None = None) -> TrainResult:
+          resume: bool = False, steps_per_epoch: int | None = None, callbacks: tuple = ()) -> TrainResult:
     """Train with tensorpack's ``SimpleTrainer``; freeze the final weights to ``run_dir/model.pb``.
 
     Validation on ``test_split`` runs after every epoch (``validation_accuracy`` in
-    ``stats.json``). ``steps_per_epoch`` shortens epochs (tests only).
+    ``stats.json``). ``steps_per_epoch`` shortens epochs (tests only); ``callbacks`` are
+    extra tensorpack callbacks. With ``resume``, a run whose checkpoints already cover
+    ``settings.epochs`` is only frozen; a run with no checkpoint yet starts from scratch.
     """
     tf = tf1()
     load_tensorpack()
@@ -97,6 +99,8 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     tf.set_random_seed(settings.seed)
     tensorpack_logs(True)
     logger.set_logger_dir(str(run_dir), action="k")
+    if not (resume and (run_dir / "checkpoint").is_file()):
+        mark_run(run_dir, dataclasses.asdict(settings))
     config = AutoResumeTrainConfig(
         always_resume=resume,
         model=make_model(settings.lr),
@@ -106,6 +110,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
             InferenceRunner(batches(test_split.images, test_split.labels, 500, seed=None),
                             [ScalarStats([COST_NAME, ACCURACY_NAME])]),
             ScheduledHyperParamSetter("learning_rate", lr_schedule(settings)),
+            *callbacks,
         ],
         session_creator=NewSessionCreator(config=session_config(tf)),
         steps_per_epoch=steps_per_epoch,
@@ -113,11 +118,25 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     )
     if config.starting_epoch <= settings.epochs:
         launch_train_with_config(config, SimpleTrainer())
+    return freeze_run(run_dir, test_split, settings, started=started)
+
+
+def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSettings | None = None, *,
+               started: float | None = None) -> TrainResult:
+    """Freeze ``run_dir``'s last checkpoint into ``model.pb`` + ``model.json`` (dropout off).
+
+    The test accuracy is measured on the frozen graph. ``settings`` default to those
+    the run recorded when it started (``run.json``), then to an earlier ``model.json``.
+    """
+    tf = tf1()
+    run_dir = Path(run_dir)
+    started = time.time() if started is None else started
     checkpoint = tf.train.latest_checkpoint(str(run_dir))
     if checkpoint is None:
-        raise RunDirError(f"training wrote no checkpoint to {run_dir}")
-
-    stats = json.loads((run_dir / "stats.json").read_text())
+        raise RunDirError(f"{run_dir} has no checkpoint to freeze; train it with `advmnist train --run-dir {run_dir}`")
+    if settings is None:
+        settings = _recorded_settings(run_dir)
+    stats = json.loads((run_dir / "stats.json").read_text()) if (run_dir / "stats.json").is_file() else []
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]
     meta = {"epochs": completed_epochs(run_dir), "seed": settings.seed, "batch_size": settings.batch_size,
@@ -129,3 +148,14 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     return TrainResult(run_dir=str(run_dir), model=str(run_dir / MODEL_FILE), test_accuracy=accuracy,
                        epochs=meta["epochs"], seed=settings.seed, seconds=round(time.time() - started, 1),
                        history=history)
+
+
+def _recorded_settings(run_dir: Path) -> TrainSettings:
+    recorded = read_run_file(run_dir)
+    if not recorded:
+        try:
+            recorded = json.loads((run_dir / META_FILE).read_text())
+        except (OSError, ValueError):
+            recorded = {}
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    return TrainSettings(**{k: v for k, v in recorded.items() if k in fields and isinstance(v, (int, float))})

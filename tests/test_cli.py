@@ -51,13 +51,20 @@ def test_bad_input_exits_2_naming_what_was_expected(runner, args, expected):
     assert expected in result.output
 
 
-def test_missing_model_says_to_train_first(runner, tmp_path):
+def test_missing_model_names_the_missing_path(runner, tmp_path):
     for command in (["attack"], ["universal"], ["evaluate"], ["immunize"]):
         result = runner.invoke(main, command + ["--model", str(tmp_path / "nothing"), "--out", str(tmp_path)])
         assert result.exit_code == 2
-        assert "advmnist train" in result.output
+        assert f"--model {tmp_path / 'nothing'} does not exist" in result.output
         assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_default_model_missing_says_to_train_first(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, ["evaluate", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "run `advmnist train` first" in result.output
+    assert "runs/cnn/model.pb" in result.output
 
 
 def _copy_run(tiny_run, tmp_path):
@@ -97,9 +104,10 @@ def test_train_never_overwrites_a_finished_run(runner, tiny_run, tmp_path):
 def test_train_refuses_an_interrupted_run_without_resume(runner, tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     (run / "model.pb").unlink()
-    result = runner.invoke(main, ["train", "--run-dir", str(run)])
+    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "3"])
     assert result.exit_code == 2
-    assert "--resume" in result.output and "interrupted" in result.output
+    assert "interrupted" in result.output
+    assert f"advmnist train --resume --run-dir {run} --epochs 3" in result.output
 
 
 def test_evaluate_json_and_confusion_figure(runner, tiny_run, tmp_path):
@@ -192,7 +200,7 @@ def test_reference_configs_are_valid(runner, tiny_run):
         # an unknown model stops the command after the config was read and checked
         result = runner.invoke(main, [command, "--config", str(config), "--model", "/nonexistent"])
         assert result.exit_code == 2
-        assert "no trained model" in result.output, (config, result.output)
+        assert "--model /nonexistent does not exist" in result.output, (config, result.output)
 
 
 @pytest.mark.parametrize("args", [
@@ -267,10 +275,15 @@ def test_interrupt_in_the_first_chunk_writes_nothing(runner, tiny_run, tmp_path,
 
 def test_resume_needs_a_checkpoint_and_more_epochs(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ["train", "--resume", "--run-dir", str(tmp_path / "nothing")])
-    assert result.exit_code == 2 and "no checkpoint to resume from" in result.output
+    assert result.exit_code == 2 and "has no run to resume" in result.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    result = runner.invoke(main, ["train", "--resume", "--run-dir", str(tmp_path / "other")])
+    assert result.exit_code == 2 and "not an advmnist run" in result.output
     run = _copy_run(tiny_run, tmp_path)
     result = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "1"])
-    assert result.exit_code == 2 and "already trained 1 epochs" in result.output
+    assert result.exit_code == 2 and "already trained 1 epochs and is frozen" in result.output
+    assert f"advmnist export {run}" in result.output
 
 
 def test_config_keys_may_be_spelled_like_options(runner, tiny_run, tmp_path):
@@ -314,4 +327,4 @@ def test_console_entry_keeps_exit_status_output_and_files(tiny_run, tmp_path):
     usage = subprocess.run(run + ["attack", "--count", "0"], capture_output=True, text=True)
     assert usage.returncode == 2 and "x>=1" in usage.stderr
     missing = subprocess.run(run + ["attack", "--model", str(tmp_path / "nothing")], capture_output=True, text=True)
-    assert missing.returncode == 2 and "advmnist train" in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

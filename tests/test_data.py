@@ -10,7 +10,6 @@ import gzip
 import http.client
 import io
 import json
-import os
 import stat
 import tarfile
 import urllib.error
@@ -34,6 +33,7 @@ from advmnist.data import (
     parse_idx,
     sha256,
 )
+from advmnist.errors import InvalidInput
 
 REAL_FILES = dict(FILES)
 SHAPES = {
@@ -586,10 +586,13 @@ def test_failed_write_leaves_no_partial_file(syn, cache, logs, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Path, "write_bytes", half_then_disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(MnistUnavailable, match="No space left") as failure:
         ensure_mnist(None, cache, remote_sources=[FakeSource("m", syn.by_name())], log=logs.append)
     monkeypatch.undo()
+    assert "ADVMNIST_CACHE" in str(failure.value)  # the message says how to fix it
     assert _listing(cache) == []
+    fallback = data.fallback_cache_dir(cache)
+    assert not fallback.exists() or _listing(fallback) == []
 
 
 def test_default_cache_dir_from_env(monkeypatch, tmp_path):
@@ -854,7 +857,8 @@ def test_cli_data_unavailable(cli_env, tmp_path, cache):
     result = CliRunner().invoke(main, ["data", "--data-dir", str(data_dir), "--json"])
 
     assert result.exit_code == 2
-    assert result.stdout == ""
+    error = json.loads(result.stdout)  # scripts reading stdout get an answer too
+    assert error["exit_code"] == 2 and error["error"].startswith("MNIST is not available")
     assert "MNIST is not available" in result.stderr
     assert f"in {cache}," in result.stderr
     for name in cli_env.names:
@@ -872,3 +876,74 @@ def test_rows_of_a_split_are_those_of_the_whole_split(syn, cache, logs):
     assert data.split_size("train") == 5 and data.split_size("test") == 3  # the (patched) specs' sizes
     with pytest.raises(ValueError, match="expected split"):
         data.split_size("validation")
+
+
+# ---------------------------------------------------------------------------- a cache that cannot be written
+
+@pytest.fixture
+def readonly_cache(cache, monkeypatch):
+    """Writes and deletions in the cache fail as in a read-only folder (also when the tests run as root)."""
+    real_write, real_discard = data.fileio.write_bytes, data.FolderSource.discard
+
+    def write_bytes(path, content):
+        if Path(path).parent == cache:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_write(path, content)
+
+    def discard(self, filename):
+        if self.folder == cache:
+            raise PermissionError(13, "Permission denied", str(cache / filename))
+        real_discard(self, filename)
+
+    monkeypatch.setattr(data.fileio, "write_bytes", write_bytes)
+    monkeypatch.setattr(data.FolderSource, "discard", discard)
+    yield cache
+    import shutil
+    shutil.rmtree(data.fallback_cache_dir(cache), ignore_errors=True)
+
+
+def test_readonly_cache_with_valid_files_is_used_as_it_is(syn, readonly_cache, logs):
+    syn.write(readonly_cache)
+    assert ensure_mnist(None, readonly_cache, remote_sources=[FakeSource("m", error="offline")],
+                        log=logs.append) == readonly_cache
+    assert logs == []
+    assert not data.fallback_cache_dir(readonly_cache).exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_readonly_cache_missing_a_file_uses_a_fallback_folder_and_says_so(syn, readonly_cache, logs, damage):
+    syn.write(readonly_cache)
+    broken = readonly_cache / syn.name("test-labels")
+    if damage == "missing":
+        broken.unlink()
+    else:
+        broken.write_bytes(b"\x00" * 20)
+    remote = FakeSource("m", syn.by_name(compress=True))
+    folder = ensure_mnist(None, readonly_cache, remote_sources=[remote], log=logs.append)
+
+    assert folder == data.fallback_cache_dir(readonly_cache) != readonly_cache
+    syn.assert_cache_complete(folder)  # all four, verified, in one folder
+    warning = [line for line in logs if "cannot write to the MNIST cache" in line]
+    assert len(warning) == 1 and str(readonly_cache) in warning[0] and "ADVMNIST_CACHE" in warning[0]
+    assert "Permission denied" in warning[0] and ".tmp" not in warning[0]
+    # the next call finds the copy without asking the remote again
+    offline = FakeSource("m", error="offline")
+    assert ensure_mnist(None, readonly_cache, remote_sources=[offline], log=logs.append) == folder
+    assert offline.calls == []
+    np.testing.assert_array_equal(data.read_split(folder, "test").labels, syn.arrays["test-labels"])
+
+
+def test_readonly_cache_with_a_valid_data_dir_needs_no_remote(syn, readonly_cache, tmp_path, logs):
+    syn.write(readonly_cache, keys=["train-images", "train-labels"])
+    syn.write(tmp_path / "given", compress=True)
+    folder = ensure_mnist(tmp_path / "given", readonly_cache, remote_sources=[FakeSource("m", error="offline")],
+                          log=logs.append)
+    syn.assert_cache_complete(folder)
+    assert any("cannot write to the MNIST cache" in line for line in logs)
+
+
+def test_a_data_dir_that_is_not_a_folder_is_an_error(syn, cache, tmp_path, logs):
+    with pytest.raises(InvalidInput, match="is not a folder"):
+        ensure_mnist(tmp_path / "no" / "such" / "dir", cache, remote_sources=[FakeSource("m", syn.by_name())],
+                     log=logs.append)
+    assert not cache.exists()

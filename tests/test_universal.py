@@ -161,7 +161,7 @@ def test_immunize_cli_end_to_end(tiny_run, tmp_path):
     assert (out / "immunize_all_sequential.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run_dir / "model.json").read_text())["immunized_against"] == list(range(10))
     again = runner.invoke(main, args)
-    assert again.exit_code == 2 and "already holds a trained model" in again.output
+    assert again.exit_code == 2 and "already holds a model" in again.output and "--resume" not in again.output
     for bad_dir in (tiny_run[0], tiny_run[0].parent):
         refused = runner.invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(bad_dir),
                                        "--overwrite"])

@@ -1,0 +1,280 @@
+"""Faults as users meet them: Ctrl-C at unlucky moments, folders that cannot be written, damaged models.
+
+Every case must leave a way forward: a message that says what is there and a command that works.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from advmnist.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+# ---------------------------------------------------------------------------- Ctrl-C during train
+
+def _interrupt_at(epoch: int, step: int):
+    """A tensorpack callback that presses Ctrl-C at ``step`` of ``epoch``."""
+    from advmnist.tfcompat import load_tensorpack
+
+    tensorpack = load_tensorpack()
+
+    class Interrupt(tensorpack.Callback):
+        def _trigger_step(self):
+            if self.epoch_num == epoch and self.local_step >= step:
+                raise KeyboardInterrupt
+
+    return Interrupt()
+
+
+@pytest.fixture
+def short_training(monkeypatch, mnist_small):
+    """`advmnist train` on the small MNIST subset, 5 steps per epoch; ``interrupt`` arms one Ctrl-C."""
+    import advmnist.data
+    import advmnist.train
+
+    monkeypatch.setattr(advmnist.data, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+    real_train = advmnist.train.train
+    armed = {}
+
+    def train(*args, **kwargs):
+        callbacks = (armed.pop("callback"),) if "callback" in armed else ()
+        return real_train(*args, steps_per_epoch=5, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(advmnist.train, "train", train)
+
+    def interrupt(epoch: int, step: int) -> None:
+        armed["callback"] = _interrupt_at(epoch, step)
+
+    return interrupt
+
+
+def test_ctrl_c_before_the_first_checkpoint_can_be_resumed_from_scratch(runner, short_training, tmp_path):
+    run = tmp_path / "run"
+    short_training(epoch=1, step=2)
+    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "2", "--batch-size", "32"])
+    assert result.exit_code == 130, result.output
+    command = f"advmnist train --resume --run-dir {run} --epochs 2"
+    assert "before the first checkpoint" in result.stderr and command in result.stderr
+    assert not (run / "checkpoint").exists() and (run / "run.json").is_file()
+
+    plain = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "2"])
+    assert plain.exit_code == 2
+    assert "interrupted before its first checkpoint" in plain.output and "--overwrite" in plain.output
+    assert command in plain.output
+
+    resumed = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "2",
+                                   "--batch-size", "32", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["epochs"] == 2 and (run / "model.pb").is_file()
+
+
+def test_ctrl_c_in_a_later_epoch_resumes_from_the_last_checkpoint(runner, short_training, tmp_path):
+    run = tmp_path / "run"
+    short_training(epoch=2, step=1)
+    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "3", "--batch-size", "32"])
+    assert result.exit_code == 130
+    assert "checkpoint after epoch 1" in result.stderr
+    assert f"advmnist train --resume --run-dir {run} --epochs 3" in result.stderr
+    resumed = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "3",
+                                   "--batch-size", "32", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [h["epoch"] for h in json.loads(resumed.stdout)["history"]] == [1, 2, 3]
+
+
+def test_ctrl_c_while_freezing_leaves_a_run_that_resume_or_export_freezes(runner, short_training, tmp_path,
+                                                                        monkeypatch):
+    import advmnist.train
+
+    run = tmp_path / "run"
+    real_freeze = advmnist.train.inference_graph_def
+
+    def interrupted(checkpoint):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(advmnist.train, "inference_graph_def", interrupted)
+    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "1", "--batch-size", "32"])
+    assert result.exit_code == 130
+    assert "while freezing" in result.stderr and f"advmnist export {run}" in result.stderr
+    assert not (run / "model.pb").exists()
+    monkeypatch.setattr(advmnist.train, "inference_graph_def", real_freeze)
+
+    plain = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "1"])
+    assert plain.exit_code == 2 and f"advmnist export {run}" in plain.output
+
+    resumed = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "1", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "freezing it" in resumed.stderr
+    first = (run / "model.pb").read_bytes()
+
+    (run / "model.pb").write_bytes(b"damaged")
+    exported = runner.invoke(main, ["export", str(run), "--json"])
+    assert exported.exit_code == 0, exported.output
+    assert (run / "model.pb").read_bytes() == first  # the same checkpoint freezes to the same graph
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["epochs"] == 1 and meta["batch_size"] == 32  # settings from the run's run.json
+    assert json.loads(exported.stdout)["test_accuracy"] == pytest.approx(meta["test_accuracy"])
+
+
+def test_export_of_a_folder_without_checkpoint_says_so(runner, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(main, ["export", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "has no checkpoint to freeze" in result.output
+
+
+# ---------------------------------------------------------------------------- unwritable folders
+
+def test_out_below_a_file_is_refused_before_any_work(runner, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    # the model does not exist either: the --out check must come first, before any loading
+    result = runner.invoke(main, ["attack", "--out", str(blocker / "sub"), "--model", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert f"{blocker} is a file, expected a folder" in result.output and "--out" in result.output
+    assert blocker.read_text() == "not a folder"
+
+
+def _without_write_override() -> list[str]:
+    """A command prefix under which root cannot write to read-only folders, or a skip."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("runs as root, who can write anywhere, and setpriv (util-linux) is not there to drop that")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def _read_only_folder(path: Path) -> tuple[Path, list[str]]:
+    path.mkdir()
+    path.chmod(0o555)
+    prefix = _without_write_override()
+    probe = subprocess.run(prefix + ["sh", "-c", f"touch '{path}/probe'"], capture_output=True)
+    if probe.returncode == 0:
+        (path / "probe").unlink()
+        path.chmod(0o755)
+        pytest.skip(f"this user can write to the read-only folder {path} anyway")
+    return path, prefix
+
+
+@pytest.mark.parametrize("command", [["attack", "--out"], ["train", "--run-dir"], ["evaluate", "--out"]])
+def test_read_only_output_folder_is_refused_before_any_work(tmp_path, command):
+    folder, prefix = _read_only_folder(tmp_path / "readonly")
+    try:
+        target = folder / "sub" if command[0] == "train" else folder
+        result = subprocess.run(prefix + [sys.executable, "-c", "from advmnist.cli import entry; entry()",
+                                          *command, str(target), "--json"], capture_output=True, text=True)
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot write to {command[1]} {target}" in result.stderr and "Permission denied" in result.stderr
+    assert ".tmp" not in result.stderr and "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["exit_code"] == 2
+    assert list(folder.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- damaged models
+
+def _copy_run(tiny_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    return run
+
+
+def _flip_weight_bytes(pb: Path, count: int = 2000) -> None:
+    """Damage the weights (the bulk of the file) but keep the protobuf parseable."""
+    blob = bytearray(pb.read_bytes())
+    middle = np.linspace(len(blob) // 4, 3 * len(blob) // 4, count).astype(int)
+    for i in middle:
+        blob[i] ^= 0x40
+    pb.write_bytes(bytes(blob))
+
+
+def test_damaged_weights_are_refused_unless_no_verify(runner, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    _flip_weight_bytes(run / "model.pb")
+    refused = runner.invoke(main, ["evaluate", "--model", str(run), "--out", str(tmp_path / "out")])
+    assert refused.exit_code == 2
+    assert "does not match the SHA-256" in refused.output and "--no-verify" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+    used = runner.invoke(main, ["evaluate", "--model", str(run), "--out", str(tmp_path / "out"), "--no-verify",
+                                "--json"])
+    assert used.exit_code == 0, used.output  # parseable, so it runs, with whatever accuracy it has now
+    assert "not verified" in used.stderr
+
+
+def test_model_json_without_checksum_still_loads_with_a_note(runner, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "model.json").read_text())
+    assert len(meta.pop("model_sha256")) == 64
+    (run / "model.json").write_text(json.dumps(meta))
+    result = runner.invoke(main, ["evaluate", "--model", str(run), "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "records no SHA-256" in result.stderr
+
+
+def test_wrong_tensor_name_is_named(runner, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "model.json").read_text())
+    meta["logits"] = "logitz:0"
+    (run / "model.json").write_text(json.dumps(meta))
+    result = runner.invoke(main, ["evaluate", "--model", str(run)])
+    assert result.exit_code == 2
+    assert "'logitz:0'" in result.output and "corrupt" not in result.output
+
+
+def test_model_json_path_is_accepted_as_model(runner, tiny_run, tmp_path):
+    result = runner.invoke(main, ["evaluate", "--model", str(tiny_run[0] / "model.json"), "--out", str(tmp_path),
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------------------- smaller
+
+def test_immunize_into_a_used_folder_does_not_suggest_resume(runner, tiny_run, tmp_path):
+    used = _copy_run(tiny_run, tmp_path)
+    result = runner.invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(used),
+                                  "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "--resume" not in result.output and "--overwrite" in result.output and "--run-dir" in result.output
+
+
+@pytest.mark.parametrize("args, code", [
+    (["attack", "--count", "0", "--json"], 2),                    # a usage error from click
+    (["evaluate", "--model", "/no/such/run", "--json"], 2),       # the library's InvalidInput
+    (["train", "--resume", "--overwrite", "--json"], 2),          # a usage error raised by the command
+])
+def test_json_errors_leave_one_object_on_stdout(runner, args, code):
+    result = runner.invoke(main, args)
+    assert result.exit_code == code
+    error = json.loads(result.stdout)
+    assert error["exit_code"] == code and error["error"] and error["error"] in result.stderr
+
+
+def test_json_interrupt_leaves_one_object_on_stdout(runner, tiny_run, tmp_path, monkeypatch):
+    import advmnist.frozen
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(advmnist.frozen.FrozenModel, "predict_proba", interrupted)
+    result = runner.invoke(main, ["evaluate", "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 130
+    assert json.loads(result.stdout) == {"error": "interrupted", "exit_code": 130}
+
+
+def test_errors_without_json_leave_stdout_empty(runner):
+    result = runner.invoke(main, ["evaluate", "--model", "/no/such/run"])
+    assert result.exit_code == 2 and result.stdout == ""
+
