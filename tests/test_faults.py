@@ -278,3 +278,36 @@ def test_errors_without_json_leave_stdout_empty(runner):
     result = runner.invoke(main, ["evaluate", "--model", "/no/such/run"])
     assert result.exit_code == 2 and result.stdout == ""
 
+
+
+def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_path, mnist_small):
+    from advmnist.data import FILES, default_cache_dir, fallback_cache_dir
+
+    real = default_cache_dir()  # filled by the mnist_small fixture
+    cache, given = tmp_path / "cache", tmp_path / "given"
+    cache.mkdir()
+    given.mkdir()
+    missing = FILES["test-labels"].name
+    for spec in FILES.values():
+        shutil.copy(real / spec.name, (given if spec.name == missing else cache) / spec.name)
+    cache.chmod(0o555)
+    try:
+        probe = subprocess.run(_without_write_override() + ["sh", "-c", f"touch '{cache}/probe'"],
+                               capture_output=True)
+        if probe.returncode == 0:
+            pytest.skip(f"this user can write to the read-only folder {cache} anyway")
+        env = {**os.environ, "ADVMNIST_CACHE": str(cache)}
+        result = subprocess.run(_without_write_override() + [
+            sys.executable, "-c", "from advmnist.cli import entry; entry()", "data", "--data-dir", str(given),
+            "--json"], capture_output=True, text=True, env=env)
+    finally:
+        cache.chmod(0o755)
+        fallback = fallback_cache_dir(cache)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"cannot write to the MNIST cache {cache}" in result.stderr and "ADVMNIST_CACHE" in result.stderr
+        assert ".tmp" not in result.stderr
+        assert json.loads(result.stdout)["cache_dir"] == str(fallback)
+        assert sorted(p.name for p in fallback.iterdir()) == sorted(s.name for s in FILES.values())
+    finally:
+        shutil.rmtree(fallback, ignore_errors=True)
