@@ -2,19 +2,15 @@
 
 tensorpack 0.11's ``ModelExporter.export_compact`` calls
 ``graph_util.convert_variables_to_constants``, which TensorFlow 2 only keeps under
-``tf.compat.v1.graph_util``; so the freezing is done here.
+``tf.compat.v1.graph_util``; so the freezing is done here. This module returns the
+graph; the run layer (:func:`advmnist.runs.write_frozen`) writes it.
 """
 from __future__ import annotations
 
-import datetime
-import hashlib
 import os
 import platform
-from pathlib import Path
 
-from advmnist import fileio
 from advmnist.data import IMAGE_SIZE
-from advmnist.frozen import META_FILE, MODEL_FILE
 from advmnist.model import INPUT_NAME, LOGITS_NAME, PROB_NAME, cnn_logits
 from advmnist.tfcompat import tf1
 
@@ -47,24 +43,3 @@ def inference_graph_def(checkpoint: os.PathLike | str):
 
 
 TENSOR_NAMES = {"input": f"{INPUT_NAME}:0", "logits": f"{LOGITS_NAME}:0", "prob": f"{PROB_NAME}:0"}
-
-
-def write_frozen(graph_def, out_dir: os.PathLike | str, checkpoint: os.PathLike | str, **meta) -> Path:
-    """Write ``model.pb`` and ``model.json`` (tensor names, SHA-256 of model.pb, versions, ``meta``).
-
-    ``model.json`` is written last: a folder with ``model.pb`` but no ``model.json`` was
-    interrupted while freezing.
-    """
-    out_dir = Path(out_dir)
-    blob = graph_def.SerializeToString(deterministic=True)  # map fields in a fixed order
-    fileio.write_bytes(out_dir / MODEL_FILE, blob)
-    record = dict(TENSOR_NAMES,
-                  model_sha256=hashlib.sha256(blob).hexdigest(),
-                  input_shape=[None, IMAGE_SIZE, IMAGE_SIZE],
-                  input_range=[0.0, 1.0],
-                  checkpoint=os.path.relpath(str(checkpoint), str(out_dir)),
-                  versions=library_versions(),
-                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    record.update(meta)
-    fileio.write_json(out_dir / META_FILE, record)
-    return out_dir / MODEL_FILE

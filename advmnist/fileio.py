@@ -36,6 +36,18 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
             tmp.unlink()
 
 
+def display_path(path: os.PathLike | str) -> str:
+    """A path for results and messages: relative to the working folder when it lies under it.
+
+    Committed results then hold ``runs/cnn/model.pb``, not one machine's absolute path.
+    """
+    path = Path(path)
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def write_bytes(path: os.PathLike | str, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

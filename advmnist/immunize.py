@@ -1,7 +1,7 @@
 """Immunize the network against universal noise by adversarial training.
 
 Rounds of: (a) optimize a universal noise for a target against the *current* network
-(:class:`advmnist.noise.UniversalNoise`, the same mechanism as ``advmnist universal``);
+(:class:`advmnist.attacks.UniversalNoiseGraph`, the same mechanism as ``advmnist universal``);
 (b) train the network's variables (restored from the run's checkpoint, dropout on) on
 training images with that noise and their true labels, mixing in clean images.
 After every round the network is measured on the test set: clean, under the noise it
@@ -17,14 +17,15 @@ from typing import Callable
 
 import numpy as np
 
+from advmnist.attacks import UniversalNoiseGraph
+from advmnist.attacks.base import progress_bar
 from advmnist.data import IMAGE_SIZE, Split
 from advmnist.errors import InvalidInput
-from advmnist.export import inference_graph_def, write_frozen
-from advmnist.frozen import FrozenModel
-from advmnist.model import cnn_logits
-from advmnist.noise import UniversalNoise, progress_bar
+from advmnist.fileio import display_path
+from advmnist.frozen import DEFAULT_RUN_DIR, FrozenModel
+from advmnist.model import cnn_logits, network_variables
 from advmnist.tfcompat import session_config, tf1
-from advmnist.universal import UniversalSettings, check_targets, noise_effect
+from advmnist.universal import NoiseEffect, UniversalSettings, check_targets, noise_effect
 
 SCHEDULES = ("sequential", "interleaved")
 
@@ -41,6 +42,21 @@ class ImmunizeSettings:
     refresh_steps: int = 50
     replay: bool = True
     noise: UniversalSettings = UniversalSettings()
+
+    @property
+    def seed(self) -> int:
+        """The one seed of a run: the universal noise settings' (noises, batches and dropout)."""
+        return self.noise.seed
+
+    def file_stem(self, target: str) -> str:
+        """What distinguishes runs: ``immunize_3_rounds2``, ``immunize_all_interleaved_rounds4``;
+        ``_fixed`` without refresh (the reference's recipe), ``_noreplay`` without replay."""
+        name = f"immunize_{target}" + (f"_{self.schedule}" if target == "all" else "") + f"_rounds{self.rounds}"
+        return name + ("_fixed" if not self.refresh_every else "") + ("" if self.replay else "_noreplay")
+
+    def default_run_dir(self, target: str) -> Path:
+        """``runs/cnn-immune-3``, ``runs/cnn-immune-all-interleaved``."""
+        return DEFAULT_RUN_DIR.with_name(f"cnn-immune-{target}" + (f"-{self.schedule}" if target == "all" else ""))
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -105,7 +121,7 @@ class ImmunizeInterrupted(KeyboardInterrupt):
         return {"interrupted": True, "targets": self.targets, "before": self.before,
                 "clean_before": self.clean_before, "history": self.history,
                 "interrupted_in": self.interrupted_in, "seconds": self.seconds,
-                "run_dir": str(self.saved_to) if self.saved_to else None}
+                "run_dir": display_path(self.saved_to) if self.saved_to else None}
 
 
 def checkpoint_of(model: FrozenModel) -> str:
@@ -121,162 +137,206 @@ def checkpoint_of(model: FrozenModel) -> str:
     return str(path)
 
 
-def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: ImmunizeSettings, *,
-             seed: int = 0, progress: bool = False, log: Callable[[str], None] = lambda message: None,
-             out_dir: os.PathLike | str | None = None, given_noise: np.ndarray | None = None) -> ImmunizeResult:
-    """Adversarially train the network of ``model``'s run against universal noise for ``targets``.
+class AdversarialTrainer:
+    """The network of a training run, in a session, with a universal-noise adversary beside it.
 
-    ``sequential``: all rounds for target 0, then for target 1, ... (the reference's way).
-    ``interleaved``: each round cycles through every target.
-    If ``out_dir`` is given, the immunized network is saved there as a new run
-    (checkpoint, model.pb, model.json). ``given_noise`` (one per target, e.g. saved by
-    ``advmnist universal``) is the noise of each target's first training phase, and is
-    measured before and after.
+    Built from a checkpoint: the CNN's variables (:data:`advmnist.model.LAYER_SCOPES`)
+    are restored and then trained with Adam (``settings.train_lr``, dropout on) on
+    batches where most images carry the adversary's noise. One seed
+    (``settings.seed``) drives everything drawn at random. Use as a context manager;
+    :meth:`run` plays a whole schedule, the other methods are its steps.
     """
-    targets = check_targets(targets)
-    checkpoint = checkpoint_of(model)
-    started = time.time()
-    tf = tf1()
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.set_random_seed(seed)
-        with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
-            universal = UniversalNoise(lambda x: cnn_logits(x, training=False),
-                                       noise_limit=settings.noise.noise_limit, l2_weight=settings.noise.l2_weight,
-                                       lr=settings.noise.lr, batch_size=settings.noise.batch_size)
-            network_vars = [v for v in tf.global_variables() if v.name.split("/")[0] in
-                            ("conv0", "conv1", "fc0", "fc1")]
-            images = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))
-            labels = tf.placeholder(tf.int32, (None,))
-            noise_batch = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))  # zeros: clean image
-            inputs = tf.clip_by_value(images + noise_batch, 0.0, 1.0)
-            logits = cnn_logits(inputs, training=True)
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-        optimizer = tf.train.AdamOptimizer(settings.train_lr)
-        train_step = optimizer.minimize(loss, var_list=network_vars)
-        restore = tf.train.Saver(network_vars)
-        saver = tf.train.Saver(network_vars, max_to_keep=1)
-        init = tf.global_variables_initializer()
-    graph.finalize()
-    rng = np.random.default_rng(seed)
-    zero = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
 
-    with tf.Session(graph=graph, config=session_config(tf)) as sess:
-        sess.run(init)
-        restore.restore(sess, checkpoint)
+    def __init__(self, checkpoint: str, test: Split, train: Split, settings: ImmunizeSettings, *,
+                 progress: bool = False, log: Callable[[str], None] = lambda message: None):
+        tf = tf1()
+        self.settings, self.train, self.test = settings, train, test
+        self.progress, self.log = progress, log
+        self.rng = np.random.default_rng(settings.seed)
+        self.graph = tf.Graph()
+        noise = settings.noise
+        with self.graph.as_default():
+            tf.set_random_seed(settings.seed)
+            with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+                self.adversary = UniversalNoiseGraph(lambda x: cnn_logits(x, training=False),
+                                                     noise_limit=noise.noise_limit, l2_weight=noise.l2_weight,
+                                                     lr=noise.lr, batch_size=noise.batch_size)
+                network_vars = network_variables(tf.global_variables())
+                self.images = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))
+                self.labels = tf.placeholder(tf.int32, (None,))
+                self.noise_batch = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))  # zeros: clean
+                logits = cnn_logits(tf.clip_by_value(self.images + self.noise_batch, 0.0, 1.0), training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self.labels, logits=logits))
+            self.train_step = tf.train.AdamOptimizer(settings.train_lr).minimize(loss, var_list=network_vars)
+            restore = tf.train.Saver(network_vars)
+            #: what the run layer saves (advmnist.runs.save_trained): the network's variables only
+            self.saver = tf.train.Saver(network_vars, max_to_keep=1)
+            init = tf.global_variables_initializer()
+        self.graph.finalize()
+        self.sess = tf.Session(graph=self.graph, config=session_config(tf))
+        self.sess.run(init)
+        restore.restore(self.sess, checkpoint)
 
-        def effect_of(noise: np.ndarray, target: int):
-            return noise_effect(universal.predict(sess, test.images, noise), test.labels, target)
+    def __enter__(self) -> "AdversarialTrainer":
+        return self
 
-        def fresh(target: int):
-            noise = universal.optimize(sess, train.images, target, steps=settings.noise.steps,
-                                       seed=int(rng.integers(2**31)), progress=progress)
-            return noise, effect_of(noise, target)
+    def __exit__(self, *exc) -> None:
+        self.sess.close()
 
-        def clean_accuracy() -> float:
-            return float((universal.predict(sess, test.images, zero) == test.labels).mean())
+    # ------------------------------------------------------------------ measurements
 
-        clean_before = clean_accuracy()
+    def measure(self, noise: np.ndarray, target: int) -> NoiseEffect:
+        """The effect of ``noise`` on the test set, for the network as it is now."""
+        return noise_effect(self.adversary.predict(self.sess, self.test.images, noise), self.test.labels, target)
+
+    def clean_accuracy(self) -> float:
+        zero = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        return float((self.adversary.predict(self.sess, self.test.images, zero) == self.test.labels).mean())
+
+    def optimize_noise(self, target: int, *, steps: int, initial: np.ndarray | None = None,
+                       progress: bool = False) -> np.ndarray:
+        return self.adversary.optimize(self.sess, self.train.images, target, steps=steps,
+                                       seed=int(self.rng.integers(2**31)), initial=initial, progress=progress)
+
+    def fresh_noise(self, target: int) -> tuple[np.ndarray, NoiseEffect]:
+        """A noise optimized from scratch against the current network, and its effect: the honest measure."""
+        noise = self.optimize_noise(target, steps=self.settings.noise.steps, progress=self.progress)
+        return noise, self.measure(noise, target)
+
+    # ------------------------------------------------------------------ training
+
+    def train_phase(self, target: int, noise: np.ndarray, pool: dict, scope: list[int],
+                    description: str) -> np.ndarray:
+        """``settings.train_steps`` network steps against ``target``'s noise; returns the noise it ended with.
+
+        Every ``refresh_every`` steps the noise is re-optimized (``refresh_steps``) from
+        where it was: the adversary keeps up with the network. Each new noise joins
+        ``pool[target]``, from which replay draws earlier noises of the targets in ``scope``.
+        """
+        settings = self.settings
+        with progress_bar(settings.train_steps, description, self.progress) as bar:
+            for step in range(settings.train_steps):
+                bar.update(1)
+                if settings.refresh_every and step and step % settings.refresh_every == 0 and settings.refresh_steps:
+                    noise = self.optimize_noise(target, steps=settings.refresh_steps, initial=noise)
+                    pool[target].append(noise)
+                batch = self.rng.integers(0, len(self.train.images), settings.train_batch_size)
+                self.sess.run(self.train_step, {
+                    self.images: self.train.images[batch], self.labels: self.train.labels[batch].astype(np.int32),
+                    self.noise_batch: _noise_batch(self.rng, settings, noise, pool, scope)})
+        return noise
+
+    def run(self, targets: list[int], given_noise: np.ndarray | None = None) -> ImmunizeResult:
+        """Play the schedule: measure, train phase after phase, measure again.
+
+        ``sequential``: all rounds for target 0, then for target 1, ... (the reference's way);
+        ``interleaved``: each round cycles through every target.
+
+        Raises:
+            ImmunizeInterrupted: on Ctrl-C once measuring had begun, with what was finished.
+        """
+        settings, log = self.settings, self.log
+        started = time.time()
+        clean_before = self.clean_accuracy()
         before, current = {}, {}
         for target in targets:
-            current[target], effect = fresh(target)
+            current[target], effect = self.fresh_noise(target)
             before[target] = effect.accuracy
             log(f"before: target {target}: accuracy under fresh noise {effect.accuracy:.2%} "
                 f"({effect.fooled:.2%} read as {target}); clean {clean_before:.2%}")
-
-        if settings.schedule == "sequential":
-            order = [(r, t) for t in targets for r in range(1, settings.rounds + 1)]
-        else:
-            order = [(r, t) for r in range(1, settings.rounds + 1) for t in targets]
-        history, after_own = [], {}
         given_before = {}
         if given_noise is not None:
             for target, noise in zip(targets, given_noise):
                 current[target] = noise
-                given_before[target] = effect_of(noise, target).accuracy
+                given_before[target] = self.measure(noise, target).accuracy
                 log(f"before: target {target}: accuracy under the given noise {given_before[target]:.2%}")
+        order = schedule_order(targets, settings)
+        history, after_own = [], {}
         pool = {target: [current[target]] for target in targets}
         stale: set[int] = set()  # targets whose noise predates the network's latest training
         phase = None  # the (round, target) being trained, for an interruption's report
         try:
             for round_number, target in order:
                 phase = (round_number, target)
-                scope = [target] if settings.schedule == "sequential" else targets
                 if target in stale:
-                    # (a): the network has learnt other targets since; find this target's noise again
-                    current[target] = universal.optimize(sess, train.images, target, steps=settings.noise.steps,
-                                                         seed=int(rng.integers(2**31)), initial=current[target],
-                                                         progress=progress)
+                    # the network has learnt other targets since: find this target's noise again
+                    current[target] = self.optimize_noise(target, steps=settings.noise.steps,
+                                                          initial=current[target], progress=self.progress)
                     pool[target].append(current[target])
-                description = f"round {round_number}, target {target}: training"
-                with progress_bar(settings.train_steps, description, progress) as bar:
-                    for step in range(settings.train_steps):
-                        bar.update(1)
-                        if (settings.refresh_every and step and step % settings.refresh_every == 0
-                                and settings.refresh_steps):
-                            # the adversary keeps up with the network instead of waiting for the next round
-                            current[target] = universal.optimize(sess, train.images, target,
-                                                                 steps=settings.refresh_steps,
-                                                                 seed=int(rng.integers(2**31)),
-                                                                 initial=current[target])
-                            pool[target].append(current[target])
-                        batch = rng.integers(0, len(train.images), settings.train_batch_size)
-                        sess.run(train_step, {images: train.images[batch],
-                                              labels: train.labels[batch].astype(np.int32),
-                                              noise_batch: _noise_batch(rng, settings, current[target], pool,
-                                                                        scope)})
-                trained_on = effect_of(current[target], target)
-                clean = clean_accuracy()
-                current[target], effect = fresh(target)
+                scope = [target] if settings.schedule == "sequential" else targets
+                current[target] = self.train_phase(target, current[target], pool, scope,
+                                                   f"round {round_number}, target {target}: training")
+                trained_on = self.measure(current[target], target)
+                clean = self.clean_accuracy()
+                current[target], effect = self.fresh_noise(target)
                 pool[target].append(current[target])
                 stale = set(targets) - {target}
                 after_own[target] = effect.accuracy
-                entry = {"round": round_number, "target": target, "clean_accuracy": clean,
-                         "accuracy_trained_noise": trained_on.accuracy, "accuracy_fresh_noise": effect.accuracy,
-                         "fooled_fresh_noise": effect.fooled}
-                history.append(entry)
+                history.append({"round": round_number, "target": target, "clean_accuracy": clean,
+                                "accuracy_trained_noise": trained_on.accuracy,
+                                "accuracy_fresh_noise": effect.accuracy, "fooled_fresh_noise": effect.fooled})
                 log(f"round {round_number}, target {target}: clean {clean:.2%}, under the noise it trained on "
                     f"{trained_on.accuracy:.2%}, under fresh noise {effect.accuracy:.2%}")
             phase = None
-
-            clean_after = clean_accuracy()
+            clean_after = self.clean_accuracy()
             after, final_noise = {}, []
             for target in targets:
-                # The last phase already measured its target against the final network.
-                if order[-1][1] == target:
+                if order[-1][1] == target:  # the last phase already measured it against the final network
                     after[target] = after_own[target]
                 else:
-                    current[target], effect = fresh(target)
+                    current[target], effect = self.fresh_noise(target)
                     after[target] = effect.accuracy
                 final_noise.append(current[target])
-            given_after = {target: effect_of(noise, target).accuracy
+            given_after = {target: self.measure(noise, target).accuracy
                            for target, noise in zip(targets, given_noise if given_noise is not None else [])}
         except KeyboardInterrupt:
-            # keep the training done so far: the network as it is now, and the finished phases
-            stopped = ImmunizeInterrupted(targets=targets, before=before, clean_before=clean_before,
-                                          history=history, phase=phase, seconds=round(time.time() - started, 1))
-        else:
-            stopped = None
+            raise ImmunizeInterrupted(targets=targets, before=before, clean_before=clean_before, history=history,
+                                      phase=phase, seconds=round(time.time() - started, 1)) from None
+        return ImmunizeResult(targets=targets, before=before, after=after, clean_before=clean_before,
+                              clean_after=clean_after, history=history, after_own_training=after_own,
+                              final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1),
+                              given_before=given_before, given_after=given_after)
+
+
+def schedule_order(targets: list[int], settings: ImmunizeSettings) -> list[tuple[int, int]]:
+    """The training phases as (round, target), in the order of ``settings.schedule``."""
+    rounds = range(1, settings.rounds + 1)
+    if settings.schedule == "sequential":
+        return [(r, t) for t in targets for r in rounds]
+    return [(r, t) for r in rounds for t in targets]
+
+
+def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: ImmunizeSettings, *,
+             progress: bool = False, log: Callable[[str], None] = lambda message: None,
+             out_dir: os.PathLike | str | None = None, given_noise: np.ndarray | None = None) -> ImmunizeResult:
+    """Adversarially train the network of ``model``'s run against universal noise for ``targets``.
+
+    If ``out_dir`` is given, the network is saved there as a new run by the run layer
+    (:func:`advmnist.runs.save_trained`: checkpoint, model.pb, model.json), also when
+    interrupted (marked so). ``given_noise`` (one per target, e.g. saved by ``advmnist
+    universal``) is the noise of each target's first training phase, and is measured
+    before and after.
+    """
+    from advmnist.runs import save_trained
+
+    targets = check_targets(targets)
+    checkpoint = checkpoint_of(model)
+    meta = {"immunized_against": targets, "schedule": settings.schedule, "rounds": settings.rounds,
+            "train_steps": settings.train_steps, "clean_fraction": settings.clean_fraction,
+            "seed": settings.seed, "base_model": display_path(model.path)}
+    with AdversarialTrainer(checkpoint, test, train, settings, progress=progress, log=log) as trainer:
+        try:
+            result = trainer.run(targets, given_noise)
+        except ImmunizeInterrupted as stopped:
+            if out_dir is not None:
+                save_trained(trainer.saver, trainer.sess, out_dir, "model-immunized", interrupted=True,
+                             finished_phases=len(stopped.history), interrupted_in=stopped.interrupted_in, **meta)
+                stopped.saved_to = Path(out_dir)
+            raise
         if out_dir is not None:
-            out_dir = Path(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            saved = saver.save(sess, str(out_dir / "model-immunized"), write_meta_graph=False)
-    if out_dir is not None:
-        state = ({"test_accuracy": clean_after} if stopped is None else
-                 {"interrupted": True, "finished_phases": len(history),
-                  "interrupted_in": stopped.interrupted_in})
-        write_frozen(inference_graph_def(saved), out_dir, saved, **state,
-                     immunized_against=targets, schedule=settings.schedule, rounds=settings.rounds,
-                     train_steps=settings.train_steps, clean_fraction=settings.clean_fraction, seed=seed,
-                     base_model=str(model.path))
-        if stopped is not None:
-            stopped.saved_to = out_dir
-    if stopped is not None:
-        raise stopped
-    return ImmunizeResult(targets=targets, before=before, after=after, clean_before=clean_before,
-                          clean_after=clean_after, history=history, after_own_training=after_own,
-                          final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1),
-                          given_before=given_before, given_after=given_after)
+            save_trained(trainer.saver, trainer.sess, out_dir, "model-immunized", test_accuracy=result.clean_after,
+                         **meta)
+    return result
 
 
 def _noise_batch(rng, settings: ImmunizeSettings, current: np.ndarray, pool: dict, scope) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Source x target matrix: how hard is it to turn each digit into each other digit?
 
-The per-image attack of :mod:`advmnist.noise`, run on every ordered pair of classes:
+The per-image attack (:class:`advmnist.attacks.PerImageNoise`), run on every ordered pair of classes:
 ``per_class`` images of each source digit, each pushed towards each of the nine other
 classes. Each cell (source, target) then says how often the attack got there and how
 large the perturbation had to be. The optimization is exactly the ``attack`` command's
@@ -12,10 +12,9 @@ import dataclasses
 
 import numpy as np
 
-from advmnist.attack import perturbation_norms
+from advmnist.attacks import AttackResult, PerImageNoise, make_regularizer
 from advmnist.data import NUM_CLASSES
 from advmnist.errors import InvalidInput
-from advmnist.noise import PerImageResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +25,13 @@ class MatrixSettings:
     split: str = "test"
     steps: int = 1000
     seed: int = 0
+
+    def attack(self) -> PerImageNoise:
+        return PerImageNoise(make_regularizer(self.reg, self.weight), steps=self.steps)
+
+    @property
+    def file_stem(self) -> str:
+        return f"matrix_{self.reg}"
 
 
 def pick_sources(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -85,12 +91,11 @@ class Matrix:
                 if np.isfinite(values.flat[i])]
 
 
-def summarize(result: PerImageResult, sources: np.ndarray) -> Matrix:
-    """Collect per-pair results into the matrices; ``sources`` is each attacked image's true digit."""
-    sources = np.asarray(sources)
-    norms = perturbation_norms(result)
-    l1, l2 = norms["l1"].astype(np.float64), norms["l2"].astype(np.float64)
-    reached = result.predictions == result.targets
+def summarize(result: AttackResult) -> Matrix:
+    """Collect per-pair results into the matrices (rows: each attacked image's true digit)."""
+    sources = result.labels
+    l1, l2 = result.norms["l1"].astype(np.float64), result.norms["l2"].astype(np.float64)
+    reached = result.success
     shape = (NUM_CLASSES, NUM_CLASSES)
     success, mean_l2, mean_l1 = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     count = np.zeros(shape, np.int64)

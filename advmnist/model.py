@@ -17,6 +17,13 @@ LOGITS_NAME = "logits"
 PROB_NAME = "prob"
 ACCURACY_NAME = "accuracy"
 COST_NAME = "cross_entropy_loss"
+#: The variable scopes of the layers that :func:`cnn_logits` creates, input to output.
+LAYER_SCOPES = ("conv0", "conv1", "fc0", "fc1")
+
+
+def network_variables(variables) -> list:
+    """The CNN's own variables among ``variables`` (not an optimizer's, not an attack's)."""
+    return [v for v in variables if v.name.split("/")[0] in LAYER_SCOPES]
 
 
 def cnn_logits(image, *, training: bool):
@@ -30,15 +37,16 @@ def cnn_logits(image, *, training: bool):
     from tensorpack.models import Conv2D, Dropout, FullyConnected, MaxPooling
     from tensorpack.tfutils.argscope import argscope
 
+    conv0, conv1, fc0, fc1 = LAYER_SCOPES
     x = tf.expand_dims(image, -1)  # NHWC with one channel
     with argscope(Conv2D, kernel_size=3, padding="valid", activation=tf.nn.relu):
-        x = Conv2D("conv0", x, 32)
-        x = Conv2D("conv1", x, 64)
+        x = Conv2D(conv0, x, 32)
+        x = Conv2D(conv1, x, 64)
     x = MaxPooling("pool0", x, 2)
     x = Dropout("drop0", x, rate=0.25, training=training)
-    x = FullyConnected("fc0", x, 128, activation=tf.nn.relu)
+    x = FullyConnected(fc0, x, 128, activation=tf.nn.relu)
     x = Dropout("drop1", x, rate=0.5, training=training)
-    return FullyConnected("fc1", x, NUM_CLASSES)
+    return FullyConnected(fc1, x, NUM_CLASSES)
 
 
 def make_model(learning_rate: float = 1e-3):

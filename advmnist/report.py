@@ -1,4 +1,4 @@
-"""Figures and tables. Only this module and the CLI write files; every write is atomic."""
+"""Figures and tables: with :mod:`advmnist.results`, the layer that writes results; every write is atomic."""
 from __future__ import annotations
 
 import math
@@ -143,18 +143,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 MAX_TILES = 64
 
 
-def attack_figures(result, reg: str, out_dir, *, predictions=None) -> dict[str, str]:
+def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
     """The reference's two grids: adversarial samples (true / predicted label) and the noise."""
     from pathlib import Path
 
     out_dir = Path(out_dir)
-    predictions = result.predictions if predictions is None else predictions
+    predictions = result.predictions
     shown = slice(0, MAX_TILES)
     titles = [f"true {l}, pred {p}" for l, p in zip(result.labels[shown], predictions[shown])]
-    colors = ["tab:green" if p == t else "tab:red" for p, t in zip(predictions[shown], result.targets[shown])]
+    colors = ["tab:green" if ok else "tab:red" for ok in result.success[shown]]
     sample = out_dir / f"mnist_adv_sample_{reg}.png"
     noise = out_dir / f"mnist_adv_sample_{reg}_noise.png"
-    success = int((predictions == result.targets).sum())
+    success = int(result.success.sum())
     first = f" (first {MAX_TILES} shown)" if len(predictions) > MAX_TILES else ""
     digit_grid(result.adversarial[shown], titles, sample, title_colors=colors,
                suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green){first}")
@@ -231,27 +231,36 @@ def universal_figures(result, targets, test_images, test_labels, out_dir, *, noi
 
 
 def immunize_figure(result, path, *, title: str) -> None:
-    """Clean accuracy and accuracy under fresh noise after every training phase."""
+    """Accuracy under a freshly optimized noise, target x (before, after each round's phase, end).
+
+    Every target is trained once per round in either schedule, so every cell is a
+    measurement: right after that target's phase of that round. Nothing is drawn
+    between measurements.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    end = len(result.history) + 1
-    phases = list(range(end + 1))
-    clean = [result.clean_before] + [h["clean_accuracy"] for h in result.history] + [result.clean_after]
-    ax.plot(phases, [100 * c for c in clean], "k-o", label="clean test accuracy")
-    for target in result.targets:
-        xs = [0] + [i + 1 for i, h in enumerate(result.history) if h["target"] == target] + [end]
-        ys = ([result.before[target]] + [h["accuracy_fresh_noise"] for h in result.history if h["target"] == target]
-              + [result.after[target]])
-        ax.plot(xs, [100 * y for y in ys], "o--", label=f"under fresh noise -> {target}")
-    labels = ["start"] + [f"r{h['round']}\nt{h['target']}" for h in result.history] + ["end"]
-    ax.set_xticks(phases)
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_xlabel("training phase (round, target)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
-    ax.set_title(title, fontsize=10)
+    rounds = sorted({h["round"] for h in result.history})
+    targets = list(result.targets)
+    values = np.full((len(targets), len(rounds) + 2), np.nan)
+    for row, target in enumerate(targets):
+        values[row, 0] = result.before[target]
+        for h in result.history:
+            if h["target"] == target:
+                values[row, 1 + rounds.index(h["round"])] = h["accuracy_fresh_noise"]
+        values[row, -1] = result.after[target]
+    values *= 100
+    columns = ["before"] + [f"after its\nround {r}" for r in rounds] + ["at the end"]
+    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 2.4, 0.42 * len(targets) + 1.9))
+    shown = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for (row, col), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(col, row, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if value < 25 or value > 85 else "black")
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_yticks(range(len(targets)), [f"target {t}" for t in targets], fontsize=8)
+    ax.xaxis.tick_top()
+    fig.colorbar(shown, ax=ax, label="test accuracy under fresh noise (%)", shrink=0.9)
+    ax.set_title(f"{title}\nclean test accuracy {result.clean_before:.2%} before, {result.clean_after:.2%} after",
+                 fontsize=10, pad=28)
     save_figure(fig, path)
 
 

@@ -1,21 +1,27 @@
-"""Run folders: what they hold, what can be done with them, and never losing a finished one.
+"""Run folders, the run layer: what they hold, what can be done with them, never losing a finished one.
 
 A training run folder holds ``run.json`` (written when training starts: the settings),
 tensorpack's checkpoints, ``stats.json`` (one entry per finished epoch) and, once
 frozen, ``model.pb`` + ``model.json``. From what is there, :func:`inspect_run` tells
 which state the run is in, and :func:`prepare_run_dir` what a new command may do with
-it; every refusal names the command that works.
+it; every refusal names the command that works. This layer writes what a run folder
+holds besides tensorpack's own files: ``run.json``, ``model.pb`` + ``model.json``
+(:func:`write_frozen`) and the weights of a network trained outside tensorpack
+(:func:`save_trained`).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 from pathlib import Path
 
 from advmnist import fileio
+from advmnist.data import IMAGE_SIZE
 from advmnist.errors import InvalidInput
+from advmnist.export import TENSOR_NAMES, inference_graph_def, library_versions
 from advmnist.frozen import META_FILE, MODEL_FILE
 
 RUN_FILE = "run.json"
@@ -160,3 +166,32 @@ def interrupt_message(run_dir: Path, epochs: int) -> str:
                 f"(or `{train_command(run_dir, epochs, '--resume')}`).")
     return (f"Interrupted in epoch {done + 1}: {run_dir} has a checkpoint after epoch {done}. "
             f"Continue with `{train_command(run_dir, epochs, '--resume')}`.")
+
+
+def write_frozen(graph_def, out_dir: os.PathLike | str, checkpoint: os.PathLike | str, **meta) -> Path:
+    """Write ``model.pb`` and ``model.json`` (tensor names, SHA-256 of model.pb, versions, ``meta``).
+
+    ``model.json`` is written last: a folder with ``model.pb`` but no ``model.json`` was
+    interrupted while freezing.
+    """
+    out_dir = Path(out_dir)
+    blob = graph_def.SerializeToString(deterministic=True)  # map fields in a fixed order
+    fileio.write_bytes(out_dir / MODEL_FILE, blob)
+    record = dict(TENSOR_NAMES,
+                  model_sha256=hashlib.sha256(blob).hexdigest(),
+                  input_shape=[None, IMAGE_SIZE, IMAGE_SIZE],
+                  input_range=[0.0, 1.0],
+                  checkpoint=os.path.relpath(str(checkpoint), str(out_dir)),
+                  versions=library_versions(),
+                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    record.update(meta)
+    fileio.write_json(out_dir / META_FILE, record)
+    return out_dir / MODEL_FILE
+
+
+def save_trained(saver, sess, out_dir: os.PathLike | str, name: str, **meta) -> Path:
+    """Save a session's network as a new run: a checkpoint (``saver``), ``model.pb`` and ``model.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = saver.save(sess, str(out_dir / name), write_meta_graph=False)
+    return write_frozen(inference_graph_def(checkpoint), out_dir, checkpoint, **meta)

@@ -1,6 +1,6 @@
 """Trade-off between the size of the noise and success: a sweep over the regularization weight.
 
-The per-image attack of :mod:`advmnist.noise`, run on the same images, targets and
+The per-image attack (:class:`advmnist.attacks.PerImageNoise`), run on the same images, targets and
 seed for each regularizer and each weight. A larger weight buys a smaller
 perturbation until the attack stops reaching its target; the sweep shows where, and
 for each image the smallest perturbation that still fooled the network (a
@@ -13,11 +13,38 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from advmnist.attack import perturbation_norms
+from advmnist.attack import AttackSettings
+from advmnist.attacks import PerImageNoise, make_regularizer
 from advmnist.errors import InvalidInput
-from advmnist.noise import PerImageNoise, make_regularizer
 
 DEFAULT_WEIGHTS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+REG_CHOICES = ("l2", "l1", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class TradeoffSettings:
+    """The ``tradeoff`` command's defaults: the attack command's images, targets and seed, 2000 steps."""
+
+    regs: tuple[str, ...] = ("l2", "l1")
+    weights: tuple[float, ...] = DEFAULT_WEIGHTS
+    count: int = AttackSettings.count
+    offset: int = AttackSettings.offset
+    split: str = AttackSettings.split
+    target: str = AttackSettings.target
+    steps: int = 2000
+    seed: int = AttackSettings.seed
+
+    @property
+    def file_stem(self) -> str:
+        """``tradeoff_<regs>``, e.g. ``tradeoff_l2_l1``: a run of other regularizers does not replace it."""
+        return "tradeoff_" + "_".join(self.regs)
+
+    def runs(self) -> int:
+        """Attacks the sweep runs: weight 0 (no penalty) once for every regularizer that asks for it."""
+        penalized = sum(len([w for w in self.weights if w > 0]) for reg in self.regs
+                        if make_regularizer(reg, 0.0).has_weight)
+        unpenalized = any(not make_regularizer(reg, 0.0).has_weight for reg in self.regs) or 0.0 in self.weights
+        return penalized + int(unpenalized)
 
 
 def parse_weights(text: str) -> list[float]:
@@ -51,8 +78,8 @@ class SweepPoint:
                 "mean_linf": mean_of_successes(self.linf)}
 
 
-def sweep(logits_fn, images: np.ndarray, targets: np.ndarray, regs: Sequence[str], weights: Sequence[float], *,
-          steps: int, seed: int, progress: bool = False,
+def sweep(logits_fn, images: np.ndarray, labels: np.ndarray | None, targets: np.ndarray, regs: Sequence[str],
+          weights: Sequence[float], *, steps: int, seed: int, progress: bool = False,
           on_point: Callable[[SweepPoint], None] = lambda point: None) -> list[SweepPoint]:
     """One attack per (regularizer, weight); ``none`` has no weight and runs once (weight 0).
 
@@ -61,15 +88,15 @@ def sweep(logits_fn, images: np.ndarray, targets: np.ndarray, regs: Sequence[str
     """
     points, unpenalized = [], None
     for reg in regs:
-        for weight in ([0.0] if reg == "none" else weights):
+        for weight in (weights if make_regularizer(reg, 0.0).has_weight else [0.0]):
             regularizer = make_regularizer(reg, weight)
             if regularizer.weight == 0 and unpenalized is not None:
                 point = dataclasses.replace(unpenalized, reg=reg)
             else:
-                result = PerImageNoise(logits_fn, regularizer, steps=steps).run(images, targets, seed=seed,
-                                                                                progress=progress)
-                norms = perturbation_norms(result)
-                point = SweepPoint(reg=reg, weight=regularizer.weight, success=result.predictions == result.targets,
+                result = PerImageNoise(regularizer, steps=steps)(logits_fn, images, labels, targets=targets,
+                                                                 seed=seed, progress=progress)
+                norms = result.norms
+                point = SweepPoint(reg=reg, weight=regularizer.weight, success=result.success,
                                    l1=norms["l1"], l2=norms["l2"], linf=norms["linf"])
                 if regularizer.weight == 0:
                     unpenalized = point

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from advmnist.data import Split
-from advmnist.export import TENSOR_NAMES, inference_graph_def, write_frozen
+from advmnist.export import TENSOR_NAMES, inference_graph_def
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file
+from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, write_frozen
 from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, tf1
 
 

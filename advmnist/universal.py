@@ -1,8 +1,9 @@
 """Universal noise: one pattern that makes the frozen network read almost every image as one class.
 
-The second reference experiment (Hvass-Labs' TensorFlow tutorial #12). The optimization
-itself is :class:`advmnist.noise.UniversalNoise`; this module runs it against a frozen
-model and measures the effect on the 10,000 test images.
+The second reference experiment (Hvass-Labs' TensorFlow tutorial #12). The attack
+itself is :class:`advmnist.attacks.UniversalNoise`; this module runs it against a
+frozen model, one target class after another, and measures each noise's effect on the
+10,000 test images.
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import dataclasses
 
 import numpy as np
 
+from advmnist.attacks import UniversalNoise
 from advmnist.data import NUM_CLASSES, Split
 from advmnist.errors import InvalidInput
 from advmnist.frozen import FrozenModel, confusion_matrix
-from advmnist.noise import UniversalNoise
-from advmnist.tfcompat import session_config, tf1
+
+TARGET_CHOICES = tuple(str(c) for c in range(NUM_CLASSES)) + ("all",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,20 @@ class UniversalSettings:
     lr: float = 1e-2
     batch_size: int = 64
     seed: int = 0
+
+    def attack(self, fit_images: np.ndarray, given: dict | None = None) -> UniversalNoise:
+        return UniversalNoise(fit_images, steps=self.steps, noise_limit=self.noise_limit, l2_weight=self.l2_weight,
+                              lr=self.lr, batch_size=self.batch_size, given=given)
+
+    @staticmethod
+    def file_stem(target: str, given: bool = False) -> str:
+        """``universal_<t>`` (``universal_all``); ``_given`` when a saved noise was measured."""
+        return f"universal_{target}" + ("_given" if given else "")
+
+
+def target_list(target: str) -> list[int]:
+    """``"3"`` -> [3]; ``"all"`` -> [0, ..., 9]."""
+    return list(range(NUM_CLASSES)) if target == "all" else check_targets([target])
 
 
 @dataclasses.dataclass
@@ -75,24 +91,14 @@ def universal_attack(model: FrozenModel, train_images: np.ndarray, test: Split, 
     another network), nothing is optimized: the given noises are only measured.
     """
     targets = check_targets(targets)
-    tf = tf1()
-    graph = tf.Graph()
-    with graph.as_default():
-        universal = UniversalNoise(model.logits, noise_limit=settings.noise_limit, l2_weight=settings.l2_weight,
-                                   lr=settings.lr, batch_size=settings.batch_size)
-        init = tf.global_variables_initializer()
-    graph.finalize()
+    given = None if given_noise is None else dict(zip(targets, given_noise))
+    attack = settings.attack(train_images, given)
+    clean = model.predict_proba(test.images).argmax(1)
     noises, effects = [], []
-    with tf.Session(graph=graph, config=session_config(tf)) as sess:
-        sess.run(init)
-        clean = universal.predict(sess, test.images, np.zeros_like(train_images[0]))
-        for i, target in enumerate(targets):
-            if given_noise is not None:
-                noise = given_noise[i]
-            else:
-                noise = universal.optimize(sess, train_images, target, steps=settings.steps,
-                                           seed=settings.seed * 100 + target, progress=progress)
-            noises.append(noise)
-            effects.append(noise_effect(universal.predict(sess, test.images, noise), test.labels, target))
+    for target in targets:
+        result = attack(model.logits, test.images, test.labels, targets=np.full(len(test), target),
+                        seed=settings.seed, progress=progress)
+        noises.append(result.noise[0] if len(result) else np.zeros(test.images.shape[1:], np.float32))
+        effects.append(noise_effect(result.predictions, test.labels, target))
     return UniversalResult(noise=np.stack(noises), clean_accuracy=float((clean == test.labels).mean()),
                            effects=effects)

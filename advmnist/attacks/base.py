@@ -1,0 +1,185 @@
+"""The attack contract: one public call that checks inputs, runs the attack, and measures it.
+
+In the spirit of Foolbox 3's ``Attack.__call__``: every attack subclasses :class:`Attack`
+and implements :meth:`Attack.run` only. The shared work lives here, once:
+
+- inputs are checked (images (N, 28, 28) in [0, 1], labels and targets in 0..9, a
+  target never equal to the true label);
+- the criterion: with ``targets`` an example succeeds when the network predicts its
+  target, without (untargeted) when it predicts anything but the true label;
+- the result (:class:`AttackResult`) carries the arrays, success also after rounding
+  to 8-bit pixels (what a saved PNG holds), and the L1, L2 and L-infinity norms of
+  the *effective* perturbation ``adversarial - original`` (after clipping to [0, 1]).
+
+An attack receives ``logits_fn``, a function from an image tensor to the logits of
+the network, built into the current graph (:meth:`advmnist.frozen.FrozenModel.logits`
+for a frozen model).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from typing import Callable
+
+import numpy as np
+
+from advmnist.attacks.norms import NORMS
+from advmnist.data import IMAGE_SIZE, NUM_CLASSES
+from advmnist.errors import InvalidInput
+from advmnist.tfcompat import tf1
+
+LogitsFn = Callable[[object], object]
+UNTARGETED = -1  # the target of every image of an untargeted attack
+
+
+@dataclasses.dataclass
+class AttackResult:
+    """What an attack did to each image.
+
+    ``predictions_8bit`` are the network's predictions for the adversarial images
+    rounded to 8-bit pixels. ``noise`` is what the attack optimized (before clipping);
+    ``info`` holds per-image arrays particular to an attack (e.g. ``cross_entropy``).
+    """
+
+    originals: np.ndarray
+    adversarial: np.ndarray
+    noise: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray          # UNTARGETED (-1) for every image of an untargeted attack
+    predictions: np.ndarray
+    predictions_8bit: np.ndarray
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def targeted(self) -> bool:
+        return bool(len(self.targets)) and bool((self.targets != UNTARGETED).all())
+
+    def reached(self, predictions: np.ndarray) -> np.ndarray:
+        """The criterion: the target predicted (targeted), or anything but the label (untargeted)."""
+        if self.targeted:
+            return predictions == self.targets
+        return predictions != self.labels
+
+    @property
+    def success(self) -> np.ndarray:
+        return self.reached(self.predictions)
+
+    @property
+    def success_8bit(self) -> np.ndarray:
+        return self.reached(self.predictions_8bit)
+
+    @functools.cached_property
+    def norms(self) -> dict[str, np.ndarray]:
+        """``l1``, ``l2``, ``linf`` of each image's effective perturbation (float32)."""
+        delta = self.adversarial - self.originals
+        return {name: norm.measure(delta) for name, norm in NORMS.items()}
+
+    def __len__(self) -> int:
+        return len(self.originals)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a results file keeps."""
+        return {"originals": self.originals, "noise": self.noise, "adversarial": self.adversarial,
+                "labels": self.labels, "targets": self.targets, "predictions": self.predictions}
+
+    def take(self, index) -> "AttackResult":
+        """The result for a subset of the images (a slice or an index array)."""
+        return AttackResult(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)
+                               if f.name != "info"},
+                            info={key: value[index] for key, value in self.info.items()})
+
+    @classmethod
+    def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)
+                      if f.name != "info"},
+                   info={key: np.concatenate([p.info[key] for p in parts]) for key in parts[0].info})
+
+
+class AttackInterrupted(KeyboardInterrupt):
+    """Ctrl-C after some images were finished: ``partial`` holds the first images' results."""
+
+    def __init__(self, partial: AttackResult):
+        super().__init__(f"interrupted after {len(partial)} images")
+        self.partial = partial
+
+
+class Attack(abc.ABC):
+    """Base of every attack: ``attack(logits_fn, images, labels, targets=...)`` -> :class:`AttackResult`."""
+
+    name: str = ""
+
+    def __call__(self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray | None = None, *,
+                 targets: np.ndarray | None = None, seed: int = 0, progress: bool = False) -> AttackResult:
+        """Attack ``images`` (N, 28, 28) in [0, 1].
+
+        Args:
+            logits_fn: image tensor -> logits of the network under attack.
+            labels: true labels (N,); unknown labels (-1) are allowed for a targeted attack.
+            targets: target class per image (targeted), or None (untargeted: any wrong class).
+            seed: seeds whatever the attack draws at random.
+            progress: show a progress bar on stderr.
+        """
+        images = check_images(images)
+        labels = check_labels(labels, len(images), allow_unknown=targets is not None)
+        targets = untargeted(len(images)) if targets is None else check_targets(targets, labels)
+        return self.run(logits_fn, images, labels, targets, seed=seed, progress=progress)
+
+    @abc.abstractmethod
+    def run(self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, targets: np.ndarray, *,
+            seed: int, progress: bool) -> AttackResult:
+        """The attack itself, on checked inputs (``targets`` all UNTARGETED when untargeted)."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def untargeted(count: int) -> np.ndarray:
+    """The targets of an untargeted attack on ``count`` images."""
+    return np.full(count, UNTARGETED, np.int64)
+
+
+def check_images(images) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InvalidInput(f"expected images of shape (N, 28, 28), got {images.shape}")
+    if len(images) and (images.min() < 0 or images.max() > 1):
+        raise InvalidInput("expected image values in [0, 1]")
+    return images
+
+
+def check_labels(labels, count: int, *, allow_unknown: bool) -> np.ndarray:
+    if labels is None:
+        if not allow_unknown:
+            raise InvalidInput("expected the true labels for an untargeted attack")
+        return np.full(count, -1, np.int64)
+    labels = np.asarray(labels, np.int64)
+    low = -1 if allow_unknown else 0
+    if labels.shape != (count,) or (count and (labels.min() < low or labels.max() >= NUM_CLASSES)):
+        raise InvalidInput(f"expected {count} labels in 0..9, got {labels}")
+    return labels
+
+
+def check_targets(targets, labels: np.ndarray) -> np.ndarray:
+    targets = np.asarray(targets, np.int64)
+    if targets.shape != labels.shape or (len(targets) and (targets.min() < 0 or targets.max() >= NUM_CLASSES)):
+        raise InvalidInput(f"expected {len(labels)} targets in 0..9, got {targets}")
+    same = np.flatnonzero(targets == labels)
+    if len(same):
+        raise InvalidInput(f"expected targets different from the true labels, got target {int(targets[same[0]])} "
+                           f"for image {int(same[0])} of label {int(labels[same[0]])}")
+    return targets
+
+
+def rounded_to_8bit(images):
+    """What a saved 8-bit PNG holds, as a graph op: round to 1/255 steps."""
+    tf = tf1()
+    return tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
+
+
+def progress_bar(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True,
+                mininterval=0.5)

@@ -1,0 +1,203 @@
+"""Per-image targeted noise (the first reference experiment): one learned noise per image.
+
+Each image i gets its own 28x28 noise, initialized from N(0, ``init_std``); the network
+sees ``clip(x_i + noise_i, 0, 1)`` and Adam minimizes
+``CE(f(clip(x_i + noise_i)), target_i) / 16 + weight * R(noise_i)`` over the noise
+only, ``lr`` for two thirds of the steps and ``late_lr`` after. The division by 16
+keeps each image's objective the reference's 16-image batch objective whatever the
+number of images (see :data:`REFERENCE_BATCH`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from advmnist.attacks.base import Attack, AttackInterrupted, AttackResult, LogitsFn, progress_bar, rounded_to_8bit
+from advmnist.attacks.norms import Regularizer
+from advmnist.data import NUM_CLASSES
+from advmnist.errors import InvalidInput
+from advmnist.tfcompat import session_config, tf1
+
+#: The reference averaged the cross-entropy over a batch of 16 images and summed the
+#: regularization over the same 16 noises. Each image's objective is kept exactly that,
+#: ``CE_i / 16 + weight * R(noise_i)``, whatever the number of images, so an image's
+#: gradient does not depend on how many others are attacked with it, and Adam updates
+#: every element on its own gradient history. Its noise is the same up to float rounding
+#: (kernels sum in other orders for other batch sizes), which Adam's normalized steps
+#: can enlarge in pixels whose gradient is nearly zero.
+REFERENCE_BATCH = 16
+
+
+def late_lr_from(steps: int) -> int:
+    """The step from which the late learning rate applies: two thirds in (the reference's schedule)."""
+    return (2 * steps) // 3
+
+
+class PerImageNoise(Attack):
+    """One targeted noise per image, optimized by Adam under a regularizer.
+
+    Args:
+        regularizer: the noise's cost (:func:`advmnist.attacks.make_regularizer`: l2, l1, none).
+        steps: Adam steps (6000 in the reference: 30 x 200).
+        lr, late_lr: Adam's learning rate for the first two thirds of the steps, and after.
+        init_std: standard deviation of the initial noise.
+        early_stop_margin: if set, stop a chunk once every image's target logit beats
+            every other logit by this margin (checked every ``check_every`` steps).
+        chunk_size: images optimized in one graph; bounds memory for any count.
+
+    Example:
+        >>> attack = PerImageNoise(make_regularizer("l1", 1e-2))
+        >>> result = attack(model.logits, images, labels, targets=9 - labels, seed=0)
+        >>> result.success.mean(), result.norms["l1"].mean()
+    """
+
+    name = "noise"
+
+    def __init__(self, regularizer: Regularizer, *, steps: int = 6000, lr: float = 3e-3, late_lr: float = 1e-3,
+                 init_std: float = 0.01, early_stop_margin: float | None = None, chunk_size: int = 256,
+                 check_every: int = 100):
+        if steps < 1:
+            raise InvalidInput(f"expected steps >= 1, got {steps}")
+        if chunk_size < 1 or check_every < 1:
+            raise InvalidInput(f"expected chunk_size and check_every >= 1, got {chunk_size}, {check_every}")
+        self.regularizer = regularizer
+        self.steps = steps
+        self.lr, self.late_lr = lr, late_lr
+        self.init_std = init_std
+        self.early_stop_margin = early_stop_margin
+        self.chunk_size = chunk_size
+        self.check_every = check_every
+
+    def run(self, logits_fn, images, labels, targets, *, seed, progress) -> AttackResult:
+        if (targets < 0).any():
+            raise InvalidInput("expected a target for every image: per-image noise is a targeted attack")
+        initial = np.random.default_rng(seed).normal(0.0, self.init_std, images.shape).astype(np.float32)
+        parts = []
+        bar = progress_bar(self.steps * len(images), f"{self.regularizer.name} noise", progress)
+        try:
+            with bar:
+                for start in range(0, len(images), self.chunk_size):
+                    part = slice(start, start + self.chunk_size)
+                    parts.append(self._run_chunk(logits_fn, images[part], labels[part], targets[part],
+                                                 initial[part], bar))
+        except KeyboardInterrupt:
+            if not parts:
+                raise
+            raise AttackInterrupted(AttackResult.concatenate(parts)) from None
+        return AttackResult.concatenate(parts)
+
+    def _run_chunk(self, logits_fn, images, labels, targets, initial, bar) -> AttackResult:
+        """Optimize one chunk's noise in its own graph and session."""
+        tf = tf1()
+        graph = tf.Graph()
+        with graph.as_default():
+            loop = AdamLoop(logits_fn, images, targets.astype(np.int32), regularizer=self.regularizer,
+                            ce_weight=1.0 / REFERENCE_BATCH)
+            init = tf.global_variables_initializer()
+        graph.finalize()
+        with tf.Session(graph=graph, config=session_config(tf)) as sess:
+            sess.run(init)
+            loop.start(sess, initial)
+            switch = late_lr_from(self.steps)
+            step = 0
+            while step < self.steps:
+                # one session call runs up to the next check, never across the learning-rate switch
+                end = min(step + self.check_every - step % self.check_every, self.steps)
+                if step < switch < end:
+                    end = switch
+                loss, margins = loop.run(sess, end - step, self.lr if step < switch else self.late_lr)
+                bar.update(len(images) * (end - step))
+                step = end
+                if step % self.check_every == 0 or step == self.steps:
+                    reached = int((margins > 0).sum())
+                    bar.set_postfix(loss=f"{loss:.4g}", at_target=f"{reached}/{len(images)}", refresh=False)
+                    if self.early_stop_margin is not None and margins.min() >= self.early_stop_margin:
+                        bar.update(len(images) * (self.steps - step))
+                        break
+            noise, predictions, probabilities, cross_entropy, predictions_8bit = sess.run(
+                [loop.noise, loop.predictions, loop.probabilities, loop.cross_entropy, loop.predictions_8bit])
+        return AttackResult(
+            originals=images, adversarial=np.clip(images + noise, 0.0, 1.0), noise=noise, labels=labels,
+            targets=targets, predictions=predictions.astype(np.int64),
+            predictions_8bit=predictions_8bit.astype(np.int64),
+            info={"target_probability": probabilities[np.arange(len(targets)), targets],
+                  "cross_entropy": cross_entropy, "steps_run": np.full(len(images), step, np.int64)})
+
+
+class AdamLoop:
+    """Many Adam steps on a per-image noise in one session call (a ``tf.while_loop``).
+
+    A Python loop of ``sess.run(train_op)`` pays the session's overhead, and a fetch,
+    at every step; here the loop runs inside the graph, ``steps`` at a time. Each
+    iteration reads the noise, builds ``clip(images + noise)`` through ``logits_fn``,
+    takes the gradient of ``ce_weight * sum(CE) + regularizer`` and applies TensorFlow's
+    own Adam kernel (``ResourceApplyAdam``, the one ``tf.train.AdamOptimizer`` uses),
+    so the noise is bit for bit what that optimizer would produce.
+    """
+
+    BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-8
+
+    def __init__(self, logits_fn: LogitsFn, images: np.ndarray, targets: np.ndarray, *,
+                 regularizer: Regularizer, ce_weight: float, scope: str = "adversarial_noise"):
+        tf = tf1()
+        import tensorflow
+
+        shape = images.shape
+        images = tf.constant(images, name="images")
+        targets = tf.constant(targets, name="targets")
+        with tf.variable_scope(scope):
+            def variable(name, value):
+                return tf.get_variable(name, initializer=value, trainable=False, use_resource=True)
+
+            self.noise = variable("noise", np.zeros(shape, np.float32))
+            moments = [variable(name, np.zeros(shape, np.float32)) for name in ("m", "v")]
+            powers = [variable(name, np.float32(beta)) for name, beta in
+                      (("beta1_power", self.BETA1), ("beta2_power", self.BETA2))]
+            self.step_count = tf.placeholder(tf.int32, (), name="step_count")
+            self.learning_rate = tf.placeholder(tf.float32, (), name="learning_rate")
+            self.noise_value = tf.placeholder(tf.float32, shape, name="noise_value")
+
+        def network(noise):
+            logits = logits_fn(tf.clip_by_value(images + noise, 0.0, 1.0))
+            cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+            return logits, cross_entropy
+
+        def body(step, beta1_power, beta2_power, _loss):
+            with tf.control_dependencies([step]):
+                noise = self.noise.read_value()
+            _, cross_entropy = network(noise)
+            loss = ce_weight * tf.reduce_sum(cross_entropy) + regularizer.cost(noise)
+            (gradient,) = tf.gradients(loss, [noise])
+            update = tensorflow.raw_ops.ResourceApplyAdam(
+                var=self.noise.handle, m=moments[0].handle, v=moments[1].handle, beta1_power=beta1_power,
+                beta2_power=beta2_power, lr=self.learning_rate, beta1=self.BETA1, beta2=self.BETA2,
+                epsilon=self.EPSILON, grad=gradient)
+            with tf.control_dependencies([update]):
+                return step + 1, beta1_power * self.BETA1, beta2_power * self.BETA2, tf.identity(loss)
+
+        with tf.variable_scope(scope):
+            _, beta1_end, beta2_end, self.loss = tf.while_loop(
+                lambda step, *_: step < self.step_count, body,
+                [tf.constant(0), powers[0].read_value(), powers[1].read_value(), tf.constant(0.0)],
+                parallel_iterations=1, name="adam_steps")
+            with tf.control_dependencies([self.loss]):
+                self.advance = tf.group(powers[0].assign(beta1_end), powers[1].assign(beta2_end))
+            self.reset = tf.group(self.noise.assign(self.noise_value),
+                                  *[m.initializer for m in moments], *[p.initializer for p in powers])
+        noise = self.noise.read_value()
+        logits, self.cross_entropy = network(noise)
+        # what a saved 8-bit PNG holds, checked in this graph: no second session
+        self.predictions_8bit = tf.argmax(logits_fn(rounded_to_8bit(images + noise)), 1, output_type=tf.int32)
+        target_logit = tf.gather(logits, targets, batch_dims=1)
+        others = logits - 1e9 * tf.one_hot(targets, NUM_CLASSES)
+        self.margin = target_logit - tf.reduce_max(others, axis=1)
+        self.predictions = tf.argmax(logits, 1, output_type=tf.int32)
+        self.probabilities = tf.nn.softmax(logits)
+
+    def start(self, sess, initial_noise: np.ndarray) -> None:
+        """Set the noise and forget Adam's moments."""
+        sess.run(self.reset, {self.noise_value: initial_noise})
+
+    def run(self, sess, steps: int, learning_rate: float) -> tuple[float, np.ndarray]:
+        """``steps`` Adam steps; the loss of the last one and every image's margin after them."""
+        _, loss = sess.run([self.advance, self.loss], {self.step_count: steps, self.learning_rate: learning_rate})
+        return float(loss), sess.run(self.margin)

@@ -1,0 +1,135 @@
+"""``advmnist attack``: per-image targeted noise, the first reference experiment."""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+import numpy as np
+
+from advmnist.attack import REG_CHOICES, AttackSettings
+from advmnist.cli.options import (MAX_TABLE_ROWS, Output, config_option, data_dir_option, finite, image_options,
+                                  json_option, load_model, model_option, out_option, progress_enabled,
+                                  seed_option, steps_option, translate_errors, weight_option)
+from advmnist.errors import InvalidInput
+
+DEFAULTS = AttackSettings()
+
+
+@click.command()
+@config_option
+@click.option("--reg", type=click.Choice(REG_CHOICES), default=DEFAULTS.reg, show_default=True,
+              help="Regularization of the noise; `all` runs the three on the same images.")
+@weight_option(DEFAULTS.weight, "Regularization weight: l2 adds weight*sum(noise^2)/2, l1 adds weight*sum(|noise|).")
+@image_options(DEFAULTS)
+@steps_option(DEFAULTS.steps, "Adam steps: lr 3e-3 for the first two thirds, 1e-3 after.")
+@seed_option(DEFAULTS.seed, "Seeds the initial noise N(0, 0.01) and random targets.")
+@click.option("--early-stop", is_flag=True,
+              help="Stop once every image's target logit beats all others by --margin (checked every 100 steps).")
+@click.option("--margin", type=click.FloatRange(min=0), callback=finite, default=DEFAULTS.margin, show_default=True,
+              help="With --early-stop: how far the target logit must lead.")
+@model_option
+@out_option("Folder for the PNG grids, the .npz arrays and the metrics .json.")
+@data_dir_option
+@json_option
+@translate_errors
+def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, margin, model_path, no_verify, out,
+           data_dir, json_mode) -> None:
+    """Per-image targeted noise: make the frozen network read digit d as 9 - d.
+
+    Each selected image gets its own 28x28 noise variable; the frozen network sees
+    clip(image + noise, 0, 1) and only the noise is optimized (Adam), towards the
+    target class, under L2, L1 or no regularization. The defaults reproduce the
+    reference experiment: training images 16..31, 6000 steps, weight 1e-2.
+
+    \b
+    Writes to --out (default assets/):
+      mnist_adv_sample_<reg>.png        adversarial images, true and predicted label
+      mnist_adv_sample_<reg>_noise.png  the noise, red adds ink, blue removes it
+      mnist_adv_<reg>.npz / .json       arrays and metrics
+      mnist_adv_comparison.png / .json  with --reg all
+
+    Ctrl-C stops the run; with more than 256 images (optimized 256 at a time) the
+    finished ones are kept in mnist_adv_<reg>_partial.* beside earlier results.
+    """
+    from advmnist import attack as attack_lib
+    from advmnist import report, results
+    from advmnist.attacks import AttackInterrupted
+    from advmnist.fileio import display_path
+
+    output = Output(json_mode)
+    model, indices, images, labels, targets, rule = attack_inputs(model_path, no_verify, split, offset, count,
+                                                                  target, seed, data_dir, output)
+    settings = AttackSettings(reg=reg, weight=weight, count=count, offset=offset, split=split, target=rule,
+                              steps=steps, seed=seed, early_stop=early_stop, margin=margin)
+    record = {"model": display_path(model.path), **{k: v for k, v in vars(settings).items() if k != "reg"}}
+    report.import_in_background()
+    runs, records = {}, {}
+    for name in settings.regs:
+        attack = settings.attack(name)
+        started = time.time()
+        try:
+            result = attack(model.logits, images, labels, targets=targets, seed=seed, progress=progress_enabled())
+        except AttackInterrupted as stop:  # keep the chunks that finished, beside (not over) earlier results
+            done = len(stop.partial)
+            summary = attack_lib.summarize(stop.partial, attack.regularizer, indices=indices[:done],
+                                           seconds=time.time() - started)
+            partial = results.write_attack(out, f"{name}_partial", stop.partial, summary, indices[:done],
+                                           {**record, "completed": done})
+            click.echo(f"\nInterrupted during {name}: the first {done} of {count} images were done; their "
+                       f"results are in {partial['files']['arrays']} and beside it.", err=True)
+            sys.exit(130)
+        summary = attack_lib.summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
+        runs[name] = result
+        records[name] = results.write_attack(out, name, result, summary, indices, record)
+        print_attack(output, name, summary, records[name]["files"])
+    payload = records[settings.regs[0]]
+    if len(settings.regs) > 1:
+        payload = results.write_comparison(out, runs, records)
+        output.say("\ncomparison (same images, targets and seed):")
+        output.say(report.format_table(list(payload["comparison"][0]),
+                                       [list(row.values()) for row in payload["comparison"]]))
+        output.say(f"comparison figure: {payload['figure']}")
+    output.result(payload)
+
+
+def attack_inputs(model_path, no_verify, split, offset, count, target, seed, data_dir, output: Output):
+    """Check the image range and target rule, then load the model, the digits and their targets."""
+    from advmnist.attacks import choose_targets, parse_target_rule
+    from advmnist.data import load_split, split_size
+
+    try:
+        rule = parse_target_rule(target)
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), param_hint="--target") from err
+    if offset + count > split_size(split):
+        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
+                                 f"got {offset} + {count}", param_hint="--count")
+    model = load_model(model_path, no_verify, output)
+    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
+    indices = np.arange(offset, offset + count)
+    try:
+        targets = choose_targets(data.labels, rule, seed=seed, indices=indices)
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), param_hint="--target") from err
+    return model, indices, data.images, data.labels, targets, rule
+
+
+def print_attack(output: Output, name: str, summary, files: dict) -> None:
+    from advmnist import report
+
+    s = summary.summary
+    output.say(f"\n== {name} regularization (weight {summary.weight:g}), {summary.seconds:.1f} s")
+    shown = s["pred_label"][:MAX_TABLE_ROWS]
+    more = f" ... ({len(s['pred_label']) - MAX_TABLE_ROWS} more)" if len(s["pred_label"]) > MAX_TABLE_ROWS else ""
+    output.say(f"pred_label: {shown}{more}")
+    for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost", "train_error"):
+        output.say(f"{key}: {s[key]:.5g}")
+    output.say(f"reached target: {s['success']}/{s['count']} (after 8-bit rounding: {s['success_8bit']}/{s['count']})")
+    headers = ["index", "label", "target", "pred", "p(target)", "L1", "L2", "Linf", "8-bit ok"]
+    rows = [[r["index"], r["label"], r["target"], r["prediction"], r["target_prob"], r["l1"], r["l2"], r["linf"],
+             "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows[:MAX_TABLE_ROWS]]
+    output.say(report.format_table(headers, rows))
+    if len(summary.rows) > MAX_TABLE_ROWS:
+        output.say(f"... {len(summary.rows) - MAX_TABLE_ROWS} more rows in the metrics .json")
+    output.say("files: " + ", ".join(files.values()))

@@ -1,0 +1,214 @@
+"""What every command shares: options, config files, output, and the translation of errors.
+
+A command module parses its options (declared with the factories here, defaults
+taken from the library's settings dataclasses), calls the library, hands the result
+to :mod:`advmnist.results` / :mod:`advmnist.report` to be written, and prints.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from advmnist.errors import InvalidInput
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+SEED_RANGE = click.IntRange(0, 2**31 - 1)
+#: Terminal tables show at most this many rows; the .json files hold all of them.
+MAX_TABLE_ROWS = 64
+
+
+class InputError(click.ClickException):
+    """A missing or corrupt file, or a run folder in the wrong state: exit 2, one line."""
+
+    exit_code = 2
+
+
+class Output:
+    """Human text to stdout, or to stderr when ``--json`` reserves stdout for the result."""
+
+    def __init__(self, json_mode: bool):
+        self.json_mode = json_mode
+
+    def say(self, message: str = "") -> None:
+        click.echo(message, err=self.json_mode)
+
+    def result(self, payload: dict) -> None:
+        if self.json_mode:
+            click.echo(json.dumps(payload, sort_keys=True, default=_jsonable))
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def json_error(message: str, exit_code: int) -> None:
+    """With ``--json``, an error is one JSON object on stdout too."""
+    click.echo(json.dumps({"error": message, "exit_code": exit_code}, sort_keys=True))
+
+
+def progress_enabled() -> bool:
+    return sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------------------- checks
+
+def finite(ctx: click.Context, param: click.Parameter, value):
+    """click's FloatRange lets NaN through (every comparison with NaN is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}", ctx, param)
+    return value
+
+
+def writable_folder(ctx: click.Context, param: click.Parameter, value: Path | None):
+    """Check an output folder before any work is done (not after an hour of it)."""
+    from advmnist.fileio import check_writable_dir
+
+    if value is not None and not ctx.resilient_parsing:
+        try:
+            check_writable_dir(value, f"--{param.name.replace('_', '-')}")
+        except InvalidInput as err:
+            raise click.BadParameter(str(err), ctx, param) from err
+    return value
+
+
+def translate_errors(func):
+    """Turn the library's user-facing errors into one-line messages with exit status 2."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InvalidInput as err:
+            raise InputError(str(err)) from err
+        except OSError as err:  # a full disk, a folder we may not write to: not a usage error
+            raise click.ClickException(f"{getattr(err, 'filename', None) or 'file system'}: "
+                                       f"{err.strerror or err}") from err
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- options
+
+def json_option(func):
+    return click.option("--json", "json_mode", is_flag=True,
+                        help="Print one JSON object with the results on stdout (human text goes to stderr).")(func)
+
+
+def data_dir_option(func):
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        envvar="ADVMNIST_DATA", show_envvar=True,
+                        help="Folder holding the four MNIST IDX files (raw or .gz); tried before the cache.")(func)
+
+
+def model_option(func):
+    func = click.option("--no-verify", is_flag=True,
+                        help="Use model.pb even if it does not match the SHA-256 recorded in model.json.")(func)
+    return click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+                        help="A run folder or a model.pb file.  [default: runs/cnn]")(func)
+
+
+def out_option(description: str | None = None):
+    """``--out``: the folder for a command's figures and numbers (``assets`` by default)."""
+    return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("assets"),
+                        show_default=True, callback=writable_folder, help=description)
+
+
+def seed_option(default: int, description: str | None = None):
+    return click.option("--seed", type=SEED_RANGE, default=default, show_default=True, help=description)
+
+
+def steps_option(default: int, description: str, flag: str = "--steps"):
+    return click.option(flag, "steps", type=click.IntRange(min=1), default=default, show_default=True,
+                        help=description)
+
+
+def weight_option(default: float, description: str):
+    return click.option("--weight", type=click.FloatRange(min=0), callback=finite, default=default,
+                        show_default=True, help=description)
+
+
+def split_option(default: str):
+    return click.option("--split", type=click.Choice(["train", "test"]), default=default, show_default=True)
+
+
+def image_options(defaults, *, max_count: int | None = None):
+    """``--count --offset --split --target``: which images, towards which classes (the attack's vocabulary)."""
+    def apply(func):
+        for option in reversed([
+            click.option("--count", type=click.IntRange(1, max_count), default=defaults.count, show_default=True,
+                         help="Number of images to attack" + (f" (1 to {max_count})." if max_count
+                                                              else " (1 to the whole split).")),
+            click.option("--offset", type=click.IntRange(min=0), default=defaults.offset, show_default=True,
+                         help="Index of the first image in the split."),
+            split_option(defaults.split),
+            click.option("--target", default=defaults.target, show_default=True,
+                         help="Target class: 9-d, d+1 (mod 10), random (seeded, never the true label) "
+                              "or a class 0-9."),
+        ]):
+            func = option(func)
+        return func
+    return apply
+
+
+# ---------------------------------------------------------------------------- config files
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None):
+    """Read ``[<command>]`` from a TOML file into the command's defaults; flags still win."""
+    if value is None:
+        return None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        table = tomllib.loads(value.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise click.BadParameter(f"expected a readable TOML file, got {value} ({err})", ctx, param) from err
+    section = table.get(ctx.info_name, table)
+    # a key may be spelled like the option (noise-steps, --noise-steps) or like its parameter (noise_steps)
+    names = {}
+    for option in ctx.command.params:
+        if option.name in ("config", "json_mode"):
+            continue
+        for spelling in [option.name, *getattr(option, "opts", [])]:
+            names[spelling.lstrip("-")] = option.name
+            names[spelling.lstrip("-").replace("-", "_")] = option.name
+    unknown = sorted(key for key in section if key.lstrip("-") not in names)
+    if unknown:
+        expected = sorted(o.opts[0].lstrip("-") for o in ctx.command.params
+                          if isinstance(o, click.Option) and o.name not in ("config", "json_mode"))
+        raise click.BadParameter(f"unknown key(s) {unknown} in {value}; expected some of {expected}", ctx, param)
+    ctx.default_map = {**(ctx.default_map or {}), **{names[key.lstrip("-")]: val for key, val in section.items()}}
+    return value
+
+
+def config_option(func):
+    return click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        is_eager=True, expose_value=False, callback=_load_config,
+                        help="TOML file whose [COMMAND] table sets this command's options "
+                             "(flags on the command line override it), e.g. configs/reference-targeted.toml.")(func)
+
+
+# ---------------------------------------------------------------------------- shared steps
+
+def load_model(model_path: Path | None, no_verify: bool, output: Output):
+    """The frozen model, checked against its recorded SHA-256 unless ``--no-verify``."""
+    from advmnist.frozen import FrozenModel
+
+    model = FrozenModel.load(model_path, verify=not no_verify)
+    for note in model.notes:
+        output.say(note)
+    return model

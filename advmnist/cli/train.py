@@ -1,0 +1,65 @@
+"""``advmnist train``: train the CNN with tensorpack and freeze it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from advmnist.cli.options import (Output, data_dir_option, finite, json_option, seed_option, translate_errors,
+                                  writable_folder)
+from advmnist.frozen import DEFAULT_RUN_DIR
+from advmnist.train import TrainSettings
+
+DEFAULTS = TrainSettings()
+
+
+@click.command()
+@click.option("--epochs", type=click.IntRange(1, 1000), default=DEFAULTS.epochs, show_default=True,
+              help="Epochs over the 60,000 training images.")
+@click.option("--batch-size", type=click.IntRange(1, 60000), default=DEFAULTS.batch_size, show_default=True,
+              help="Images per training step.")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=DEFAULTS.lr,
+              show_default=True, help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
+@seed_option(DEFAULTS.seed, "Seeds the initial weights, dropout and the order of the training images.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
+              show_default=True, callback=writable_folder,
+              help="Where checkpoints, logs and model.pb go; `attack` looks here by default.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --run-dir from its last checkpoint (from scratch if it was interrupted "
+                   "before the first one; only freeze it if its epochs are done).")
+@click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
+@data_dir_option
+@json_option
+@translate_errors
+def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, json_mode) -> None:
+    """Train the CNN with tensorpack and freeze it into RUN_DIR/model.pb.
+
+    The network: conv 32 3x3, conv 64 3x3, max-pool 2, dropout 0.25, dense 128,
+    dropout 0.5, dense 10. Validation accuracy on the 10,000 test images is shown
+    after every epoch; stats.json and TensorBoard events go to RUN_DIR. At the end the
+    weights are frozen into model.pb (dropout removed) with model.json beside it.
+
+    A run never overwrites a finished model: use a new --run-dir, --resume or --overwrite.
+    Ctrl-C keeps the checkpoints of the finished epochs and says how to go on.
+    """
+    from advmnist.data import load_train_test
+    from advmnist.runs import interrupt_message, prepare_run_dir
+    from advmnist.train import train as train_model
+
+    out = Output(json_mode)
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    train_split, test_split = load_train_test(data_dir, out.say)
+    note = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, epochs=epochs)
+    if note:
+        out.say(note)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    try:
+        result = train_model(train_split, test_split, run_dir, settings, resume=resume)
+    except KeyboardInterrupt:
+        click.echo("\n" + interrupt_message(run_dir, epochs), err=True)
+        sys.exit(130)
+    out.say(f"test accuracy {result.test_accuracy:.2%} after {result.epochs} epochs "
+            f"({result.seconds:.0f} s); frozen model: {result.model}")
+    out.result(result.to_dict())

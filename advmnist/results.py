@@ -1,0 +1,108 @@
+"""Results on disk: what each command writes besides its figures, and the records it returns.
+
+With :mod:`advmnist.report` (the figures) this is the only layer that writes results;
+the library returns values. Every file is written atomically, and every path in a
+record is relative to the working folder when it lies under it
+(:func:`advmnist.fileio.display_path`), so committed results hold no machine's paths.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from advmnist import fileio, report
+from advmnist.attack import AttackSettings
+from advmnist.fileio import display_path
+
+
+def _paths(files: dict) -> dict:
+    return {key: _paths(value) if isinstance(value, dict) else display_path(value) for key, value in files.items()}
+
+
+def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, settings: dict) -> dict:
+    """One regularizer's run of ``attack``: the two grids, the arrays, the metrics; returns the record."""
+    stem = AttackSettings.file_stem(name)
+    files = report.attack_figures(result, name, out)
+    arrays = out / f"{stem}.npz"
+    fileio.write_npz(arrays, **result.arrays(), indices=indices)
+    files["arrays"] = arrays
+    record = {**summary.to_dict(), "files": _paths(files), "settings": settings}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+def write_comparison(out: Path, results: dict, records: dict) -> dict:
+    """``attack --reg all``: the side-by-side figure and table of the regularizers."""
+    figure = out / f"{AttackSettings.COMPARISON_STEM}.png"
+    report.comparison_figure(results, figure)
+    keys = ("success", "success_8bit", "count", "L1Norm", "L2Norm", "mean_l1", "mean_l2", "mean_linf")
+    table = [{"reg": name, **{key: record["summary"][key] for key in keys}} for name, record in records.items()]
+    fileio.write_json(out / f"{AttackSettings.COMPARISON_STEM}.json", {"table": table, "figure": display_path(figure)})
+    return {"runs": records, "comparison": table, "figure": display_path(figure)}
+
+
+def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
+                 seconds: float) -> dict:
+    files = report.matrix_figures(cells, reg, out)
+    arrays = out / f"{stem}.npz"
+    fileio.write_npz(arrays, **result.arrays(), indices=indices)
+    files["arrays"] = arrays
+    record = {"settings": settings, **cells.to_dict(), "success_overall": float(result.success.mean()),
+              "hardest": cells.hardest(), "easiest": cells.easiest(), "seconds": round(seconds, 2),
+              "files": _paths(files)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+def write_tradeoff(out: Path, stem: str, points, smallest, indices: np.ndarray, settings: dict, seconds: float,
+                   title: str) -> dict:
+    figure = out / f"{stem}.png"
+    report.tradeoff_figure(points, figure, title=title)
+    record = {"settings": settings, "points": [p.summary() for p in points],
+              "smallest_success": [None if best is None else {"index": int(indices[i]), **best}
+                                   for i, best in enumerate(smallest)],
+              "seconds": round(seconds, 2), "figure": display_path(figure)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+def write_universal(out: Path, stem: str, result, targets: list[int], test, settings, *, model_path,
+                    target: str, noise_file: Path | None) -> dict:
+    """``universal``: figures per target, the noises (unless measured from a file), the metrics."""
+    tag = "" if noise_file is None else "_given"
+    files = report.universal_figures(result, targets, test.images, test.labels, out,
+                                     noise_limit=settings.noise_limit, tag=tag)
+    if noise_file is None:
+        for t, noise in zip(targets, result.noise):
+            fileio.write_npy(out / f"universal_noise_{t}.npy", noise)
+        if target == "all":
+            fileio.write_npy(out / "universal_noise_all.npy", result.noise)
+    record = {**result.to_dict(), "model": display_path(model_path), "target": target, "files": _paths(files),
+              "settings": {**dataclasses.asdict(settings),
+                           "noise_file": display_path(noise_file) if noise_file else None}}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+def immunize_settings_record(settings) -> dict:
+    return {**dataclasses.asdict(settings), "seed": settings.seed}
+
+
+def write_immunize(out: Path, stem: str, result, *, run_dir: Path, base_model: Path, settings, title: str) -> dict:
+    figure = out / f"{stem}.png"
+    report.immunize_figure(result, figure, title=title)
+    record = {**result.to_dict(), "run_dir": display_path(run_dir), "model": display_path(run_dir / "model.pb"),
+              "base_model": display_path(base_model), "figure": display_path(figure),
+              "settings": immunize_settings_record(settings)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+def write_immunize_partial(out: Path, stem: str, stopped, *, base_model: Path, settings) -> Path:
+    """What an interrupted ``immunize`` finished: ``<stem>_partial.json``."""
+    partial = out / f"{stem}_partial.json"
+    fileio.write_json(partial, {**stopped.to_dict(), "base_model": display_path(base_model),
+                                "settings": immunize_settings_record(settings)})
+    return partial
