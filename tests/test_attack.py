@@ -5,16 +5,28 @@ import numpy as np
 import pytest
 
 from advmnist import attack
-from advmnist.noise import L1, L2, NoRegularization, PerImageNoise, make_regularizer
+from advmnist.attacks import (Attack, AttackResult, PerImageNoise, Regularizer, choose_targets, make_regularizer, norms,
+                              parse_target_rule)
+from advmnist.attacks.base import rounded_to_8bit
 
-from conftest import assert_in_unit_range
+
+def L1(weight):  # noqa: N802 (reads like the regularizer it makes)
+    return make_regularizer("l1", weight)
+
+
+def L2(weight):  # noqa: N802
+    return make_regularizer("l2", weight)
+
+
+def assert_in_unit_range(images: np.ndarray) -> None:
+    assert images.min() >= 0.0 and images.max() <= 1.0
 
 
 @pytest.fixture(scope="module")
 def digits(mnist_small):
     train, _ = mnist_small
     images, labels = train.images[16:24], train.labels[16:24]
-    return images, labels, attack.choose_targets(labels, "9-d")
+    return images, labels, choose_targets(labels, "9-d")
 
 
 def _success(result) -> int:
@@ -23,42 +35,106 @@ def _success(result) -> int:
 
 def test_target_rules():
     labels = np.array([0, 3, 9, 4])
-    assert attack.choose_targets(labels, "9-d").tolist() == [9, 6, 0, 5]
-    assert attack.choose_targets(labels, "d+1").tolist() == [1, 4, 0, 5]
-    assert attack.choose_targets(labels, "7").tolist() == [7, 7, 7, 7]
+    assert choose_targets(labels, "9-d").tolist() == [9, 6, 0, 5]
+    assert choose_targets(labels, "d+1").tolist() == [1, 4, 0, 5]
+    assert choose_targets(labels, "7").tolist() == [7, 7, 7, 7]
     many = np.arange(200) % 10
-    random = attack.choose_targets(many, "random", seed=3, indices=np.arange(200))
+    random = choose_targets(many, "random", seed=3, indices=np.arange(200))
     assert (random != many).all() and len(set(random.tolist())) == 10
-    again = attack.choose_targets(many, "random", seed=3, indices=np.arange(200))
+    again = choose_targets(many, "random", seed=3, indices=np.arange(200))
     assert (random == again).all()
-    other_seed = attack.choose_targets(many, "random", seed=4, indices=np.arange(200))
+    other_seed = choose_targets(many, "random", seed=4, indices=np.arange(200))
     assert (random != other_seed).any()
 
 
 def test_target_equal_to_label_is_rejected():
     with pytest.raises(ValueError, match=r"image\(s\) \[12\]"):
-        attack.choose_targets(np.array([1, 2, 3]), "3", indices=np.array([10, 11, 12]))
+        choose_targets(np.array([1, 2, 3]), "3", indices=np.array([10, 11, 12]))
     with pytest.raises(ValueError, match="expected --target"):
-        attack.parse_target_rule("10")
+        parse_target_rule("10")
 
 
 def test_regularizer_registry():
-    assert isinstance(make_regularizer("l1", 0.5), L1) and make_regularizer("l1", 0.5).weight == 0.5
-    assert isinstance(make_regularizer("l2", 0.5), L2)
-    assert make_regularizer("none", 0.5).weight == 0.0
+    l1 = make_regularizer("l1", 0.5)
+    assert isinstance(l1.norm, norms.L1) and l1.weight == 0.5 and l1.name == "l1" and l1.has_weight
+    assert isinstance(make_regularizer("l2", 0.5).norm, norms.L2)
+    none = make_regularizer("none", 0.5)
+    assert none.weight == 0.0 and none.norm is None and none.name == "none" and not none.has_weight
     with pytest.raises(ValueError, match="expected a regularizer"):
         make_regularizer("l3", 1.0)
     with pytest.raises(ValueError, match="weight >= 0"):
         L2(-1.0)
+    with pytest.raises(ValueError, match="without a norm"):
+        Regularizer(None, 0.5)
+
+
+def test_norms_measure_each_image_and_penalize_the_whole_noise():
+    delta = np.zeros((2, 28, 28), np.float32)
+    delta[0, 0, :2] = [0.3, -0.4]
+    delta[1, 5, 5] = -1.0
+    np.testing.assert_allclose(norms.L2().measure(delta), [0.5, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(norms.L1().measure(delta), [0.7, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(norms.Linf().measure(delta), [0.4, 1.0], rtol=1e-6)
+    assert make_regularizer("l2", 2.0).value(delta) == pytest.approx(2.0 * (0.25 + 1.0) / 2)
+    assert make_regularizer("l1", 2.0).value(delta) == pytest.approx(2.0 * 1.7)
+    assert make_regularizer("none").value(delta) == 0.0
+    with pytest.raises(ValueError, match="penalty"):
+        Regularizer(norms.Linf(), 1.0).value(delta)
+
+
+def _result(predictions, labels, targets, predictions_8bit=None) -> AttackResult:
+    n = len(predictions)
+    originals = np.zeros((n, 28, 28), np.float32)
+    adversarial = originals.copy()
+    adversarial[:, 0, 0] = np.arange(n) / 10
+    return AttackResult(originals=originals, adversarial=adversarial, noise=adversarial - originals,
+                        labels=np.asarray(labels), targets=np.asarray(targets), predictions=np.asarray(predictions),
+                        predictions_8bit=np.asarray(predictions if predictions_8bit is None else predictions_8bit))
+
+
+def test_success_is_the_target_or_any_wrong_class():
+    targeted = _result([5, 2, 5], labels=[1, 2, 3], targets=[5, 5, 5], predictions_8bit=[5, 2, 3])
+    assert targeted.targeted and targeted.success.tolist() == [True, False, True]
+    assert targeted.success_8bit.tolist() == [True, False, False]
+    untargeted = _result([5, 2, 3], labels=[1, 2, 3], targets=[-1, -1, -1])
+    assert not untargeted.targeted and untargeted.success.tolist() == [True, False, False]
+    np.testing.assert_allclose(untargeted.norms["l2"], [0.0, 0.1, 0.2], atol=1e-7)
+    both = AttackResult.concatenate([targeted.take(slice(0, 2)), targeted.take(np.array([2]))])
+    assert both.success.tolist() == targeted.success.tolist() and len(both) == 3
+
+
+class _Identity(Attack):
+    """An attack that changes nothing: the contract's checks and measurements alone."""
+
+    def run(self, logits_fn, images, labels, targets, *, seed, progress):
+        return _result(labels, labels, targets)
+
+
+@pytest.mark.parametrize("images, labels, targets, message", [
+    (np.zeros((2, 28, 27)), [1, 2], [3, 4], "shape"),
+    (np.full((2, 28, 28), 1.5), [1, 2], [3, 4], r"\[0, 1\]"),
+    (np.zeros((2, 28, 28)), [1, 2], [3, 10], "targets in 0..9"),
+    (np.zeros((2, 28, 28)), [1, 2], [3, 2], "different from the true labels"),
+    (np.zeros((2, 28, 28)), None, None, "true labels for an untargeted attack"),
+    (np.zeros((2, 28, 28)), [1, 12], None, "labels in 0..9"),
+])
+def test_the_contract_checks_inputs(images, labels, targets, message):
+    with pytest.raises(ValueError, match=message):
+        _Identity()(None, images, labels, targets=targets)
+
+
+def test_the_contract_passes_untargeted_on():
+    result = _Identity()(None, np.zeros((2, 28, 28)), [1, 2])
+    assert result.targets.tolist() == [-1, -1] and not result.success.any()
 
 
 def test_more_steps_reach_more_targets(tiny_model, digits):
     images, labels, targets = digits
-    few = PerImageNoise(tiny_model.logits, L2(1e-2), steps=3).run(images, targets, labels=labels)
-    many = PerImageNoise(tiny_model.logits, L2(1e-2), steps=400).run(images, targets, labels=labels)
+    few = PerImageNoise(L2(1e-2), steps=3)(tiny_model.logits, images, labels, targets=targets)
+    many = PerImageNoise(L2(1e-2), steps=400)(tiny_model.logits, images, labels, targets=targets)
     assert _success(few) < _success(many)
     assert _success(many) >= len(images) - 1
-    assert many.cross_entropy.mean() < few.cross_entropy.mean()
+    assert many.info["cross_entropy"].mean() < few.info["cross_entropy"].mean()
     assert_in_unit_range(many.adversarial)
     np.testing.assert_allclose(many.adversarial, np.clip(images + many.noise, 0, 1))
 
@@ -67,15 +143,15 @@ def test_larger_weight_gives_smaller_noise(tiny_model, digits):
     images, labels, targets = digits
     norms = {}
     for weight in (1e-3, 1e-1):
-        result = PerImageNoise(tiny_model.logits, L2(weight), steps=300).run(images, targets, labels=labels)
+        result = PerImageNoise(L2(weight), steps=300)(tiny_model.logits, images, labels, targets=targets)
         norms[weight] = np.sqrt((result.noise ** 2).sum())
     assert norms[1e-1] < 0.8 * norms[1e-3]
 
 
 def test_l1_gives_sparser_noise_than_l2_and_none(tiny_model, digits):
     images, labels, targets = digits
-    results = {reg.name: PerImageNoise(tiny_model.logits, reg, steps=400).run(images, targets, labels=labels)
-               for reg in (L1(1e-2), L2(1e-2), NoRegularization())}
+    results = {reg.name: PerImageNoise(reg, steps=400)(tiny_model.logits, images, labels, targets=targets)
+               for reg in (L1(1e-2), L2(1e-2), make_regularizer("none", 0.0))}
     l1 = {name: np.abs(r.noise).sum() for name, r in results.items()}
     assert l1["l1"] < l1["l2"] < l1["none"]
     small = {name: (np.abs(r.noise) < 0.01).mean() for name, r in results.items()}
@@ -99,18 +175,21 @@ def test_chunks_cover_every_image_in_order(tiny_model, digits):
     """Chunks of 3 give the run of the whole batch up to float rounding, which Adam's normalized
     steps can turn into full-size steps in the odd pixel whose gradient is nearly zero."""
     images, labels, targets = digits
-    whole = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60).run(images, targets, labels=labels, seed=5)
-    chunked = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60, chunk_size=3).run(images, targets,
-                                                                                       labels=labels, seed=5)
-    for name in ("originals", "labels", "targets", "steps_run"):
+    whole = PerImageNoise(L1(1e-2), steps=60)(tiny_model.logits, images, labels, targets=targets, seed=5)
+    chunked = PerImageNoise(L1(1e-2), steps=60, chunk_size=3)(tiny_model.logits, images, labels, targets=targets,
+                                                              seed=5)
+    for name in ("originals", "labels", "targets"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    np.testing.assert_array_equal(chunked.info["steps_run"], whole.info["steps_run"])
     assert np.abs(chunked.noise - whole.noise).mean() < 1e-3
     assert (chunked.predictions == whole.predictions).mean() >= 7 / 8
 
 
 def test_same_seed_same_noise_other_seed_other_noise(tiny_model, digits):
     images, labels, targets = digits
-    run = lambda seed: PerImageNoise(tiny_model.logits, L2(1e-2), steps=50).run(images, targets, seed=seed)  # noqa: E731
+    def run(seed):
+        return PerImageNoise(L2(1e-2), steps=50)(tiny_model.logits, images, None, targets=targets, seed=seed)
+
     first, second, other = run(1), run(1), run(2)
     assert first.noise.tobytes() == second.noise.tobytes()
     assert not np.array_equal(first.noise, other.noise)
@@ -124,16 +203,16 @@ def test_early_stop_stops_early_once_margin_reached(tiny_model, digits):
     probabilities = tiny_model.predict_proba(images)
     probabilities[np.arange(len(images)), probabilities.argmax(1)] = -1
     targets = probabilities.argmax(1)
-    result = PerImageNoise(tiny_model.logits, L2(1e-3), steps=3000, early_stop_margin=0.1,
-                           check_every=50).run(images, targets)
-    assert result.steps_run.max() < 3000
+    result = PerImageNoise(L2(1e-3), steps=3000, early_stop_margin=0.1,
+                           check_every=50)(tiny_model.logits, images, None, targets=targets)
+    assert result.info["steps_run"].max() < 3000
     assert _success(result) == len(images)
 
 
 def test_summary_follows_reference_definitions(tiny_model, digits):
     images, labels, targets = digits
     reg = L1(1e-2)
-    result = PerImageNoise(tiny_model.logits, reg, steps=100).run(images, targets, labels=labels)
+    result = PerImageNoise(reg, steps=100)(tiny_model.logits, images, labels, targets=targets)
     report = attack.summarize(result, reg, indices=np.arange(16, 24), seconds=1.0)
     count = len(images)
     assert report.summary["L1Norm"] == pytest.approx(np.abs(result.noise).sum() / count, rel=1e-5)
@@ -148,16 +227,20 @@ def test_summary_follows_reference_definitions(tiny_model, digits):
 
 def test_8bit_predictions_are_those_of_the_rounded_images(tiny_model, digits):
     images, labels, targets = digits
-    result = PerImageNoise(tiny_model.logits, L1(1e-2), steps=60).run(images, targets, labels=labels)
-    expected = tiny_model.predict_proba(attack.to_8bit(result.adversarial)).argmax(1)
+    result = PerImageNoise(L1(1e-2), steps=60)(tiny_model.logits, images, labels, targets=targets)
+    png = np.round(result.adversarial * 255).astype(np.uint8)  # what a saved PNG holds
+    expected = tiny_model.predict_proba(png.astype(np.float32) / 255).argmax(1)
     np.testing.assert_array_equal(result.predictions_8bit, expected)
 
 
-def test_to_8bit_rounds_to_pixel_levels():
-    images = np.array([[[0.0, 0.5, 1.0, 0.1234]]], np.float32)
-    rounded = attack.to_8bit(images)
+def test_8bit_rounding_in_the_graph_rounds_to_pixel_levels():
+    from advmnist.tfcompat import tf1
+
+    images = np.array([[[0.0, 0.5, 1.0, 0.1234, 1.3, -0.2]]], np.float32)
+    with tf1().Session(graph=tf1().Graph()) as sess:
+        rounded = sess.run(rounded_to_8bit(tf1().constant(images)))
     assert np.allclose(rounded * 255, np.round(rounded * 255))
-    assert np.abs(rounded - images).max() <= 0.5 / 255 + 1e-7
+    assert np.abs(rounded - np.clip(images, 0, 1)).max() <= 0.5 / 255 + 1e-7
 
 
 def _tf_adam_noise(model, images, targets, initial, steps: int, lr: float, *, plain_import: bool,
@@ -209,10 +292,10 @@ def test_in_graph_adam_loop_matches_the_textbook_loop(tiny_model, digits):
     expected, _ = _tf_adam_noise(tiny_model, images, targets, initial, 30, 3e-3, plain_import=False)
     # 30 steps at a constant rate: no learning-rate switch (that would come at step 20 of 30), so
     # the check cadence (every 7 steps) splits the 30 steps into session calls of 7, 7, 7, 7, 2
-    attack = PerImageNoise(tiny_model.logits, L2(1e-2), steps=30, lr=3e-3, late_lr=3e-3, check_every=7)
-    ours = attack.run(images, targets, seed=0)
+    ours = PerImageNoise(L2(1e-2), steps=30, lr=3e-3, late_lr=3e-3, check_every=7)(tiny_model.logits, images,
+                                                                                    targets=targets, seed=0)
     np.testing.assert_array_equal(ours.noise, expected)  # the same kernel on the same gradients: bit for bit
-    assert (ours.steps_run == 30).all()
+    assert (ours.info["steps_run"] == 30).all()
 
 
 def test_learning_rate_switch_lands_on_its_step(tiny_model, digits):
@@ -226,6 +309,6 @@ def test_learning_rate_switch_lands_on_its_step(tiny_model, digits):
                                        late_lr=1e-3, switch=5)
     assert not np.array_equal(one_step_early, expected)  # the comparison can tell a switch one step off
     for check_every in (1, 4, 100):
-        ours = PerImageNoise(tiny_model.logits, L2(1e-2), steps=9, lr=3e-3, late_lr=1e-3,
-                             check_every=check_every).run(images, targets, seed=2)
+        ours = PerImageNoise(L2(1e-2), steps=9, lr=3e-3, late_lr=1e-3,
+                             check_every=check_every)(tiny_model.logits, images, None, targets=targets, seed=2)
         np.testing.assert_array_equal(ours.noise, expected)

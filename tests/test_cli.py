@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -20,13 +21,24 @@ def _json(result) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("command", ["data", "train", "evaluate", "attack", "matrix", "tradeoff", "universal",
-                                     "immunize"])
-def test_every_command_has_help_with_examples_of_its_options(runner, command):
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_has_help_that_explains_every_option(runner, command):
     result = runner.invoke(main, [command, "--help"])
     assert result.exit_code == 0
-    assert "--json" in result.output
-    assert len(result.output.splitlines()) > 8
+    text = " ".join(result.output.split())
+    summary = main.commands[command].help.strip().splitlines()[0]
+    assert " ".join(summary.split()) in text  # the docstring's first line leads the help
+    for param in main.commands[command].params:
+        if isinstance(param, click.Option):
+            assert param.opts[0] in result.output, param.opts[0]
+            assert param.help, f"{command} {param.opts[0]} has no help text"
+
+
+def test_top_level_help_names_every_command(runner):
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in main.commands:
+        assert f"\n  {command} " in result.output
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -92,6 +104,7 @@ def test_corrupt_model_is_a_one_line_error(runner, tiny_run, tmp_path, damage):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_train_never_overwrites_a_finished_run(runner, tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -101,6 +114,7 @@ def test_train_never_overwrites_a_finished_run(runner, tiny_run, tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_train_refuses_an_interrupted_run_without_resume(runner, tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     (run / "model.pb").unlink()
@@ -110,6 +124,7 @@ def test_train_refuses_an_interrupted_run_without_resume(runner, tiny_run, tmp_p
     assert f"advmnist train --resume --run-dir {run} --epochs 3" in result.output
 
 
+@pytest.mark.slow
 def test_evaluate_json_and_confusion_figure(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ["evaluate", "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
@@ -123,6 +138,7 @@ def test_evaluate_json_and_confusion_figure(runner, tiny_run, tmp_path):
 ATTACK = ["attack", "--count", "4", "--steps", "60"]
 
 
+@pytest.mark.slow
 def test_attack_writes_grids_arrays_and_metrics(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ATTACK + ["--reg", "l1", "--model", str(tiny_run[0]), "--out", str(tmp_path),
                                            "--json"])
@@ -141,6 +157,7 @@ def test_attack_writes_grids_arrays_and_metrics(runner, tiny_run, tmp_path):
     assert json.loads((tmp_path / "mnist_adv_l1.json").read_text())["summary"] == payload["summary"]
 
 
+@pytest.mark.slow
 def test_attack_same_seed_same_bytes(runner, tiny_run, tmp_path):
     outputs = []
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
@@ -152,6 +169,7 @@ def test_attack_same_seed_same_bytes(runner, tiny_run, tmp_path):
     assert outputs[0] != outputs[2]
 
 
+@pytest.mark.slow
 def test_attack_all_compares_the_three_regularizers(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ATTACK + ["--reg", "all", "--model", str(tiny_run[0]), "--out", str(tmp_path),
                                            "--json"])
@@ -163,6 +181,7 @@ def test_attack_all_compares_the_three_regularizers(runner, tiny_run, tmp_path):
         assert (tmp_path / f"mnist_adv_sample_{reg}.png").is_file()
 
 
+@pytest.mark.slow
 def test_attack_bad_input_leaves_existing_files_alone(runner, tiny_run, tmp_path):
     keep = tmp_path / "mnist_adv_sample_l2.png"
     keep.write_bytes(b"earlier result")
@@ -174,6 +193,7 @@ def test_attack_bad_input_leaves_existing_files_alone(runner, tiny_run, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_adv_sample_l2.png"]
 
 
+@pytest.mark.slow
 def test_config_file_sets_defaults_and_flags_override(runner, tiny_run, tmp_path):
     config = tmp_path / "exp.toml"
     config.write_text('[attack]\nreg = "none"\ncount = 3\nsteps = 30\noffset = 0\n')
@@ -188,7 +208,7 @@ def test_config_file_sets_defaults_and_flags_override(runner, tiny_run, tmp_path
     assert result.exit_code == 2 and "unknown key" in result.output
 
 
-def test_reference_configs_are_valid(runner, tiny_run):
+def test_reference_configs_are_valid(runner):
     from pathlib import Path
 
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
@@ -203,6 +223,7 @@ def test_reference_configs_are_valid(runner, tiny_run):
         assert "--model /nonexistent does not exist" in result.output, (config, result.output)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["--count", "1", "--offset", "0"],
     ["--split", "test", "--count", "3", "--offset", "9997"],
@@ -220,13 +241,14 @@ def test_attack_edge_cases(runner, tiny_run, tmp_path, args):
         # whether every image gets there depends on the tiny model (training is not bit-for-bit
         # reproducible); what must hold is that the attack only stops early once all have
         steps = {r["steps"] for r in rows}
-        assert len(steps) == 1 and steps.pop() <= 2000
-        if rows[0]["steps"] < 2000:
-            assert payload["summary"]["success"] == len(rows)
+        assert len(steps) == 1  # one chunk stops as a whole
+        if rows[0]["steps"] < 2000:  # stopped early: only at a check (every 100 steps), once all are there
+            assert rows[0]["steps"] % 100 == 0 and payload["summary"]["success"] == len(rows)
     if "--split" in args:
         assert [r["index"] for r in rows] == [9997, 9998, 9999]
 
 
+@pytest.mark.slow
 def test_attack_grid_shows_at_most_64_tiles_but_keeps_every_array(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ["attack", "--count", "70", "--offset", "0", "--steps", "2",
                                   "--model", str(tiny_run[0]), "--out", str(tmp_path)])
@@ -235,8 +257,9 @@ def test_attack_grid_shows_at_most_64_tiles_but_keeps_every_array(runner, tiny_r
     assert np.load(tmp_path / "mnist_adv_l2.npz")["noise"].shape == (70, 28, 28)
 
 
+@pytest.mark.slow
 def test_interrupted_attack_keeps_finished_chunks_beside_earlier_results(runner, tiny_run, tmp_path, monkeypatch):
-    from advmnist.noise import PerImageNoise
+    from advmnist.attacks import PerImageNoise
 
     (tmp_path / "mnist_adv_l2.npz").write_bytes(b"an earlier, complete run")
     original, calls = PerImageNoise._run_chunk, []
@@ -260,8 +283,9 @@ def test_interrupted_attack_keeps_finished_chunks_beside_earlier_results(runner,
     assert (tmp_path / "mnist_adv_l2.npz").read_bytes() == b"an earlier, complete run"
 
 
+@pytest.mark.slow
 def test_interrupt_in_the_first_chunk_writes_nothing(runner, tiny_run, tmp_path, monkeypatch):
-    from advmnist.noise import PerImageNoise
+    from advmnist.attacks import PerImageNoise
 
     def interrupted(self, *args):
         raise KeyboardInterrupt
@@ -273,6 +297,7 @@ def test_interrupt_in_the_first_chunk_writes_nothing(runner, tiny_run, tmp_path,
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_needs_a_checkpoint_and_more_epochs(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ["train", "--resume", "--run-dir", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "has no run to resume" in result.output
@@ -286,6 +311,7 @@ def test_resume_needs_a_checkpoint_and_more_epochs(runner, tiny_run, tmp_path):
     assert f"advmnist export {run}" in result.output
 
 
+@pytest.mark.slow
 def test_config_keys_may_be_spelled_like_options(runner, tiny_run, tmp_path):
     config = tmp_path / "exp.toml"
     config.write_text('[attack]\nreg = "l1"\ncount = 2\nsteps = 20\nearly-stop = true\n"--margin" = 0.25\n')
@@ -310,6 +336,7 @@ def test_nan_is_not_a_learning_rate(runner):
     assert result.exit_code == 2 and "finite" in result.output
 
 
+@pytest.mark.slow
 def test_console_entry_keeps_exit_status_output_and_files(tiny_run, tmp_path):
     """``entry`` (the installed ``advmnist`` script) skips interpreter teardown: nothing may be lost."""
     import subprocess

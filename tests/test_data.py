@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advmnist import data
+from advmnist import data, mnist_sources
 from advmnist.data import (
     FILES,
     IdxError,
@@ -674,7 +674,7 @@ def test_mirror_source_fetch_and_errors(monkeypatch):
             raise urllib.error.URLError("Name or service not known")
         return _Response(b"payload")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(mnist_sources.urllib.request, "urlopen", fake_urlopen)
     source = MirrorSource("https://example.invalid/mnist/", timeout=3.0)
     assert source.label == "mirror https://example.invalid/mnist/"
     assert source.describe("f") == "https://example.invalid/mnist/f.gz"
@@ -692,7 +692,7 @@ def test_mirror_source_incomplete_read_is_source_error(monkeypatch):
         def read(self, *args):
             raise http.client.IncompleteRead(b"part", 100)
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Truncated())
+    monkeypatch.setattr(mnist_sources.urllib.request, "urlopen", lambda url, timeout: Truncated())
     with pytest.raises(SourceError):
         MirrorSource("https://example.invalid/").fetch("f")
 

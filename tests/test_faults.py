@@ -94,6 +94,7 @@ def test_ctrl_c_in_a_later_epoch_resumes_from_the_last_checkpoint(runner, short_
     assert [h["epoch"] for h in json.loads(resumed.stdout)["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_freezing_leaves_a_run_that_resume_or_export_freezes(runner, short_training, tmp_path,
                                                                         monkeypatch):
     import advmnist.train
@@ -200,6 +201,7 @@ def _flip_weight_bytes(pb: Path, count: int = 2000) -> None:
     pb.write_bytes(bytes(blob))
 
 
+@pytest.mark.slow
 def test_damaged_weights_are_refused_unless_no_verify(runner, tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     _flip_weight_bytes(run / "model.pb")
@@ -214,6 +216,7 @@ def test_damaged_weights_are_refused_unless_no_verify(runner, tiny_run, tmp_path
     assert "not verified" in used.stderr
 
 
+@pytest.mark.slow
 def test_model_json_without_checksum_still_loads_with_a_note(runner, tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     meta = json.loads((run / "model.json").read_text())
@@ -234,6 +237,7 @@ def test_wrong_tensor_name_is_named(runner, tiny_run, tmp_path):
     assert "'logitz:0'" in result.output and "corrupt" not in result.output
 
 
+@pytest.mark.slow
 def test_model_json_path_is_accepted_as_model(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ["evaluate", "--model", str(tiny_run[0] / "model.json"), "--out", str(tmp_path),
                                   "--json"])
@@ -242,6 +246,7 @@ def test_model_json_path_is_accepted_as_model(runner, tiny_run, tmp_path):
 
 # ---------------------------------------------------------------------------- smaller
 
+@pytest.mark.slow
 def test_immunize_into_a_used_folder_does_not_suggest_resume(runner, tiny_run, tmp_path):
     used = _copy_run(tiny_run, tmp_path)
     result = runner.invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(used),
@@ -262,6 +267,7 @@ def test_json_errors_leave_one_object_on_stdout(runner, args, code):
     assert error["exit_code"] == code and error["error"] and error["error"] in result.stderr
 
 
+@pytest.mark.slow
 def test_json_interrupt_leaves_one_object_on_stdout(runner, tiny_run, tmp_path, monkeypatch):
     import advmnist.frozen
 
@@ -280,6 +286,7 @@ def test_errors_without_json_leave_stdout_empty(runner):
 
 
 
+@pytest.mark.slow
 def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_path, mnist_small):
     from advmnist.data import FILES, default_cache_dir, fallback_cache_dir
 

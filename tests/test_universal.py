@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from advmnist.cli import main
+from advmnist.fileio import display_path
 from advmnist.immunize import ImmunizeSettings, immunize
 from advmnist.universal import UniversalSettings, universal_attack
 
@@ -50,8 +51,9 @@ def test_bad_universal_settings_are_rejected(tiny_model, mnist_small):
         ImmunizeSettings(schedule="random")
 
 
-def _tiny_immunize(**overrides) -> ImmunizeSettings:
-    options = dict(rounds=1, train_steps=40, refresh_every=20, refresh_steps=5, noise=UniversalSettings(steps=40))
+def _tiny_immunize(seed: int = 0, **overrides) -> ImmunizeSettings:
+    options = dict(rounds=1, train_steps=40, refresh_every=20, refresh_steps=5,
+                   noise=UniversalSettings(steps=40, seed=seed))
     options.update(overrides)
     return ImmunizeSettings(**options)
 
@@ -60,10 +62,10 @@ def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, 
     train, test = mnist_small
     original = {p.name: p.read_bytes() for p in tiny_run[0].iterdir() if p.is_file()}
     out = tmp_path / "immune"
-    result = immunize(tiny_model, train, test, [3], _tiny_immunize(), seed=0, out_dir=out)
+    result = immunize(tiny_model, train, test, [3], _tiny_immunize(), out_dir=out)
     assert {p.name: p.read_bytes() for p in tiny_run[0].iterdir() if p.is_file()} == original
     meta = json.loads((out / "model.json").read_text())
-    assert meta["immunized_against"] == [3] and meta["base_model"] == str(tiny_model.path)
+    assert meta["immunized_against"] == [3] and meta["base_model"] == display_path(tiny_model.path)
     assert (out / "model.pb").read_bytes() != original["model.pb"]
     assert len(result.history) == 1 and result.history[0]["target"] == 3
     # one phase ends with the fresh noise that measures it: the two numbers are one measurement
@@ -80,7 +82,7 @@ def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, 
 def test_training_on_the_noise_makes_it_harmless(tiny_model, mnist_small):
     """The network trained against a noise is far more accurate under that noise than before."""
     train, test = mnist_small
-    result = immunize(tiny_model, train, test, [3], _tiny_immunize(train_steps=150, clean_fraction=0.25), seed=1)
+    result = immunize(tiny_model, train, test, [3], _tiny_immunize(seed=1, train_steps=150, clean_fraction=0.25))
     entry = result.history[0]
     assert entry["accuracy_trained_noise"] > result.before[3] + 0.2
 
@@ -93,11 +95,12 @@ def test_schedules_order_rounds_and_targets(tiny_model, mnist_small, schedule, o
     train, test = mnist_small
     settings = _tiny_immunize(rounds=2, train_steps=2, refresh_every=0, schedule=schedule,
                               noise=UniversalSettings(steps=2))
-    result = immunize(tiny_model, train, test, [1, 2], settings, seed=0)
+    result = immunize(tiny_model, train, test, [1, 2], settings)
     assert [(h["round"], h["target"]) for h in result.history] == order
     assert set(result.before) == set(result.after) == {1, 2}
 
 
+@pytest.mark.slow
 def test_universal_cli_saves_reusable_noise(tiny_run, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["universal", "--target", "3", "--steps", "60", "--model", str(tiny_run[0]),
@@ -147,6 +150,7 @@ def test_given_noise_starts_immunization_and_is_measured(tiny_model, mnist_small
     assert result.history[0]["accuracy_trained_noise"] == pytest.approx(result.given_after[6])
 
 
+@pytest.mark.slow
 def test_immunize_cli_end_to_end(tiny_run, tmp_path):
     runner = CliRunner()
     run_dir, out = tmp_path / "immune", tmp_path / "assets"
@@ -158,7 +162,9 @@ def test_immunize_cli_end_to_end(tiny_run, tmp_path):
     payload = json.loads(result.stdout)
     assert payload["targets"] == list(range(10)) and len(payload["history"]) == 10
     assert sorted(payload["lost_since_own_training"], key=int) == [str(t) for t in range(10)]
-    assert (out / "immunize_all_sequential.png").read_bytes()[:4] == b"\x89PNG"
+    # the name says what distinguishes the run: target, schedule, rounds, no refresh
+    assert (out / "immunize_all_sequential_rounds1_fixed.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "immunize_all_sequential_rounds1_fixed.json").read_text())["run_dir"] == str(run_dir)
     assert json.loads((run_dir / "model.json").read_text())["immunized_against"] == list(range(10))
     again = runner.invoke(main, args)
     assert again.exit_code == 2 and "already holds a model" in again.output and "--resume" not in again.output
@@ -169,6 +175,7 @@ def test_immunize_cli_end_to_end(tiny_run, tmp_path):
     assert (tiny_run[0] / "model.pb").is_file()
 
 
+@pytest.mark.slow
 def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["universal", "--target", "all", "--steps", "3", "--model", str(tiny_run[0]),
@@ -190,6 +197,7 @@ def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
     assert refused.exit_code == 2 and "archive" in refused.output
 
 
+@pytest.mark.slow
 def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run, tmp_path, monkeypatch):
     from advmnist import immunize as immunize_module
     from advmnist.frozen import FrozenModel
@@ -209,7 +217,7 @@ def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run
         "--refresh-every", "0", "--model", str(tiny_run[0]), "--run-dir", str(run_dir), "--out", str(out)])
     assert result.exit_code == 130, result.output
     assert "in round 2, target 3 after 1 finished phase(s)" in result.output
-    partial = json.loads((out / "immunize_3_partial.json").read_text())
+    partial = json.loads((out / "immunize_3_rounds2_fixed_partial.json").read_text())
     assert [h["round"] for h in partial["history"]] == [1] and partial["interrupted_in"] == {"round": 2, "target": 3}
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["interrupted"] is True and meta["finished_phases"] == 1 and "test_accuracy" not in meta
@@ -218,4 +226,4 @@ def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run
     assert checkpoint_of(FrozenModel.load(run_dir))  # a later run can go on from it with --model
     probabilities = FrozenModel.load(run_dir).predict_proba(np.zeros((2, 28, 28), np.float32))
     assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
-    assert not (out / "immunize_3.json").exists()
+    assert not (out / "immunize_3_rounds2_fixed.json").exists()

@@ -108,6 +108,9 @@ class Attack(abc.ABC):
     """Base of every attack: ``attack(logits_fn, images, labels, targets=...)`` -> :class:`AttackResult`."""
 
     name: str = ""
+    #: Whether an image may have its true label as target (a universal noise is applied to every image,
+    #: those already of the target class included); for a per-image attack it is a mistake.
+    target_may_be_label: bool = False
 
     def __call__(self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray | None = None, *,
                  targets: np.ndarray | None = None, seed: int = 0, progress: bool = False) -> AttackResult:
@@ -122,7 +125,8 @@ class Attack(abc.ABC):
         """
         images = check_images(images)
         labels = check_labels(labels, len(images), allow_unknown=targets is not None)
-        targets = untargeted(len(images)) if targets is None else check_targets(targets, labels)
+        targets = (untargeted(len(images)) if targets is None
+                   else check_targets(targets, labels, may_be_label=self.target_may_be_label))
         return self.run(logits_fn, images, labels, targets, seed=seed, progress=progress)
 
     @abc.abstractmethod
@@ -161,11 +165,11 @@ def check_labels(labels, count: int, *, allow_unknown: bool) -> np.ndarray:
     return labels
 
 
-def check_targets(targets, labels: np.ndarray) -> np.ndarray:
+def check_targets(targets, labels: np.ndarray, *, may_be_label: bool = False) -> np.ndarray:
     targets = np.asarray(targets, np.int64)
     if targets.shape != labels.shape or (len(targets) and (targets.min() < 0 or targets.max() >= NUM_CLASSES)):
         raise InvalidInput(f"expected {len(labels)} targets in 0..9, got {targets}")
-    same = np.flatnonzero(targets == labels)
+    same = [] if may_be_label else np.flatnonzero(targets == labels)
     if len(same):
         raise InvalidInput(f"expected targets different from the true labels, got target {int(targets[same[0]])} "
                            f"for image {int(same[0])} of label {int(labels[same[0]])}")

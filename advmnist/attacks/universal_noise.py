@@ -100,8 +100,9 @@ class UniversalNoise(Attack):
         given: target -> a noise to apply instead of optimizing one (e.g. found against
             another network).
 
-    The noise for target t is seeded by ``seed * 100 + t``. Untargeted use is not
-    defined for a universal noise: every image needs a target.
+    The noise for target t is seeded by ``seed * 100 + t``. Every image needs a target
+    (untargeted use is not defined), and images of the target class are attacked too:
+    success is then the share of all images read as the target, as in the reference.
 
     Example:
         >>> attack = UniversalNoise(train.images, steps=1000)
@@ -110,6 +111,7 @@ class UniversalNoise(Attack):
     """
 
     name = "universal"
+    target_may_be_label = True  # every image gets the noise, those already of the target class too
 
     def __init__(self, fit_images: np.ndarray, *, steps: int = 1000, noise_limit: float = 0.35,
                  l2_weight: float = 0.02, lr: float = 1e-2, batch_size: int = 64,

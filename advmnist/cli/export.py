@@ -24,9 +24,13 @@ def export(run_dir, data_dir, json_mode) -> None:
     test accuracy is measured on the frozen graph. RUN_DIR defaults to runs/cnn.
     """
     from advmnist.data import load_split
+    from advmnist.runs import RunDirError, inspect_run
     from advmnist.train import freeze_run
 
     out = Output(json_mode)
+    if not inspect_run(run_dir).has_checkpoint:  # before loading anything
+        raise RunDirError(f"{run_dir} has no checkpoint to freeze; train it with "
+                          f"`advmnist train --run-dir {run_dir}`")
     test_split = load_split("test", data_dir, log=out.say)
     try:
         result = freeze_run(run_dir, test_split)

@@ -141,7 +141,8 @@ def weight_option(default: float, description: str):
 
 
 def split_option(default: str):
-    return click.option("--split", type=click.Choice(["train", "test"]), default=default, show_default=True)
+    return click.option("--split", type=click.Choice(["train", "test"]), default=default, show_default=True,
+                        help="MNIST split the images come from (train: 60,000 digits, test: 10,000).")
 
 
 def image_options(defaults, *, max_count: int | None = None):

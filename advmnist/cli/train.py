@@ -20,7 +20,8 @@ DEFAULTS = TrainSettings()
 @click.option("--batch-size", type=click.IntRange(1, 60000), default=DEFAULTS.batch_size, show_default=True,
               help="Images per training step.")
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=DEFAULTS.lr,
-              show_default=True, help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
+              show_default=True,
+              help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
 @seed_option(DEFAULTS.seed, "Seeds the initial weights, dropout and the order of the training images.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
               show_default=True, callback=writable_folder,
