@@ -49,7 +49,8 @@ TILE, GAP = 28, 9  # pixels of a tile, and of the space around it that holds its
 
 def tile_figure(tiles: np.ndarray, titles: Sequence[str] | None, path: os.PathLike | str, *, cmap: str,
                 vmin: float, vmax: float, suptitle: str | None = None,
-                title_colors: Sequence[str] | None = None, colorbar_label: str | None = None) -> None:
+                title_colors: Sequence[str] | None = None, colorbar_label: str | None = None,
+                cell_inches: float = 1.6) -> None:
     """A square-ish grid of 28x28 tiles, each with its title, drawn in one axes.
 
     One axes with every tile placed by ``extent`` draws several times faster than a
@@ -60,7 +61,7 @@ def tile_figure(tiles: np.ndarray, titles: Sequence[str] | None, path: os.PathLi
 
     rows, cols = grid_shape(len(tiles))
     step = TILE + GAP
-    inch = 1.6 / step  # inches per pixel: a 1.6-inch cell per tile
+    inch = cell_inches / step  # inches per pixel
     width, height = cols * step * inch, rows * step * inch
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
@@ -76,7 +77,7 @@ def tile_figure(tiles: np.ndarray, titles: Sequence[str] | None, path: os.PathLi
         # a thin frame: a noise tile is white where the noise is zero, like the page
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), TILE, TILE, fill=False, linewidth=0.6, edgecolor="0.75"))
         if titles:
-            ax.text(x + TILE / 2 - 0.5, y - 1.5, titles[i], ha="center", va="bottom", fontsize=9,
+            ax.text(x + TILE / 2 - 0.5, y - 1.5, titles[i], ha="center", va="bottom", fontsize=9 * cell_inches / 1.6,
                     color=title_colors[i] if title_colors else "black")
     if colorbar_label and shown is not None:
         fig.colorbar(shown, ax=ax, label=colorbar_label, fraction=0.04, pad=0.02, shrink=0.85)
@@ -93,11 +94,11 @@ def digit_grid(images: np.ndarray, titles: Sequence[str], path: os.PathLike | st
 
 
 def noise_grid(noise: np.ndarray, titles: Sequence[str] | None, path: os.PathLike | str, *,
-               limit: float | None = None, suptitle: str | None = None) -> None:
-    """Noise tiles on a diverging colormap centred at zero, one shared colorbar."""
-    limit = float(limit if limit is not None else max(np.abs(noise).max(), 1e-6))
+               limit: float = 1.0, suptitle: str | None = None, label: str = "noise",
+               cell_inches: float = 1.6) -> None:
+    """Noise tiles on a diverging colormap centred at zero, a fixed symmetric scale, one colour bar."""
     tile_figure(noise, titles, path, cmap="seismic", vmin=-limit, vmax=limit, suptitle=suptitle,
-                colorbar_label="noise")
+                colorbar_label=label, cell_inches=cell_inches)
 
 
 def confusion_figure(matrix: np.ndarray, path: os.PathLike | str, *, title: str) -> None:
@@ -158,8 +159,10 @@ def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
     first = f" (first {MAX_TILES} shown)" if len(predictions) > MAX_TILES else ""
     digit_grid(result.adversarial[shown], titles, sample, title_colors=colors,
                suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green){first}")
-    noise_grid(result.noise[shown], [f"{l} -> {t}" for l, t in zip(result.labels[shown], result.targets[shown])],
-               noise, suptitle=f"{reg} noise (red adds ink, blue removes it){first}")
+    noise_grid(result.adversarial[shown] - result.originals[shown],
+               [f"{l} -> {t}" for l, t in zip(result.labels[shown], result.targets[shown])], noise,
+               label="adversarial - original",
+               suptitle=f"{reg}: the change to each image (red adds ink, blue removes it){first}")
     return {"samples": str(sample), "noise": str(noise)}
 
 
@@ -170,21 +173,25 @@ def comparison_figure(results: dict, path, *, columns: int = 16) -> None:
     n = min(columns, len(first.originals))
     rows = [("original", first.originals[:n], "gray", None)]
     for reg, result in results.items():
-        limit = float(max(np.abs(result.noise[:n]).max(), 1e-6))
-        rows.append((f"{reg} noise", result.noise[:n], "seismic", limit))
+        # the effective change (after clipping), on one symmetric scale for every regularizer
+        rows.append((f"{reg} change", result.adversarial[:n] - result.originals[:n], "seismic", 1.0))
         rows.append((f"{reg} adversarial", result.adversarial[:n], "gray", None))
-    fig, axes = plt.subplots(len(rows), n, figsize=(0.95 * n + 1.2, 1.05 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.95 * n + 2.2, 1.05 * len(rows)), squeeze=False)
+    change = None
     for r, (name, images, cmap, limit) in enumerate(rows):
         for c in range(n):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
             vmin, vmax = (-limit, limit) if limit else (0.0, 1.0)
-            ax.imshow(images[c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            shown = ax.imshow(images[c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            change = shown if limit else change
             if c == 0:
                 ax.set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
             if r == 0:
                 ax.set_title(f"{first.labels[c]}->{first.targets[c]}", fontsize=8)
+    if change is not None:
+        fig.colorbar(change, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01, label="adversarial - original")
     fig.suptitle("per-image targeted noise: each regularizer on the same images, targets and seed", fontsize=10)
     save_figure(fig, path)
 
@@ -200,7 +207,7 @@ def universal_figures(result, targets, test_images, test_labels, out_dir, *, noi
     for target, noise, effect in zip(targets, result.noise, result.effects):
         noise_png = out_dir / f"universal_noise_{target}{tag}.png"
         noise_grid(noise[None], [f"noise -> {target}"], noise_png, limit=noise_limit,
-                   suptitle=f"universal noise for target {target}")
+                   suptitle=f"universal noise for target {target}", cell_inches=4.0)
         samples = np.clip(test_images[:9] + noise, 0.0, 1.0)
         titles = [f"true {l}, pred {p}" for l, p in zip(test_labels[:9], effect.predictions[:9])]
         colors = ["tab:red" if p == target else "black" for p in effect.predictions[:9]]
@@ -274,9 +281,12 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
     out_dir = Path(out_dir)
     classes = range(matrix.success.shape[0])
     heat = out_dir / f"matrix_{reg}.png"
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.0))
-    panels = [(100 * matrix.success, "reached the target (%)", "Greens", "{:.0f}", (0.0, 100.0)),
-              (matrix.mean_l2, "mean L2 of the perturbation (successes)", "magma_r", "{:.2f}", (None, None))]
+    panels = [(matrix.mean_l2, "mean L2 of the perturbation (successes)", "magma_r", "{:.2f}", (None, None))]
+    every = np.nanmin(matrix.success) == 1.0
+    if not every:  # a panel of 100 % everywhere says nothing; the title says it instead
+        panels.insert(0, (100 * matrix.success, "reached the target (%)", "Greens", "{:.0f}", (0.0, 100.0)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.9 * len(panels), 5.0), squeeze=False)
+    axes = axes[0]
     for ax, (values, title, cmap, fmt, (vmin, vmax)) in zip(axes, panels):
         shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
         for (row, col), value in np.ndenumerate(values):
@@ -289,7 +299,8 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
         ax.set_ylabel("source digit")
         ax.set_title(title, fontsize=10)
         fig.colorbar(shown, ax=ax, shrink=0.8)
-    fig.suptitle(f"source x target, {reg} regularization", fontsize=11)
+    fig.suptitle(f"source x target, {reg} regularization"
+                 + (": every attack reached its target" if every else ""), fontsize=11)
     save_figure(fig, heat)
 
     mosaic = out_dir / f"matrix_{reg}_examples.png"
@@ -331,10 +342,13 @@ def tradeoff_figure(points, path, *, title: str) -> None:
               ("mean_l1", "mean L1 of the perturbation", 1.0)]
     for ax, (key, label, scale) in zip(axes, panels):
         for reg in dict.fromkeys(p.reg for p in points):
-            rows = [p.summary() for p in points if p.reg == reg]
-            xs = [r["weight"] for r in rows if r[key] is not None]
-            ys = [scale * r[key] for r in rows if r[key] is not None]
-            ax.plot(xs, ys, marker="o", label=reg)
+            shown = [(p.weight, scale * p.summary()[key], int(p.success.sum()), len(p.success))
+                     for p in points if p.reg == reg and p.summary()[key] is not None]
+            line, = ax.plot([x for x, *_ in shown], [y for _, y, *_ in shown], marker="o", label=reg)
+            if key != "success":  # a mean over few successes is no mean: say over how many
+                for x, y, hits, total in shown:
+                    ax.annotate(f"{hits}/{total}", (x, y), textcoords="offset points", xytext=(0, 6),
+                                ha="center", fontsize=7, color=line.get_color())
         if positive:
             ax.set_xscale("symlog", linthresh=min(positive))
         ax.set_xlabel("regularization weight")
@@ -342,8 +356,8 @@ def tradeoff_figure(points, path, *, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-5, 105)
     axes[0].legend()
-    axes[1].set_title("(successful images only)", fontsize=9)
-    axes[2].set_title("(successful images only)", fontsize=9)
+    axes[1].set_title("over the successful images (n/total marked)", fontsize=9)
+    axes[2].set_title("over the successful images (n/total marked)", fontsize=9)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
