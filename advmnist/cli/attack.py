@@ -9,7 +9,7 @@ import numpy as np
 
 from advmnist.attack import REG_CHOICES, AttackSettings
 from advmnist.cli.options import (MAX_TABLE_ROWS, Output, config_option, data_dir_option, finite, image_options,
-                                  json_option, load_model, model_option, out_option, progress_enabled,
+                                  json_option, load_model, model_option, out_option, progress_enabled, reg_option,
                                   seed_option, steps_option, translate_errors, weight_option)
 from advmnist.errors import InvalidInput
 
@@ -18,8 +18,7 @@ DEFAULTS = AttackSettings()
 
 @click.command()
 @config_option
-@click.option("--reg", type=click.Choice(REG_CHOICES), default=DEFAULTS.reg, show_default=True,
-              help="Regularization of the noise; `all` runs the three on the same images.")
+@reg_option(REG_CHOICES, DEFAULTS.reg, "Regularization of the noise; `all` runs the three on the same images.")
 @weight_option(DEFAULTS.weight, "Regularization weight: l2 adds weight*sum(noise^2)/2, l1 adds weight*sum(|noise|).")
 @image_options(DEFAULTS)
 @steps_option(DEFAULTS.steps, "Adam steps: lr 3e-3 for the first two thirds, 1e-3 after.")

@@ -9,7 +9,7 @@ import numpy as np
 
 from advmnist.attacks import make_regularizer
 from advmnist.cli.options import (Output, config_option, data_dir_option, json_option, load_model, model_option,
-                                  out_option, progress_enabled, seed_option, split_option, steps_option,
+                                  out_option, progress_enabled, reg_option, seed_option, split_option, steps_option,
                                   translate_errors, weight_option)
 from advmnist.matrix import MatrixSettings
 from advmnist.tradeoff import REG_CHOICES
@@ -19,8 +19,7 @@ DEFAULTS = MatrixSettings()
 
 @click.command()
 @config_option
-@click.option("--reg", type=click.Choice(REG_CHOICES), default=DEFAULTS.reg, show_default=True,
-              help="Regularization of the noise, as in `advmnist attack`.")
+@reg_option(REG_CHOICES, DEFAULTS.reg, "Regularization of the noise, as in `advmnist attack`.")
 @weight_option(DEFAULTS.weight, "Regularization weight, as in `advmnist attack`.")
 @click.option("--per-class", type=click.IntRange(1, 100), default=DEFAULTS.per_class, show_default=True,
               help="Images of each source digit (the first ones of the split); each is attacked 9 times.")

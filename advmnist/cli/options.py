@@ -135,6 +135,10 @@ def steps_option(default: int, description: str, flag: str = "--steps"):
                         help=description)
 
 
+def reg_option(choices, default: str, description: str):
+    return click.option("--reg", type=click.Choice(choices), default=default, show_default=True, help=description)
+
+
 def weight_option(default: float, description: str):
     return click.option("--weight", type=click.FloatRange(min=0), callback=finite, default=default,
                         show_default=True, help=description)
