@@ -1,13 +1,11 @@
 """advmnist: fool a small MNIST CNN with adversarial noise, and defend it.
 
-Importing the package sets ``TF_USE_LEGACY_KERAS=1`` so that tensorpack's layers,
-which need the legacy Keras (tf-keras), work on TensorFlow 2. TensorFlow itself is
-only imported on demand through :func:`advmnist.tfcompat.tf1`.
+Importing the package changes nothing global. The first call that needs TensorFlow
+(through :func:`advmnist.tfcompat.tf1`) imports it in graph mode
+(``tf.compat.v1.disable_v2_behavior()``, for the whole process) with the legacy Keras
+that tensorpack's layers need (``TF_USE_LEGACY_KERAS=1``, set before TensorFlow is
+imported). In a notebook that also uses TensorFlow 2's eager mode or Keras 3, run
+advmnist in its own kernel or process.
 """
-import os
-
-# tensorpack 0.11 builds its layers on tf.layers / tf.keras 2: must be set before
-# TensorFlow is first imported anywhere in the process.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 __version__ = "0.1.0"

@@ -10,13 +10,17 @@ import numpy as np
 from advmnist import fileio
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A new figure that no GUI knows of: pyplot (and its global backend) is never touched,
+    so drawing here changes nothing for a notebook that uses matplotlib itself."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return Figure(**kwargs)
 
-    return plt
+
+def _subplots(*grid, squeeze: bool = True, **kwargs):
+    fig = _figure(**kwargs)
+    return fig, fig.subplots(*grid, squeeze=squeeze)
 
 
 def import_in_background() -> None:
@@ -28,14 +32,12 @@ def import_in_background() -> None:
     """
     import threading
 
-    threading.Thread(target=_pyplot, name="import-matplotlib", daemon=True).start()
+    threading.Thread(target=_figure, name="import-matplotlib", daemon=True).start()
 
 
 def save_figure(fig, path: os.PathLike | str) -> None:
-    plt = _pyplot()
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def grid_shape(count: int) -> tuple[int, int]:
@@ -56,14 +58,13 @@ def tile_figure(tiles: np.ndarray, titles: Sequence[str] | None, path: os.PathLi
     One axes with every tile placed by ``extent`` draws several times faster than a
     subplot per tile, which matters for a command that writes two grids per run.
     """
-    plt = _pyplot()
     from matplotlib.patches import Rectangle
 
     rows, cols = grid_shape(len(tiles))
     step = TILE + GAP
     inch = cell_inches / step  # inches per pixel
     width, height = cols * step * inch, rows * step * inch
-    fig = plt.figure(figsize=(width, height))
+    fig = _figure(figsize=(width, height))
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_xlim(-0.5, cols * step - 0.5)
     ax.set_ylim(rows * step - 0.5, -0.5)
@@ -102,8 +103,7 @@ def noise_grid(noise: np.ndarray, titles: Sequence[str] | None, path: os.PathLik
 
 
 def confusion_figure(matrix: np.ndarray, path: os.PathLike | str, *, title: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    fig, ax = _subplots(figsize=(5.6, 4.8))
     shown = ax.imshow(matrix, cmap="Blues")
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
@@ -168,7 +168,6 @@ def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
 
 def comparison_figure(results: dict, path, *, columns: int = 16) -> None:
     """Originals, then noise and adversarial rows for each regularizer, side by side."""
-    plt = _pyplot()
     first = next(iter(results.values()))
     n = min(columns, len(first.originals))
     rows = [("original", first.originals[:n], "gray", None)]
@@ -176,7 +175,7 @@ def comparison_figure(results: dict, path, *, columns: int = 16) -> None:
         # the effective change (after clipping), on one symmetric scale for every regularizer
         rows.append((f"{reg} change", result.adversarial[:n] - result.originals[:n], "seismic", 1.0))
         rows.append((f"{reg} adversarial", result.adversarial[:n], "gray", None))
-    fig, axes = plt.subplots(len(rows), n, figsize=(0.95 * n + 2.2, 1.05 * len(rows)), squeeze=False)
+    fig, axes = _subplots(len(rows), n, figsize=(0.95 * n + 2.2, 1.05 * len(rows)), squeeze=False)
     change = None
     for r, (name, images, cmap, limit) in enumerate(rows):
         for c in range(n):
@@ -221,8 +220,7 @@ def universal_figures(result, targets, test_images, test_labels, out_dir, *, noi
         files[str(target)] = {"noise": str(noise_png), "samples": str(samples_png), "confusion": str(confusion_png)}
     if len(targets) > 1:
         grid = out_dir / f"universal_noise_all{tag}.png"
-        plt = _pyplot()
-        fig, axes = plt.subplots(2, 5, figsize=(10, 4.6), squeeze=False)
+        fig, axes = _subplots(2, 5, figsize=(10, 4.6), squeeze=False)
         shown = None
         for ax, target, noise, effect in zip(axes.flat, targets, result.noise, result.effects):
             shown = ax.imshow(noise, cmap="seismic", vmin=-noise_limit, vmax=noise_limit, interpolation="nearest")
@@ -244,7 +242,6 @@ def immunize_figure(result, path, *, title: str) -> None:
     measurement: right after that target's phase of that round. Nothing is drawn
     between measurements.
     """
-    plt = _pyplot()
     rounds = sorted({h["round"] for h in result.history})
     targets = list(result.targets)
     values = np.full((len(targets), len(rounds) + 2), np.nan)
@@ -256,7 +253,7 @@ def immunize_figure(result, path, *, title: str) -> None:
         values[row, -1] = result.after[target]
     values *= 100
     columns = ["before"] + [f"after its\nround {r}" for r in rounds] + ["at the end"]
-    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 2.4, 0.42 * len(targets) + 1.9))
+    fig, ax = _subplots(figsize=(1.0 * len(columns) + 2.4, 0.42 * len(targets) + 1.9))
     shown = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     for (row, col), value in np.ndenumerate(values):
         if np.isfinite(value):
@@ -277,7 +274,6 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
 
     from matplotlib.patches import Rectangle
 
-    plt = _pyplot()
     out_dir = Path(out_dir)
     classes = range(matrix.success.shape[0])
     heat = out_dir / f"matrix_{reg}.png"
@@ -285,7 +281,7 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
     every = np.nanmin(matrix.success) == 1.0
     if not every:  # a panel of 100 % everywhere says nothing; the title says it instead
         panels.insert(0, (100 * matrix.success, "reached the target (%)", "Greens", "{:.0f}", (0.0, 100.0)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.9 * len(panels), 5.0), squeeze=False)
+    fig, axes = _subplots(1, len(panels), figsize=(5.9 * len(panels), 5.0), squeeze=False)
     axes = axes[0]
     for ax, (values, title, cmap, fmt, (vmin, vmax)) in zip(axes, panels):
         shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
@@ -306,7 +302,7 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
     mosaic = out_dir / f"matrix_{reg}_examples.png"
     n = matrix.example.shape[0]
     step = TILE + 4
-    fig = plt.figure(figsize=(7.6, 7.9))
+    fig = _figure(figsize=(7.6, 7.9))
     ax = fig.add_axes((0.08, 0.02, 0.9, 0.9))
     for (row, col) in np.ndindex(n, n):
         x, y = col * step, row * step
@@ -335,8 +331,7 @@ def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
 
 def tradeoff_figure(points, path, *, title: str) -> None:
     """Success and mean perturbation size against the regularization weight, one line per regularizer."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.8))
+    fig, axes = _subplots(1, 3, figsize=(13.0, 3.8))
     positive = [p.weight for p in points if p.weight > 0]
     panels = [("success", "reached the target (%)", 100.0), ("mean_l2", "mean L2 of the perturbation", 1.0),
               ("mean_l1", "mean L1 of the perturbation", 1.0)]

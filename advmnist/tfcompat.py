@@ -10,8 +10,6 @@ import logging
 import os
 import sys
 
-import advmnist  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
-
 _verbose = False
 _tf = None
 _tensorpack = None
@@ -46,10 +44,15 @@ def _quiet_stderr():
 
 
 def tf1():
-    """Return ``tf.compat.v1`` with v2 behaviour disabled (graph mode)."""
+    """Return ``tf.compat.v1`` with v2 behaviour disabled (graph mode), for the whole process.
+
+    The first call sets ``TF_USE_LEGACY_KERAS=1`` (tensorpack 0.11 builds its layers on
+    the legacy ``tf.keras``) before TensorFlow is imported.
+    """
     global _tf
     if _tf is not None:
         return _tf
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     if not _verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_stderr():

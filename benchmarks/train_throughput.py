@@ -128,7 +128,6 @@ def limited(split, limit: int | None):
 # ---------------------------------------------------------------------------- workers
 
 def worker_ours(args) -> None:
-    import advmnist  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
     from advmnist.data import load_split
     from advmnist.train import TrainSettings, train
 
@@ -174,9 +173,7 @@ def worker_ours(args) -> None:
 
 
 def worker_keras(args) -> None:
-    import advmnist  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow is imported)
-
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # the same legacy Keras as advmnist's tensorpack layers
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
     import tensorflow as tf
