@@ -151,7 +151,7 @@ def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
     out_dir = Path(out_dir)
     predictions = result.predictions
     shown = slice(0, MAX_TILES)
-    titles = [f"true {l}, pred {p}" for l, p in zip(result.labels[shown], predictions[shown])]
+    titles = [f"true {lab}, pred {p}" for lab, p in zip(result.labels[shown], predictions[shown])]
     colors = ["tab:green" if ok else "tab:red" for ok in result.success[shown]]
     sample = out_dir / f"mnist_adv_sample_{reg}.png"
     noise = out_dir / f"mnist_adv_sample_{reg}_noise.png"
@@ -160,7 +160,7 @@ def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
     digit_grid(result.adversarial[shown], titles, sample, title_colors=colors,
                suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green){first}")
     noise_grid(result.adversarial[shown] - result.originals[shown],
-               [f"{l} -> {t}" for l, t in zip(result.labels[shown], result.targets[shown])], noise,
+               [f"{lab} -> {t}" for lab, t in zip(result.labels[shown], result.targets[shown])], noise,
                label="adversarial - original",
                suptitle=f"{reg}: the change to each image (red adds ink, blue removes it){first}")
     return {"samples": str(sample), "noise": str(noise)}
@@ -208,7 +208,7 @@ def universal_figures(result, targets, test_images, test_labels, out_dir, *, noi
         noise_grid(noise[None], [f"noise -> {target}"], noise_png, limit=noise_limit,
                    suptitle=f"universal noise for target {target}", cell_inches=4.0)
         samples = np.clip(test_images[:9] + noise, 0.0, 1.0)
-        titles = [f"true {l}, pred {p}" for l, p in zip(test_labels[:9], effect.predictions[:9])]
+        titles = [f"true {lab}, pred {p}" for lab, p in zip(test_labels[:9], effect.predictions[:9])]
         colors = ["tab:red" if p == target else "black" for p in effect.predictions[:9]]
         samples_png = out_dir / f"universal_samples_{target}{tag}.png"
         digit_grid(samples, titles, samples_png, title_colors=colors,

@@ -48,7 +48,7 @@ def test_top_level_help_names_every_command(runner):
     (["attack", "--count", "0"], "x>=1"),
     (["attack", "--weight", "-0.5"], "x>=0"),
     (["attack", "--steps", "0"], "x>=1"),
-    (["attack", "--target", "nine"], "expected --target 9-d, d+1, random or a class 0-9"),
+    (["attack", "--target", "nine"], "is not one of '9-d', 'd+1', 'random'"),
     (["universal", "--target", "10"], "'0', '1'"),
     (["universal", "--noise-limit", "0"], "0<x<=1"),
     (["universal", "--noise-limit", "1.5"], "0<x<=1"),
@@ -355,3 +355,41 @@ def test_console_entry_keeps_exit_status_output_and_files(tiny_run, tmp_path):
     assert usage.returncode == 2 and "x>=1" in usage.stderr
     missing = subprocess.run(run + ["attack", "--model", str(tmp_path / "nothing")], capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["universal", "--config", "configs/reference-targeted.toml"], "has no [universal] table (it has [attack])"),
+    (["attack", "--margin", "0.5"], "--margin only matters with --early-stop"),
+    (["tradeoff", "--target", "nine"], "'9-d', 'd+1', 'random', '0'"),
+])
+def test_new_user_mistakes_get_a_clear_error(runner, args, expected, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).parent.parent)  # the configs/ folder
+    result = runner.invoke(main, args + ["--model", "/nonexistent"])
+    assert result.exit_code == 2 and expected in result.output, result.output
+
+
+def test_a_wrong_type_in_a_config_names_the_file_and_key(runner, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[attack]\nsteps = "many"\n')
+    result = runner.invoke(main, ["attack", "--config", str(config)])
+    assert result.exit_code == 2 and f"{config}, key 'steps'" in result.output and "many" in result.output
+
+
+def test_verbose_is_accepted_after_the_command(runner):
+    before = runner.invoke(main, ["--verbose", "data", "--help"])
+    after = runner.invoke(main, ["data", "--verbose", "--help"])
+    assert before.exit_code == after.exit_code == 0 and before.output == after.output
+
+
+def test_data_dir_that_does_not_exist_is_an_error(runner, tmp_path):
+    result = runner.invoke(main, ["data", "--data-dir", str(tmp_path / "no" / "such")])
+    assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+def test_a_pickled_noise_file_is_refused_with_what_it_must_be(runner, tmp_path):
+    pickled = tmp_path / "noise.npy"
+    np.save(pickled, np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
+    result = runner.invoke(main, ["universal", "--noise", str(pickled), "--model", "/nonexistent"])
+    assert result.exit_code == 2 and "holds Python objects" in result.output and "allow_pickle" not in result.output

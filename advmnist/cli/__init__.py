@@ -17,6 +17,9 @@ from advmnist.cli import attack, data, evaluate, export, immunize, matrix, trade
 from advmnist.cli.options import CONTEXT_SETTINGS, json_error
 
 
+VERBOSE_FLAGS = ("--verbose", "-v")
+
+
 class AdvmnistGroup(click.Group):
     """With ``--json``, an error also prints ``{"error": ..., "exit_code": N}`` on stdout.
 
@@ -27,6 +30,10 @@ class AdvmnistGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["advmnist.json"] = "--json" in args
+        # `advmnist attack --verbose` means what `advmnist --verbose attack` does
+        end = args.index("--") if "--" in args else len(args)
+        verbose = [a for a in args[:end] if a in VERBOSE_FLAGS]
+        args = verbose[:1] + [a for a in args[:end] if a not in VERBOSE_FLAGS] + args[end:]
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
@@ -53,7 +60,8 @@ class AdvmnistGroup(click.Group):
 
 
 @click.group(cls=AdvmnistGroup, context_settings=CONTEXT_SETTINGS)
-@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's and tensorpack's own log messages.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show TensorFlow's and tensorpack's own log messages (also accepted after the command).")
 @click.version_option(package_name="advmnist")
 def main(verbose: bool) -> None:
     """Adversarial examples on MNIST: train a small CNN, fool it, defend it.

@@ -16,8 +16,8 @@ from advmnist.errors import InvalidInput
 DEFAULTS = AttackSettings()
 
 
-@click.command()
-@config_option
+@click.command(short_help="Per-image targeted noise (L2, L1 or none).")
+@config_option("configs/reference-targeted.toml")
 @reg_option(REG_CHOICES, DEFAULTS.reg, "Regularization of the noise; `all` runs the three on the same images.")
 @weight_option(DEFAULTS.weight, "Regularization weight: l2 adds weight*sum(noise^2)/2, l1 adds weight*sum(|noise|).")
 @image_options(DEFAULTS)
@@ -57,6 +57,9 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     from advmnist.fileio import display_path
 
     output = Output(json_mode)
+    if not early_stop and click.get_current_context().get_parameter_source("margin").name != "DEFAULT":
+        raise click.BadParameter("--margin only matters with --early-stop: add --early-stop, or drop --margin",
+                                 param_hint="--margin")
     model, indices, images, labels, targets, rule = attack_inputs(model_path, no_verify, split, offset, count,
                                                                   target, seed, data_dir, output)
     settings = AttackSettings(reg=reg, weight=weight, count=count, offset=offset, split=split, target=rule,

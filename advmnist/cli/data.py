@@ -8,7 +8,7 @@ import click
 from advmnist.cli.options import Output, data_dir_option, json_option, translate_errors
 
 
-@click.command()
+@click.command(short_help="Fetch MNIST into the cache and verify it.")
 @data_dir_option
 @json_option
 @translate_errors

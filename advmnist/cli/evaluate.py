@@ -7,7 +7,7 @@ from advmnist.cli.options import (Output, data_dir_option, json_option, load_mod
                                   translate_errors)
 
 
-@click.command()
+@click.command(short_help="Test accuracy and confusion matrix of a model.")
 @model_option
 @out_option("Folder for confusion_matrix.png.")
 @data_dir_option

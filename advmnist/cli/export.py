@@ -10,7 +10,7 @@ from advmnist.cli.options import Output, data_dir_option, json_option, translate
 from advmnist.frozen import DEFAULT_RUN_DIR
 
 
-@click.command()
+@click.command(short_help="Freeze a run's last checkpoint into model.pb.")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
                 default=DEFAULT_RUN_DIR, callback=writable_folder)
 @data_dir_option

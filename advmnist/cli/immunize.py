@@ -15,8 +15,8 @@ from advmnist.universal import TARGET_CHOICES, UniversalSettings, target_list
 DEFAULTS = ImmunizeSettings()
 
 
-@click.command()
-@config_option
+@click.command(short_help="Adversarial training against universal noise.")
+@config_option("configs/reference-immunize.toml")
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="3", show_default=True,
               help="Class of the universal noise to become immune to; `all` for every class.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True,

@@ -17,8 +17,8 @@ from advmnist.tradeoff import REG_CHOICES
 DEFAULTS = MatrixSettings()
 
 
-@click.command()
-@config_option
+@click.command(short_help="Every digit into every other: success and cost.")
+@config_option()
 @reg_option(REG_CHOICES, DEFAULTS.reg, "Regularization of the noise, as in `advmnist attack`.")
 @weight_option(DEFAULTS.weight, "Regularization weight, as in `advmnist attack`.")
 @click.option("--per-class", type=click.IntRange(1, 100), default=DEFAULTS.per_class, show_default=True,

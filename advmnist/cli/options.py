@@ -15,10 +15,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from advmnist.attacks.targets import TARGET_RULES
 from advmnist.errors import InvalidInput
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEED_RANGE = click.IntRange(0, 2**31 - 1)
+TARGET_CHOICES = TARGET_RULES + tuple(str(c) for c in range(10))
 #: Terminal tables show at most this many rows; the .json files hold all of them.
 MAX_TABLE_ROWS = 64
 
@@ -149,17 +151,16 @@ def split_option(default: str):
                         help="MNIST split the images come from (train: 60,000 digits, test: 10,000).")
 
 
-def image_options(defaults, *, max_count: int | None = None):
+def image_options(defaults):
     """``--count --offset --split --target``: which images, towards which classes (the attack's vocabulary)."""
     def apply(func):
         for option in reversed([
-            click.option("--count", type=click.IntRange(1, max_count), default=defaults.count, show_default=True,
-                         help="Number of images to attack" + (f" (1 to {max_count})." if max_count
-                                                              else " (1 to the whole split).")),
+            click.option("--count", type=click.IntRange(min=1), default=defaults.count, show_default=True,
+                         help="Number of images to attack (1 to the whole split; --offset + --count must fit)."),
             click.option("--offset", type=click.IntRange(min=0), default=defaults.offset, show_default=True,
                          help="Index of the first image in the split."),
             split_option(defaults.split),
-            click.option("--target", default=defaults.target, show_default=True,
+            click.option("--target", type=click.Choice(TARGET_CHOICES), default=defaults.target, show_default=True,
                          help="Target class: 9-d, d+1 (mod 10), random (seeded, never the true label) "
                               "or a class 0-9."),
         ]):
@@ -182,29 +183,47 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
         table = tomllib.loads(value.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise click.BadParameter(f"expected a readable TOML file, got {value} ({err})", ctx, param) from err
-    section = table.get(ctx.info_name, table)
+    tables = sorted(key for key, item in table.items() if isinstance(item, dict))
+    if ctx.info_name in table:
+        section = table[ctx.info_name]
+    elif tables:
+        found = ", ".join(f"[{t}]" for t in tables)
+        raise click.BadParameter(f"{value} has no [{ctx.info_name}] table (it has {found}); "
+                                 f"expected a file for `advmnist {ctx.info_name}`", ctx, param)
+    else:
+        section = table
     # a key may be spelled like the option (noise-steps, --noise-steps) or like its parameter (noise_steps)
-    names = {}
+    options = {}
     for option in ctx.command.params:
         if option.name in ("config", "json_mode"):
             continue
         for spelling in [option.name, *getattr(option, "opts", [])]:
-            names[spelling.lstrip("-")] = option.name
-            names[spelling.lstrip("-").replace("-", "_")] = option.name
-    unknown = sorted(key for key in section if key.lstrip("-") not in names)
+            options[spelling.lstrip("-")] = option
+            options[spelling.lstrip("-").replace("-", "_")] = option
+    unknown = sorted(key for key in section if key.lstrip("-") not in options)
     if unknown:
         expected = sorted(o.opts[0].lstrip("-") for o in ctx.command.params
                           if isinstance(o, click.Option) and o.name not in ("config", "json_mode"))
         raise click.BadParameter(f"unknown key(s) {unknown} in {value}; expected some of {expected}", ctx, param)
-    ctx.default_map = {**(ctx.default_map or {}), **{names[key.lstrip("-")]: val for key, val in section.items()}}
+    defaults = {}
+    for key, item in section.items():
+        option = options[key.lstrip("-")]
+        try:  # check the value now, so the message can name the file and the key
+            option.type_cast_value(ctx, item)
+        except click.BadParameter as err:
+            raise click.BadParameter(f"{value}, key {key!r}: {err.message}", ctx, param) from err
+        defaults[option.name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
-def config_option(func):
+def config_option(example: str | None = None):
+    """``--config FILE``: a TOML file whose [COMMAND] table sets the command's options."""
     return click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         is_eager=True, expose_value=False, callback=_load_config,
-                        help="TOML file whose [COMMAND] table sets this command's options "
-                             "(flags on the command line override it), e.g. configs/reference-targeted.toml.")(func)
+                        help="TOML file whose [COMMAND] table sets this command's options (flags on the command "
+                             "line override it)" + (f", e.g. {example}." if example else "; keys are the option "
+                                                    "names, e.g. steps = 2000."))
 
 
 # ---------------------------------------------------------------------------- shared steps

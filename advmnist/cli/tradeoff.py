@@ -16,13 +16,13 @@ from advmnist.tradeoff import REG_CHOICES, TradeoffSettings
 DEFAULTS = TradeoffSettings()
 
 
-@click.command()
-@config_option
-@click.option("--reg", "regs", type=click.Choice(REG_CHOICES), multiple=True, default=DEFAULTS.regs,
-              show_default=True, help="Regularizer(s) to sweep; repeat the option for several.")
+@click.command(short_help="Noise size against success, over weights.")
+@config_option()
+@click.option("--reg", "regs", type=click.Choice(REG_CHOICES + ("all",)), multiple=True, default=DEFAULTS.regs,
+              show_default=True, help="Regularizer(s) to sweep; repeat the option for several (all: l2, l1, none).")
 @click.option("--weights", default=",".join(f"{w:g}" for w in DEFAULTS.weights), show_default=True,
               help="Comma-separated regularization weights to try (each >= 0).")
-@image_options(DEFAULTS, max_count=1024)
+@image_options(DEFAULTS)
 @steps_option(DEFAULTS.steps, "Adam steps per attack (the attack command's schedule).")
 @seed_option(DEFAULTS.seed, "Seeds the initial noise (the same for every weight) and random targets.")
 @model_option
@@ -61,6 +61,7 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
         raise click.BadParameter(str(err), param_hint="--weights") from err
     model, indices, images, labels, targets, rule = attack_inputs(model_path, no_verify, split, offset, count,
                                                                   target, seed, data_dir, output)
+    regs = [name for reg in regs for name in (REG_CHOICES if reg == "all" else [reg])]
     settings = TradeoffSettings(regs=tuple(dict.fromkeys(regs)), weights=tuple(weight_list), count=count,
                                 offset=offset, split=split, target=rule, steps=steps, seed=seed)
     output.say(f"{settings.runs()} attacks of {count} image(s), {steps} steps each")

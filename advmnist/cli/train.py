@@ -14,7 +14,7 @@ from advmnist.train import TrainSettings
 DEFAULTS = TrainSettings()
 
 
-@click.command()
+@click.command(short_help="Train the CNN with tensorpack, freeze it.")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=DEFAULTS.epochs, show_default=True,
               help="Epochs over the 60,000 training images.")
 @click.option("--batch-size", type=click.IntRange(1, 60000), default=DEFAULTS.batch_size, show_default=True,

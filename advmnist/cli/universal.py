@@ -36,8 +36,8 @@ def noise_file_option(description: str):
                         default=None, help=description)
 
 
-@click.command()
-@config_option
+@click.command(short_help="One noise for all images, per target class.")
+@config_option("configs/reference-universal.toml")
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="3", show_default=True,
               help="Class that every image should be read as; `all` finds one noise for each of 0..9.")
 @noise_options("--steps")
@@ -104,7 +104,12 @@ def checked_noise(path: Path, count: int, noise_limit: float) -> np.ndarray:
 def _load_noise(path: Path, count: int) -> np.ndarray:
     try:
         noise = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+    except ValueError as err:
+        if "pickle" in str(err):  # an object array; numpy's own message suggests loading it unsafely
+            raise InputError(f"{path} holds Python objects, not numbers; expected a float array of shape (28, 28) "
+                             "saved with numpy.save, as `advmnist universal` writes (universal_noise_<t>.npy)") from err
+        raise InputError(f"{path} is not a readable .npy noise file ({err})") from err
+    except (OSError, EOFError) as err:
         raise InputError(f"{path} is not a readable .npy noise file ({err})") from err
     if not isinstance(noise, np.ndarray):  # an .npz archive
         raise InputError(f"{path} is not a readable .npy noise file (expected one array, got an archive)")
