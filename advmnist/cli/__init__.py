@@ -13,7 +13,7 @@ import sys
 import click
 
 from advmnist import tfcompat
-from advmnist.cli import attack, data, evaluate, export, immunize, matrix, tradeoff, train, universal
+from advmnist.cli import attack, data, evaluate, export, immunize, matrix, reproduce, tradeoff, train, universal
 from advmnist.cli.options import CONTEXT_SETTINGS, json_error
 
 
@@ -75,14 +75,16 @@ def main(verbose: bool) -> None:
       advmnist tradeoff              # noise size against success, over regularization weights
       advmnist universal --target 3  # one noise that makes the network read every digit as 3
       advmnist immunize --target 3   # adversarial training against that noise
+      advmnist reproduce --model runs/cnn  # both reference experiments into report/index.html
 
     Run `advmnist COMMAND --help` for the options of each command.
     """
     tfcompat.set_verbose(verbose)
 
 
-for _module in (data, train, export, evaluate, attack, matrix, tradeoff, universal, immunize):
+for _module in (data, train, export, evaluate, attack, matrix, tradeoff, universal, immunize, reproduce):
     main.add_command(getattr(_module, _module.__name__.rsplit(".", 1)[1]))
+main.add_command(reproduce.report)
 
 
 def entry() -> None:

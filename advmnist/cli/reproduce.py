@@ -1,0 +1,98 @@
+"""``advmnist reproduce`` and ``advmnist report``: both reference experiments into one report."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import click
+
+from advmnist.cli.options import InputError, Output, json_option, translate_errors, writable_folder
+
+STEP_HELP = "train (only without --model), attack, universal, immunize, immunize-all, matrix, tradeoff"
+
+
+def _run_in_process(args: list[str]) -> None:
+    """One advmnist command, in this process; its human text goes to stderr."""
+    from advmnist.cli import main
+
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            main.main(args=args, prog_name="advmnist", standalone_mode=False)
+        except click.ClickException as err:
+            raise InputError(f"`advmnist {' '.join(args)}` failed: {err.format_message()}") from err
+
+
+@click.command(short_help="Both reference experiments into one report.")
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="A trained run folder (or model.pb) to use; without it the first step trains one into OUT/run.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
+              callback=writable_folder, help="Folder for every step's results and the report.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="TOML file: its [COMMAND] tables set each step's options (e.g. [attack] steps = 2000), its "
+                   "[reproduce] table may list the steps to run; e.g. configs/reproduce.toml.")
+@click.option("--steps", "step_names", default=None,
+              help=f"Comma-separated steps to run, in their fixed order: {STEP_HELP}.  [default: all]")
+@json_option
+@translate_errors
+def reproduce(model_path, out, config, step_names, json_mode) -> None:
+    """Run both reference experiments end to end and write one report.
+
+    Trains the CNN (unless --model is given), then runs the per-image attack under the
+    three regularizers, a universal noise per target, the immunization against
+    target 3 and against every target in turn (the reference's way, about 35 minutes
+    on 2 CPU cores), the source x target matrix and the trade-off sweep, each into its
+    own folder of OUT. It writes OUT/index.html (self-contained: open it in any
+    browser), OUT/report.md and OUT/report.json: every reference number beside ours,
+    the exact settings, versions, seeds, hardware and the wall time of every step.
+
+    A second run with the same settings reuses the steps whose results are on disk
+    unchanged; Ctrl-C keeps the finished steps. `advmnist report OUT` rebuilds the
+    page from what is on disk.
+    """
+    from advmnist import pages, reproduce as lib
+    from advmnist.runs import inspect_run
+
+    output = Output(json_mode)
+    names = lib.STEPS
+    table = lib.config_table(config, "reproduce")
+    if step_names or table.get("steps"):
+        names = tuple(n.strip() for n in (step_names.split(",") if step_names else table["steps"]) if n.strip())
+        unknown = sorted(set(names) - set(lib.STEPS))
+        if unknown:
+            raise click.BadParameter(f"unknown step(s) {unknown}; expected some of {list(lib.STEPS)}",
+                                     param_hint="--steps")
+    run = inspect_run(out / "run")
+    steps = lib.plan(out, model_path, names, resume_training=run.exists and not run.has_model)
+    try:
+        lib.run_steps(steps, out, config, _run_in_process, log=output.say if not json_mode else
+                      (lambda message: click.echo(message, err=True)))
+    except SystemExit as stop:
+        if stop.code == 130:
+            click.echo(f"\nInterrupted; the finished steps are kept in {out} and will be reused by the same "
+                       "command.", err=True)
+        raise
+    report = lib.collect(out)
+    files = pages.write(report, out)
+    output.say(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
+    output.result({**report, "files": {k: str(v) for k, v in files.items()}})
+
+
+@click.command(short_help="Rebuild a reproduction's report from disk.")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("report"))
+@json_option
+@translate_errors
+def report(folder, json_mode) -> None:
+    """Rebuild FOLDER/index.html, report.md and report.json from the results on disk.
+
+    FOLDER is what `advmnist reproduce --out FOLDER` wrote (default: report).
+    """
+    from advmnist import pages, reproduce as lib
+
+    output = Output(json_mode)
+    collected = lib.collect(folder)
+    if not collected["steps"]:
+        raise InputError(f"{folder} holds no finished step of `advmnist reproduce` ({folder}/steps/*.json)")
+    files = pages.write(collected, folder)
+    output.say(f"report: {files['html']}")
+    output.result({**collected, "files": {k: str(v) for k, v in files.items()}})

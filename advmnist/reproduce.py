@@ -1,0 +1,277 @@
+"""Both reference experiments, end to end, as steps that are run once and reused after.
+
+A step is one advmnist command with its arguments, writing into its own folder under
+the report folder. When it finishes, ``steps/<name>.json`` records the arguments, the
+config table it read, the model it ran on (SHA-256 of ``model.pb``), the advmnist
+version, its wall time and the SHA-256 of every file it wrote. A later run with the same
+settings finds that record, checks the files are still there and unchanged, and reuses
+the step instead of running it again; an interrupted run keeps every finished step.
+
+:func:`collect` then reads the results from disk into one record, with every reference
+number (:mod:`advmnist.reference`) beside ours; :mod:`advmnist.pages` writes it out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import advmnist
+from advmnist import reference
+from advmnist.fileio import display_path
+
+STEP_FOLDER = "steps"
+#: The steps of a full reproduction, in order; ``immunize-all`` (about 35 minutes on 2 CPU cores)
+#: is the reference's target-after-target immunization.
+STEPS = ("train", "attack", "universal", "immunize", "immunize-all", "matrix", "tradeoff")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    command: str            # the advmnist command it runs
+    args: tuple[str, ...]   # its arguments, without --config
+    folder: Path            # where its results go
+
+
+def plan(out: Path, model: Path | None, steps=STEPS, *, resume_training: bool = False) -> list[Step]:
+    """The steps to run; without ``model`` the first trains one into ``out/run``."""
+    run = out / "run"
+    model = model if model is not None else run
+    chosen = [s for s in STEPS if s in steps and not (s == "train" and model != run)]
+    common = ("--model", str(model))
+    table = {
+        "train": ("train", ("--run-dir", str(run)) + (("--resume",) if resume_training else ())),
+        "attack": ("attack", ("--reg", "all") + common),
+        "universal": ("universal", ("--target", "all") + common),
+        "immunize": ("immunize", ("--target", "3", "--run-dir", str(out / "immune-3"), "--overwrite") + common),
+        "immunize-all": ("immunize", ("--target", "all", "--schedule", "sequential", "--run-dir",
+                                      str(out / "immune-all-sequential"), "--overwrite") + common),
+        "matrix": ("matrix", common),
+        "tradeoff": ("tradeoff", common),
+    }
+    result = []
+    for name in chosen:
+        command, args = table[name]
+        folder = run if name == "train" else out / name
+        result.append(Step(name, command, args if name == "train" else args + ("--out", str(folder)), folder))
+    return result
+
+
+def config_table(config: Path | None, command: str) -> dict:
+    """The ``[command]`` table of a reproduce config (empty without one)."""
+    if config is None:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return dict(tomllib.loads(Path(config).read_text()).get(command, {}))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_digest(step: Step, out: Path) -> str | None:
+    """SHA-256 of the model a step runs on (None for training, or a model not there yet)."""
+    if step.name == "train":
+        return None
+    index = step.args.index("--model")
+    pb = Path(step.args[index + 1])
+    pb = pb / "model.pb" if pb.suffix != ".pb" else pb
+    return sha256_file(pb) if pb.is_file() else None
+
+
+def identity(step: Step, out: Path, config: Path | None) -> dict:
+    """What must match for a finished step to be reused."""
+    return {"command": step.command, "args": list(step.args), "config": config_table(config, step.command),
+            "model_sha256": model_digest(step, out), "advmnist": advmnist.__version__}
+
+
+def record_path(out: Path, step: Step) -> Path:
+    return out / STEP_FOLDER / f"{step.name}.json"
+
+
+def reusable(step: Step, out: Path, config: Path | None) -> dict | None:
+    """The finished record of ``step`` if its settings and files on disk still match, else None."""
+    try:
+        record = json.loads(record_path(out, step).read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = identity(step, out, config)
+    if any(record.get(key) != value for key, value in wanted.items()):
+        return None
+    for name, digest in record.get("outputs", {}).items():
+        path = step.folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            return None
+    return record
+
+
+def outputs(folder: Path) -> dict[str, str]:
+    """Every file a step left in its folder, with its SHA-256 (checkpoints of a run included)."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def hardware() -> dict:
+    info = {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def run_steps(steps: list[Step], out: Path, config: Path | None, runner: Callable[[list[str]], None], *,
+              log: Callable[[str], None]) -> list[dict]:
+    """Run (or reuse) every step in order; return their records. Ctrl-C keeps the finished ones."""
+    from advmnist import fileio
+
+    records = []
+    for number, step in enumerate(steps, 1):
+        found = reusable(step, out, config)
+        if found is not None:
+            log(f"[{number}/{len(steps)}] {step.name}: reusing the run of {found['finished']} "
+                f"({found['seconds']:.0f} s), settings and files unchanged")
+            records.append({**found, "reused": True})
+            continue
+        log(f"[{number}/{len(steps)}] {step.name}: advmnist {step.command} {' '.join(step.args)}")
+        args = [step.command, *step.args]
+        if config is not None and config_table(config, step.command):
+            args += ["--config", str(config)]
+        started = time.time()
+        runner(args)
+        record = {"name": step.name, **identity(step, out, config), "seconds": round(time.time() - started, 1),
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "folder": display_path(step.folder),
+                  "hardware": hardware(), "outputs": outputs(step.folder)}
+        fileio.write_json(record_path(out, step), record)
+        records.append({**record, "reused": False})
+        log(f"[{number}/{len(steps)}] {step.name}: done in {record['seconds']:.0f} s")
+    return records
+
+
+# ---------------------------------------------------------------------------- the report's numbers
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _row(quantity: str, ours, theirs, *, unit: str = "", note: str = "") -> dict:
+    difference = None if ours is None or theirs is None else ours - theirs
+    return {"quantity": quantity, "ours": ours, "reference": theirs, "difference": difference, "unit": unit,
+            "note": note}
+
+
+def collect(out: Path) -> dict:
+    """Everything the report shows, read from the step folders and records under ``out``."""
+    records = {}
+    for name in STEPS:
+        record = _json(out / STEP_FOLDER / f"{name}.json")
+        if record:
+            records[name] = record
+    rows, figures = [], []
+
+    model_meta = None
+    for name in ("attack", "universal", "immunize", "matrix", "tradeoff", "immunize-all"):
+        if name in records:
+            args = records[name]["args"]
+            model = Path(args[args.index("--model") + 1])
+            model_meta = _json((model if model.suffix == ".json" else
+                                (model.parent if model.suffix == ".pb" else model)) / "model.json")
+            break
+    if model_meta and "test_accuracy" in model_meta:
+        rows.append(_row("test accuracy of the trained CNN", model_meta["test_accuracy"], reference.TRAIN_ACCURACY,
+                         unit="%", note="the reference trained 60 epochs"))
+
+    comparison = _json(out / "attack" / "mnist_adv_comparison.json")
+    if comparison:
+        for line in comparison["table"]:
+            theirs = reference.ATTACK[line["reg"]]
+            ours = _json(out / "attack" / f"mnist_adv_{line['reg']}.json")["summary"]
+            reg = line["reg"]
+            rows.append(_row(f"{reg}: images at their target (of 16)", ours["success"], theirs["success"]))
+            for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost"):
+                rows.append(_row(f"{reg}: {key}", ours[key], theirs[key],
+                                 note="the reference logged an L2 cost it did not optimize"
+                                 if reg == "none" and key == "regularize_cost" else ""))
+        figures += [("per-image targeted noise, the three regularizers side by side",
+                     out / "attack" / "mnist_adv_comparison.png")]
+
+    universal = _json(out / "universal" / "universal_all.json")
+    if universal:
+        three = next(e for e in universal["effects"] if e["target"] == 3)
+        rows.append(_row("universal noise: clean test accuracy", universal["clean_accuracy"],
+                         reference.UNIVERSAL_CLEAN_ACCURACY, unit="%", note="the reference's network is smaller"))
+        rows.append(_row("universal noise: test accuracy under the target-3 noise", three["accuracy"],
+                         reference.UNIVERSAL_TARGET3_ACCURACY, unit="%"))
+        figures += [("one universal noise per target class", out / "universal" / "universal_noise_all.png"),
+                    ("the target-3 noise on nine test images", out / "universal" / "universal_samples_3.png")]
+
+    for name in ("immunize", "immunize-all"):
+        folder = out / name
+        found = sorted(folder.glob("immunize_*.json")) if folder.is_dir() else []
+        result = _json(found[0]) if found else None
+        if not result:
+            continue
+        if name == "immunize":
+            rows.append(_row("immunized against target 3: accuracy under fresh target-3 noise", result["after"]["3"],
+                             reference.IMMUNIZED_TARGET3_ACCURACY, unit="%"))
+            rows.append(_row("immunized against target 3: clean test accuracy", result["clean_after"], None,
+                             unit="%"))
+        else:
+            rows.append(_row("immunized against every target in turn: clean test accuracy", result["clean_after"],
+                             reference.SEQUENTIAL_ALL_CLEAN_ACCURACY, unit="%",
+                             note="the reference lost earlier immunities as it went on"))
+            lost = result.get("lost_since_own_training", {})
+            if lost:
+                rows.append(_row("immunized in turn: most accuracy lost by an earlier target since its own "
+                                 "training", max(lost.values()), None, unit="%"))
+        figures.append((f"immunization ({name})", found[0].with_suffix(".png")))
+
+    for name, image in (("matrix", "matrix_l2.png"), ("tradeoff", "tradeoff_l2_l1.png")):
+        if (out / name / image).is_file():
+            figures.append((f"{name}: {'source x target cost' if name == 'matrix' else 'noise size against success'}",
+                            out / name / image))
+
+    settings = {name: {"command": r["command"], "args": r["args"], "config": r["config"],
+                       "settings": _step_settings(out / name if name != "train" else None)}
+                for name, r in records.items()}
+    first = next(iter(records.values()), {})
+    return {"rows": rows, "figures": [(title, str(path)) for title, path in figures if Path(path).is_file()],
+            "steps": [{"name": name, "seconds": r["seconds"], "finished": r["finished"], "folder": r["folder"]}
+                      for name, r in records.items()],
+            "settings": settings, "model": model_meta, "versions": (model_meta or {}).get("versions", {}),
+            "hardware": first.get("hardware", {}), "advmnist": advmnist.__version__, "sources": reference.SOURCES}
+
+
+def _step_settings(folder: Path | None) -> dict | None:
+    """The full settings (seeds included) that a step's results file records."""
+    if folder is None or not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.json")):
+        record = _json(path)
+        if isinstance(record, dict) and isinstance(record.get("settings"), dict):
+            return record["settings"]
+    return None

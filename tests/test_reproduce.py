@@ -1,0 +1,133 @@
+"""``advmnist reproduce`` and ``advmnist report``: steps, reuse, the report, and the page in a real browser."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from advmnist.cli import main
+
+QUICK = """
+[attack]
+steps = 5
+count = 2
+[universal]
+steps = 3
+[immunize]
+rounds = 1
+train-steps = 2
+noise-steps = 2
+refresh-every = 0
+[matrix]
+steps = 3
+per-class = 1
+[tradeoff]
+steps = 3
+count = 2
+weights = "0,0.1"
+"""
+
+
+@pytest.fixture(scope="module")
+def reproduced(tiny_run, tmp_path_factory):
+    """A quick reproduction on the tiny model: every step but training, tiny settings."""
+    out = tmp_path_factory.mktemp("reproduce") / "report"
+    config = out.parent / "quick.toml"
+    config.write_text(QUICK)
+    args = ["reproduce", "--model", str(tiny_run[0]), "--out", str(out), "--config", str(config), "--json"]
+    first = CliRunner().invoke(main, args)
+    return out, config, args, first
+
+
+@pytest.mark.slow
+def test_reproduce_writes_the_report_with_every_reference_number(reproduced):
+    out, _, _, first = reproduced
+    assert first.exit_code == 0, first.output
+    report = json.loads((out / "report.json").read_text())
+    quantities = {row["quantity"]: row for row in report["rows"]}
+    for reg in ("l2", "l1", "none"):
+        for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost"):
+            row = quantities[f"{reg}: {key}"]
+            assert row["reference"] is not None and row["difference"] == pytest.approx(row["ours"] - row["reference"])
+    assert quantities["universal noise: test accuracy under the target-3 noise"]["reference"] == 0.138
+    assert quantities["immunized against target 3: accuracy under fresh target-3 noise"]["reference"] == 0.933
+    assert quantities["immunized against every target in turn: clean test accuracy"]["reference"] == 0.876
+    assert [s["name"] for s in report["steps"]] == ["attack", "universal", "immunize", "immunize-all", "matrix",
+                                                   "tradeoff"]
+    assert report["settings"]["attack"]["settings"]["steps"] == 5  # the config reached the step
+    page = (out / "index.html").read_text()
+    assert page.count("<img ") == len(report["figures"]) >= 5 and "data:image/png;base64," in page
+    assert "http" not in page.split("<h2>References</h2>")[0]  # nothing to fetch: figures are inlined
+    assert "| l2: L1Norm |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_finished_steps_and_redoes_changed_ones(reproduced):
+    out, config, args, first = reproduced
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert again.stderr.count("reusing") == 6
+    (out / "matrix" / "matrix_l2.json").write_text("{}")  # a result damaged on disk: that step runs again
+    third = CliRunner().invoke(main, args)
+    assert third.exit_code == 0 and third.stderr.count("reusing") == 5 and "matrix: done" in third.stderr
+
+
+@pytest.mark.slow
+def test_report_rebuilds_the_page_from_disk(reproduced):
+    out, _, _, first = reproduced
+    assert first.exit_code == 0, first.output
+    (out / "index.html").unlink()
+    result = CliRunner().invoke(main, ["report", str(out)])
+    assert result.exit_code == 0, result.output and (out / "index.html").is_file()
+
+
+def test_report_of_a_folder_without_steps_is_an_error(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "no finished step" in result.output
+
+
+def test_unknown_step_is_an_error(tmp_path):
+    result = CliRunner().invoke(main, ["reproduce", "--steps", "attack,fly", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown step(s) ['fly']" in result.output
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); the page was not rendered")
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.slow
+def test_the_page_renders_in_a_real_browser_with_every_image(reproduced, tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    out, _, _, first = reproduced
+    assert first.exit_code == 0, first.output
+    browser = _chromium()
+    # a copy of the page that reports, in its title, how many images the browser decoded
+    probe = out / "probe.html"
+    check = ("<script>window.onload=()=>{const i=[...document.images];"
+             "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+' of '+i.length;}</script>")
+    probe.write_text((out / "index.html").read_text().replace("</body>", check + "</body>"))
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    count = (out / "index.html").read_text().count("<img ")
+    assert f"<title>loaded {count} of {count}</title>" in dom.stdout, dom.stderr[-2000:]
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}",
+                    "--window-size=1280,2000", (out / "index.html").as_uri()], capture_output=True, timeout=120)
+    pixels = imread(shot)[..., :3]
+    assert pixels.std() > 0.05 and (pixels < 0.5).mean() > 0.005  # not blank: text, tables and figures
+    probe.unlink()
+    assert np.isfinite(pixels).all()
