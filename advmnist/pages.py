@@ -36,9 +36,18 @@ def _difference(row: dict) -> str:
     return f"{row['difference']:+.4g}"
 
 
+def _versions(report: dict) -> str:
+    """Who made the report with what: advmnist now; the libraries the model was trained with."""
+    model = report.get("model") or {}
+    trained = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "advmnist")
+    return (f"Report by advmnist {report['advmnist']}. Model: test accuracy "
+            f"{_number(model.get('test_accuracy'), '%')}, seed {model.get('seed', '-')}, "
+            f"{model.get('epochs', '-')} epochs; trained with {trained or 'unknown versions'}.")
+
+
 def markdown(report: dict) -> str:
     lines = ["# advmnist: both reference experiments, reproduced", "",
-             f"advmnist {report['advmnist']}; " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
+             _versions(report), "",
              "## Ours beside the reference", "",
              "| quantity | ours | reference | difference | note |", "|---|---|---|---|---|"]
     for row in report["rows"]:
@@ -59,7 +68,7 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
-th:first-child, td:first-child, td.note { text-align: left; }
+th:first-child, td:first-child, td.note, th:last-child { text-align: left; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 85%; }
@@ -79,12 +88,11 @@ def page(report: dict, base: Path) -> str:
         data = base64.b64encode((base / path).read_bytes()).decode("ascii")
         figures += (f"<figure><img alt=\"{e(title)}\" src=\"data:image/png;base64,{data}\">"
                     f"<figcaption>{e(title)}</figcaption></figure>")
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    versions = _versions(report)
     sources = "".join(f"<li>{e(text)}</li>" for text in report["sources"].values())
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>advmnist report</title>"
             f"<style>{STYLE}</style></head><body>"
-            f"<h1>advmnist: both reference experiments, reproduced</h1><p>advmnist {e(report['advmnist'])}; "
-            f"{e(versions)}</p>"
+            f"<h1>advmnist: both reference experiments, reproduced</h1><p>{e(versions)}</p>"
             f"<h2>Ours beside the reference</h2><table><tr><th>quantity</th><th>ours</th><th>reference</th>"
             f"<th>difference</th><th>note</th></tr>{rows}</table>"
             f"<h2>Figures</h2>{figures}"
