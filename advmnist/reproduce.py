@@ -193,14 +193,7 @@ def collect(out: Path) -> dict:
             records[name] = record
     rows, figures = [], []
 
-    model_meta = None
-    for name in ("attack", "universal", "immunize", "matrix", "tradeoff", "immunize-all"):
-        if name in records:
-            args = records[name]["args"]
-            model = Path(args[args.index("--model") + 1])
-            model_meta = _json((model if model.suffix == ".json" else
-                                (model.parent if model.suffix == ".pb" else model)) / "model.json")
-            break
+    model_meta = _model_meta(records)
     if model_meta and "test_accuracy" in model_meta:
         rows.append(_row("test accuracy of the trained CNN", model_meta["test_accuracy"], reference.TRAIN_ACCURACY,
                          unit="%", note="the reference trained 60 epochs"))
@@ -256,7 +249,7 @@ def collect(out: Path) -> dict:
                             out / name / image))
 
     settings = {name: {"command": r["command"], "args": r["args"], "config": r["config"],
-                       "settings": _step_settings(out / name if name != "train" else None)}
+                       "settings": _json(out / "run" / "run.json") if name == "train" else _step_settings(out / name)}
                 for name, r in records.items()}
     first = next(iter(records.values()), {})
     return {"rows": rows, "figures": [(title, str(path)) for title, path in figures if Path(path).is_file()],
@@ -266,9 +259,22 @@ def collect(out: Path) -> dict:
             "hardware": first.get("hardware", {}), "advmnist": advmnist.__version__, "sources": reference.SOURCES}
 
 
-def _step_settings(folder: Path | None) -> dict | None:
+def _model_meta(records: dict) -> dict | None:
+    """The ``model.json`` of the model the steps ran on (the one ``train`` made, or ``--model``)."""
+    for record in records.values():
+        args = record["args"]
+        flag = "--model" if "--model" in args else "--run-dir" if "--run-dir" in args else None
+        if flag is None:
+            continue
+        model = Path(args[args.index(flag) + 1])
+        folder = model.parent if model.suffix in (".pb", ".json") else model
+        return _json(folder / "model.json")
+    return None
+
+
+def _step_settings(folder: Path) -> dict | None:
     """The full settings (seeds included) that a step's results file records."""
-    if folder is None or not folder.is_dir():
+    if not folder.is_dir():
         return None
     for path in sorted(folder.glob("*.json")):
         record = _json(path)

@@ -131,3 +131,19 @@ def test_the_page_renders_in_a_real_browser_with_every_image(reproduced, tmp_pat
     assert pixels.std() > 0.05 and (pixels < 0.5).mean() > 0.005  # not blank: text, tables and figures
     probe.unlink()
     assert np.isfinite(pixels).all()
+
+
+@pytest.mark.slow
+def test_without_a_model_the_first_step_trains_one(tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text("[train]\nepochs = 1\nbatch-size = 256\n")
+    out = tmp_path / "report"
+    args = ["reproduce", "--out", str(out), "--config", str(config), "--steps", "train"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    meta = json.loads((out / "run" / "model.json").read_text())
+    assert meta["epochs"] == 1 and meta["batch_size"] == 256
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"][0]["quantity"] == "test accuracy of the trained CNN"
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "train: reusing" in again.output

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from advmnist.cli.options import (Output, data_dir_option, finite, json_option, seed_option, translate_errors,
-                                  writable_folder)
+from advmnist.cli.options import (Output, config_option, data_dir_option, finite, json_option, seed_option,
+                                  translate_errors, writable_folder)
 from advmnist.frozen import DEFAULT_RUN_DIR
 from advmnist.train import TrainSettings
 
@@ -15,6 +15,7 @@ DEFAULTS = TrainSettings()
 
 
 @click.command(short_help="Train the CNN with tensorpack, freeze it.")
+@config_option()
 @click.option("--epochs", type=click.IntRange(1, 1000), default=DEFAULTS.epochs, show_default=True,
               help="Epochs over the 60,000 training images.")
 @click.option("--batch-size", type=click.IntRange(1, 60000), default=DEFAULTS.batch_size, show_default=True,
