@@ -189,7 +189,7 @@ def ensure_mnist(data_dir: os.PathLike | str | None = None,
     fallback = FolderSource(fallback_cache_dir(cache.folder), "fallback cache")
     remote = list(default_remote_sources() if remote_sources is None else remote_sources)
     sources: list = ([FolderSource(data_dir, "data dir")] if data_dir else []) + [cache] \
-        + ([fallback] if fallback.folder.is_dir() else []) + remote
+        + ([fallback] if _is_own(fallback.folder) else []) + remote
     missing: dict[str, list[str]] = {}
     found: dict[str, tuple[bytes, object]] = {}
     try:
@@ -215,6 +215,18 @@ def ensure_mnist(data_dir: os.PathLike | str | None = None,
                      "the files are under package/data/).")
         raise MnistUnavailable("\n".join(lines))
     return _store(found, cache, fallback, log)
+
+
+def _is_own(folder: Path) -> bool:
+    return folder.is_dir() and (not hasattr(os, "getuid") or folder.stat().st_uid == os.getuid())
+
+
+def _own_private_folder(folder: Path) -> None:
+    """Create ``folder`` for this user only; refuse one that another user made (it is in a shared temp dir)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if hasattr(os, "getuid") and folder.stat().st_uid != os.getuid():
+        raise OSError(f"{folder} belongs to another user")
+    folder.chmod(0o700)
 
 
 def _find_valid(spec: IdxFile, sources: Sequence, cache: FolderSource, log: Log) -> tuple[bytes, object] | list[str]:
@@ -263,6 +275,7 @@ def _store(found: dict[str, tuple[bytes, object]], cache: FolderSource, fallback
     except OSError as err:
         reason = err.strerror or str(err)
     try:
+        _own_private_folder(fallback.folder)
         for name, (raw, _) in found.items():
             current = fallback.fetch(name) if (fallback.folder / name).is_file() else None
             if current != raw:

@@ -174,8 +174,12 @@ class AdversarialTrainer:
             init = tf.global_variables_initializer()
         self.graph.finalize()
         self.sess = tf.Session(graph=self.graph, config=session_config(tf))
-        self.sess.run(init)
-        restore.restore(self.sess, checkpoint)
+        try:
+            self.sess.run(init)
+            restore.restore(self.sess, checkpoint)
+        except BaseException:
+            self.sess.close()
+            raise
 
     def __enter__(self) -> "AdversarialTrainer":
         return self

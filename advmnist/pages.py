@@ -48,6 +48,7 @@ def _versions(report: dict) -> str:
 def markdown(report: dict) -> str:
     lines = ["# advmnist: both reference experiments, reproduced", "",
              _versions(report), "",
+             *[f"**Warning:** {w}" for w in report.get("warnings", [])], "",
              "## Ours beside the reference", "",
              "| quantity | ours | reference | difference | note |", "|---|---|---|---|---|"]
     for row in report["rows"]:
@@ -93,6 +94,7 @@ def page(report: dict, base: Path) -> str:
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>advmnist report</title>"
             f"<style>{STYLE}</style></head><body>"
             f"<h1>advmnist: both reference experiments, reproduced</h1><p>{e(versions)}</p>"
+            + "".join(f"<p><strong>Warning:</strong> {e(w)}</p>" for w in report.get("warnings", [])) +
             f"<h2>Ours beside the reference</h2><table><tr><th>quantity</th><th>ours</th><th>reference</th>"
             f"<th>difference</th><th>note</th></tr>{rows}</table>"
             f"<h2>Figures</h2>{figures}"

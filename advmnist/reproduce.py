@@ -17,61 +17,94 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 import advmnist
 from advmnist import reference
+from advmnist.errors import InvalidInput
 from advmnist.fileio import display_path
+from advmnist.frozen import resolve_model_path
+from advmnist.runs import inspect_run
 
 STEP_FOLDER = "steps"
-#: The steps of a full reproduction, in order; ``immunize-all`` (about 35 minutes on 2 CPU cores)
-#: is the reference's target-after-target immunization.
-STEPS = ("train", "attack", "universal", "immunize", "immunize-all", "matrix", "tradeoff")
+#: The steps of a full reproduction, in order. ``immunize`` is advmnist's recipe against
+#: target 3; ``immunize-reference`` and ``immunize-all`` use the reference's recipe (one
+#: fixed noise per phase, no replay), the second for every target in turn (about 30
+#: minutes on 2 CPU cores).
+STEPS = ("train", "attack", "universal", "immunize", "immunize-reference", "immunize-all", "matrix", "tradeoff")
+REFERENCE_RECIPE = ("--refresh-every", "0", "--no-replay")
 
 
 @dataclasses.dataclass(frozen=True)
 class Step:
     name: str
     command: str            # the advmnist command it runs
-    args: tuple[str, ...]   # its arguments, without --config
-    folder: Path            # where its results go
+    args: tuple[str, ...]   # its arguments, without --config: what must match for reuse
+    folder: Path            # where its results go (cleared before the step runs, except a run folder)
+    extra: tuple[str, ...] = ()  # arguments that depend on what is on disk (--resume), not part of its identity
 
 
-def plan(out: Path, model: Path | None, steps=STEPS, *, resume_training: bool = False) -> list[Step]:
-    """The steps to run; without ``model`` the first trains one into ``out/run``."""
+def plan(out: Path, model: Path | None, steps=STEPS) -> list[Step]:
+    """The steps to run; without ``model`` the first trains one into ``out/run``.
+
+    Paths are made absolute, so the same folder spelled another way is still the same step.
+    """
+    out = Path(out).absolute()
     run = out / "run"
-    model = model if model is not None else run
+    model = Path(model).absolute() if model is not None else run
     chosen = [s for s in STEPS if s in steps and not (s == "train" and model != run)]
     common = ("--model", str(model))
+
+    def immunize(target: str, folder: str, *recipe: str) -> tuple:
+        schedule = ("--schedule", "sequential") if target == "all" else ()
+        return ("immunize", ("--target", target, *schedule, *recipe, "--run-dir", str(out / folder),
+                             "--overwrite") + common)
+
     table = {
-        "train": ("train", ("--run-dir", str(run)) + (("--resume",) if resume_training else ())),
+        "train": ("train", ("--run-dir", str(run))),
         "attack": ("attack", ("--reg", "all") + common),
         "universal": ("universal", ("--target", "all") + common),
-        "immunize": ("immunize", ("--target", "3", "--run-dir", str(out / "immune-3"), "--overwrite") + common),
-        "immunize-all": ("immunize", ("--target", "all", "--schedule", "sequential", "--run-dir",
-                                      str(out / "immune-all-sequential"), "--overwrite") + common),
+        "immunize": immunize("3", "immune-3"),
+        "immunize-reference": immunize("3", "immune-3-reference", *REFERENCE_RECIPE),
+        "immunize-all": immunize("all", "immune-all-sequential-reference", *REFERENCE_RECIPE),
         "matrix": ("matrix", common),
         "tradeoff": ("tradeoff", common),
     }
     result = []
     for name in chosen:
         command, args = table[name]
-        folder = run if name == "train" else out / name
-        result.append(Step(name, command, args if name == "train" else args + ("--out", str(folder)), folder))
+        if name == "train":
+            state = inspect_run(run)
+            # an interrupted run goes on; a finished one that no longer matches is moved aside
+            extra = ("--resume",) if state.exists and not state.has_model else ("--overwrite",) if state.exists else ()
+            result.append(Step(name, command, args, run, extra))
+        else:
+            result.append(Step(name, command, args + ("--out", str(out / name)), out / name))
     return result
 
 
 def config_table(config: Path | None, command: str) -> dict:
-    """The ``[command]`` table of a reproduce config (empty without one)."""
+    """The ``[command]`` table of a reproduce config (empty without one).
+
+    Raises:
+        InvalidInput: the file is not TOML, or the table is not a table.
+    """
     if config is None:
         return {}
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    return dict(tomllib.loads(Path(config).read_text()).get(command, {}))
+    try:
+        table = tomllib.loads(Path(config).read_text()).get(command, {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise InvalidInput(f"expected a readable TOML file, got {config} ({err})") from err
+    if not isinstance(table, dict):
+        raise InvalidInput(f"{config}: expected a [{command}] table, got {table!r}")
+    return dict(table)
 
 
 def sha256_file(path: Path) -> str:
@@ -82,24 +115,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_digest(step: Step, out: Path) -> str | None:
+def model_digest(step: Step) -> str | None:
     """SHA-256 of the model a step runs on (None for training, or a model not there yet)."""
-    if step.name == "train":
+    if "--model" not in step.args:
         return None
-    index = step.args.index("--model")
-    pb = Path(step.args[index + 1])
-    pb = pb / "model.pb" if pb.suffix != ".pb" else pb
+    pb = resolve_model_path(step.args[step.args.index("--model") + 1])
     return sha256_file(pb) if pb.is_file() else None
 
 
-def identity(step: Step, out: Path, config: Path | None) -> dict:
-    """What must match for a finished step to be reused."""
+def identity(step: Step, config: Path | None) -> dict:
+    """What must match for a finished step to be reused (the code's version included)."""
     return {"command": step.command, "args": list(step.args), "config": config_table(config, step.command),
-            "model_sha256": model_digest(step, out), "advmnist": advmnist.__version__}
+            "model_sha256": model_digest(step), "advmnist": advmnist.__version__, "code": code_digest()}
+
+
+def code_digest() -> str:
+    """SHA-256 over advmnist's own source files: changed code is not reused."""
+    digest = hashlib.sha256()
+    root = Path(advmnist.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def record_path(out: Path, step: Step) -> Path:
-    return out / STEP_FOLDER / f"{step.name}.json"
+    return Path(out) / STEP_FOLDER / f"{step.name}.json"
 
 
 def reusable(step: Step, out: Path, config: Path | None) -> dict | None:
@@ -108,7 +148,7 @@ def reusable(step: Step, out: Path, config: Path | None) -> dict | None:
         record = json.loads(record_path(out, step).read_text())
     except (OSError, ValueError):
         return None
-    wanted = identity(step, out, config)
+    wanted = identity(step, config)
     if any(record.get(key) != value for key, value in wanted.items()):
         return None
     for name, digest in record.get("outputs", {}).items():
@@ -154,13 +194,15 @@ def run_steps(steps: list[Step], out: Path, config: Path | None, runner: Callabl
                 f"({found['seconds']:.0f} s), settings and files unchanged")
             records.append({**found, "reused": True})
             continue
-        log(f"[{number}/{len(steps)}] {step.name}: advmnist {step.command} {' '.join(step.args)}")
-        args = [step.command, *step.args]
+        log(f"[{number}/{len(steps)}] {step.name}: advmnist {step.command} {' '.join(step.args + step.extra)}")
+        if step.name != "train" and step.folder.exists():
+            shutil.rmtree(step.folder)  # reproduce's own folder: no stale result of other settings stays
+        args = [step.command, *step.args, *step.extra]
         if config is not None and config_table(config, step.command):
             args += ["--config", str(config)]
         started = time.time()
         runner(args)
-        record = {"name": step.name, **identity(step, out, config), "seconds": round(time.time() - started, 1),
+        record = {"name": step.name, **identity(step, config), "seconds": round(time.time() - started, 1),
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "folder": display_path(step.folder),
                   "hardware": hardware(), "outputs": outputs(step.folder)}
         fileio.write_json(record_path(out, step), record)
@@ -207,8 +249,7 @@ def collect(out: Path) -> dict:
             rows.append(_row(f"{reg}: images at their target (of 16)", ours["success"], theirs["success"]))
             for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost"):
                 rows.append(_row(f"{reg}: {key}", ours[key], theirs[key],
-                                 note="the reference logged an L2 cost it did not optimize"
-                                 if reg == "none" and key == "regularize_cost" else ""))
+                                 note=reference.NOTES.get((reg, key), "")))
         figures += [("per-image targeted noise, the three regularizers side by side",
                      out / "attack" / "mnist_adv_comparison.png")]
 
@@ -222,31 +263,48 @@ def collect(out: Path) -> dict:
         figures += [("one universal noise per target class", out / "universal" / "universal_noise_all.png"),
                     ("the target-3 noise on nine test images", out / "universal" / "universal_samples_3.png")]
 
-    for name in ("immunize", "immunize-all"):
+    for name in ("immunize", "immunize-reference", "immunize-all"):
         folder = out / name
-        found = sorted(folder.glob("immunize_*.json")) if folder.is_dir() else []
+        found = [p for p in sorted(folder.glob("immunize_*.json")) if not p.stem.endswith("_partial")] \
+            if folder.is_dir() else []
         result = _json(found[0]) if found else None
-        if not result:
+        if not result or "after" not in result:
             continue
-        if name == "immunize":
-            rows.append(_row("immunized against target 3: accuracy under fresh target-3 noise", result["after"]["3"],
-                             reference.IMMUNIZED_TARGET3_ACCURACY, unit="%"))
-            rows.append(_row("immunized against target 3: clean test accuracy", result["clean_after"], None,
+        last = result["history"][-1] if result["history"] else {}
+        if name == "immunize-reference":
+            rows.append(_row("target 3, the reference's recipe: accuracy under the noise it trained on",
+                             last.get("accuracy_trained_noise"), reference.IMMUNIZED_TARGET3_ACCURACY, unit="%",
+                             note="the reference's measure: the noise of its last training phase"))
+            rows.append(_row("target 3, the reference's recipe: accuracy under a freshly optimized noise",
+                             result["after"]["3"], None, unit="%", note="a new noise against the final network"))
+        elif name == "immunize":
+            rows.append(_row("target 3, advmnist's recipe: accuracy under the noise it trained on",
+                             last.get("accuracy_trained_noise"), reference.IMMUNIZED_TARGET3_ACCURACY, unit="%",
+                             note="noise refreshed during training, earlier noises replayed"))
+            rows.append(_row("target 3, advmnist's recipe: accuracy under a freshly optimized noise",
+                             result["after"]["3"], None, unit="%", note="a new noise against the final network"))
+            rows.append(_row("target 3, advmnist's recipe: clean test accuracy", result["clean_after"], None,
                              unit="%"))
         else:
-            rows.append(_row("immunized against every target in turn: clean test accuracy", result["clean_after"],
-                             reference.SEQUENTIAL_ALL_CLEAN_ACCURACY, unit="%",
-                             note="the reference lost earlier immunities as it went on"))
+            rows.append(_row("every target in turn, the reference's recipe: clean test accuracy",
+                             result["clean_after"], reference.SEQUENTIAL_ALL_CLEAN_ACCURACY, unit="%"))
             lost = result.get("lost_since_own_training", {})
             if lost:
-                rows.append(_row("immunized in turn: most accuracy lost by an earlier target since its own "
-                                 "training", max(lost.values()), None, unit="%"))
+                rows.append(_row("every target in turn: most fresh-noise accuracy an earlier target lost since "
+                                 "its own training", max(lost.values()), None, unit="%",
+                                 note="the reference lost its earlier immunities"))
         figures.append((f"immunization ({name})", found[0].with_suffix(".png")))
 
-    for name, image in (("matrix", "matrix_l2.png"), ("tradeoff", "tradeoff_l2_l1.png")):
-        if (out / name / image).is_file():
-            figures.append((f"{name}: {'source x target cost' if name == 'matrix' else 'noise size against success'}",
-                            out / name / image))
+    for name, title in (("matrix", "source x target: the cost of every pair"),
+                        ("tradeoff", "noise size against success, over regularization weights")):
+        images = [p for p in sorted((out / name).glob(f"{name}_*.png")) if not p.stem.endswith("_examples")] \
+            if (out / name).is_dir() else []
+        figures += [(title, image) for image in images[:1]]
+
+    warnings = []
+    models = {r["model_sha256"] for r in records.values() if r.get("model_sha256")}
+    if len(models) > 1:
+        warnings.append("the steps ran on different models (their model.pb differ): compare with care")
 
     settings = {name: {"command": r["command"], "args": r["args"], "config": r["config"],
                        "settings": _json(out / "run" / "run.json") if name == "train" else _step_settings(out / name)}
@@ -256,7 +314,8 @@ def collect(out: Path) -> dict:
             "steps": [{"name": name, "seconds": r["seconds"], "finished": r["finished"], "folder": r["folder"]}
                       for name, r in records.items()],
             "settings": settings, "model": model_meta, "versions": (model_meta or {}).get("versions", {}),
-            "hardware": first.get("hardware", {}), "advmnist": advmnist.__version__, "sources": reference.SOURCES}
+            "hardware": first.get("hardware", {}), "advmnist": advmnist.__version__, "sources": reference.SOURCES,
+            "warnings": warnings}
 
 
 def _model_meta(records: dict) -> dict | None:

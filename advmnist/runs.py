@@ -40,13 +40,18 @@ def completed_epochs(run_dir: Path) -> int:
         return 0
 
 
-def read_run_file(run_dir: Path) -> dict:
-    """The settings recorded when the run started (empty for runs of older versions)."""
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or an empty dict if there is none or it is not readable."""
     try:
-        record = json.loads((Path(run_dir) / RUN_FILE).read_text())
+        record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def read_run_file(run_dir: Path) -> dict:
+    """The settings recorded when the run started (empty for runs of older versions)."""
+    return read_json(Path(run_dir) / RUN_FILE)
 
 
 def mark_run(run_dir: Path, settings: dict) -> None:
@@ -110,7 +115,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, epochs: int
         what = "a model" if state.has_model else "an advmnist run" if state.is_run else "other files"
         raise RunDirError(f"{run_dir} already holds {what}; pass --run-dir NEW_DIR for a new run, "
                           "or --overwrite to move it aside")
-    epochs = epochs or state.epochs_planned or 1
+    epochs = state.epochs_planned or epochs or 1  # what the run itself set out to do, when it says
     if state.has_model:
         raise RunDirError(f"{run_dir} already holds a trained model ({MODEL_FILE}); pass --run-dir NEW_DIR "
                           f"for a new run, `--resume --epochs N` with N > {state.epochs_done} to train it "
@@ -153,7 +158,8 @@ def _resume_note(run_dir: Path, state: RunState, epochs: int | None) -> str:
 def interrupt_message(run_dir: Path, epochs: int) -> str:
     """After Ctrl-C in ``train``: what the folder holds and the command that goes on from it."""
     state = inspect_run(run_dir)
-    if state.has_model:
+    frozen_epochs = read_json(Path(run_dir) / META_FILE).get("epochs") if state.has_model else None
+    if state.has_model and isinstance(frozen_epochs, int) and frozen_epochs >= epochs:
         return f"Interrupted after training and freezing had finished: {run_dir / MODEL_FILE} is complete."
     if not state.has_checkpoint:
         return (f"Interrupted in epoch 1, before the first checkpoint: {run_dir} holds no weights yet. "
@@ -161,10 +167,16 @@ def interrupt_message(run_dir: Path, epochs: int) -> str:
                 "or pass --overwrite.")
     done = state.epochs_done
     if done >= epochs:
+        if state.has_model:  # the model.pb there is an older freeze, of fewer epochs
+            return (f"Interrupted after the last epoch ({done}), while freezing: {run_dir / MODEL_FILE} is still "
+                    f"the earlier model of {frozen_epochs} epochs. Freeze the new weights with "
+                    f"`advmnist export {run_dir}`.")
         return (f"Interrupted after the last epoch ({done}), while freezing: the trained weights are in "
                 f"{run_dir}'s checkpoint. Freeze them with `advmnist export {run_dir}` "
                 f"(or `{train_command(run_dir, epochs, '--resume')}`).")
-    return (f"Interrupted in epoch {done + 1}: {run_dir} has a checkpoint after epoch {done}. "
+    older = (f" ({run_dir / MODEL_FILE} is still the earlier model of {frozen_epochs} epochs)"
+             if state.has_model else "")
+    return (f"Interrupted in epoch {done + 1}: {run_dir} has a checkpoint after epoch {done}{older}. "
             f"Continue with `{train_command(run_dir, epochs, '--resume')}`.")
 
 

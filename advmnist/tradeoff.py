@@ -78,8 +78,8 @@ class SweepPoint:
                 "mean_linf": mean_of_successes(self.linf)}
 
 
-def sweep(logits_fn, images: np.ndarray, labels: np.ndarray | None, targets: np.ndarray, regs: Sequence[str],
-          weights: Sequence[float], *, steps: int, seed: int, progress: bool = False,
+def sweep(logits_fn, images: np.ndarray, targets: np.ndarray, regs: Sequence[str], weights: Sequence[float], *,
+          steps: int, seed: int, labels: np.ndarray | None = None, progress: bool = False,
           on_point: Callable[[SweepPoint], None] = lambda point: None) -> list[SweepPoint]:
     """One attack per (regularizer, weight); ``none`` has no weight and runs once (weight 0).
 

@@ -17,9 +17,10 @@ import numpy as np
 
 from advmnist.data import Split
 from advmnist.export import TENSOR_NAMES, inference_graph_def
+from advmnist.fileio import display_path
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, write_frozen
+from advmnist.runs import RunDirError, completed_epochs, mark_run, read_json, read_run_file, write_frozen
 from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, tf1
 
 
@@ -125,8 +126,10 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
                started: float | None = None) -> TrainResult:
     """Freeze ``run_dir``'s last checkpoint into ``model.pb`` + ``model.json`` (dropout off).
 
-    The test accuracy is measured on the frozen graph. ``settings`` default to those
-    the run recorded when it started (``run.json``), then to an earlier ``model.json``.
+    The test accuracy is measured on the frozen graph. What an earlier ``model.json``
+    recorded besides the graph (e.g. what an immunized network was immunized against)
+    is kept; a training run's settings and epochs come from ``settings``, else from the
+    ``run.json`` it recorded when it started.
     """
     tf = tf1()
     run_dir = Path(run_dir)
@@ -134,28 +137,33 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
     checkpoint = tf.train.latest_checkpoint(str(run_dir))
     if checkpoint is None:
         raise RunDirError(f"{run_dir} has no checkpoint to freeze; train it with `advmnist train --run-dir {run_dir}`")
-    if settings is None:
-        settings = _recorded_settings(run_dir)
-    stats = json.loads((run_dir / "stats.json").read_text()) if (run_dir / "stats.json").is_file() else []
+    meta = {key: value for key, value in read_json(run_dir / META_FILE).items() if key not in DERIVED_META}
+    if settings is None and read_run_file(run_dir):
+        settings = TrainSettings(**{k: v for k, v in read_run_file(run_dir).items() if k in TRAIN_FIELDS})
+    if settings is not None:  # a training run: its settings and the epochs it has done
+        meta.update(epochs=completed_epochs(run_dir), seed=settings.seed, batch_size=settings.batch_size,
+                    lr=settings.lr)
+    stats = read_json_list(run_dir / "stats.json")
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]
-    meta = {"epochs": completed_epochs(run_dir), "seed": settings.seed, "batch_size": settings.batch_size,
-            "lr": settings.lr}
     graph_def = inference_graph_def(checkpoint)
     frozen = FrozenModel(graph_def, TENSOR_NAMES, run_dir / MODEL_FILE)
     accuracy = float(np.mean(frozen.predict_proba(test_split.images).argmax(1) == test_split.labels))
     write_frozen(graph_def, run_dir, checkpoint, test_accuracy=accuracy, **meta)
-    return TrainResult(run_dir=str(run_dir), model=str(run_dir / MODEL_FILE), test_accuracy=accuracy,
-                       epochs=meta["epochs"], seed=settings.seed, seconds=round(time.time() - started, 1),
+    return TrainResult(run_dir=display_path(run_dir), model=display_path(run_dir / MODEL_FILE), test_accuracy=accuracy,
+                       epochs=meta.get("epochs", 0), seed=meta.get("seed"), seconds=round(time.time() - started, 1),
                        history=history)
 
 
-def _recorded_settings(run_dir: Path) -> TrainSettings:
-    recorded = read_run_file(run_dir)
-    if not recorded:
-        try:
-            recorded = json.loads((run_dir / META_FILE).read_text())
-        except (OSError, ValueError):
-            recorded = {}
-    fields = {f.name for f in dataclasses.fields(TrainSettings)}
-    return TrainSettings(**{k: v for k, v in recorded.items() if k in fields and isinstance(v, (int, float))})
+#: What ``write_frozen`` derives anew at every freeze; everything else in model.json is kept.
+DERIVED_META = ("input", "logits", "prob", "model_sha256", "input_shape", "input_range", "checkpoint", "versions",
+                "created", "test_accuracy")
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
+
+
+def read_json_list(path: Path) -> list:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return value if isinstance(value, list) else []

@@ -287,10 +287,10 @@ def test_errors_without_json_leave_stdout_empty(runner):
 
 
 @pytest.mark.slow
-def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_path, mnist_small):
-    from advmnist.data import FILES, default_cache_dir, fallback_cache_dir
+def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_path):
+    from advmnist.data import FILES, ensure_mnist, fallback_cache_dir
 
-    real = default_cache_dir()  # filled by the mnist_small fixture
+    real = ensure_mnist()  # the full MNIST (a slow test may fetch it)
     cache, given = tmp_path / "cache", tmp_path / "given"
     cache.mkdir()
     given.mkdir()

@@ -53,10 +53,17 @@ def test_reproduce_writes_the_report_with_every_reference_number(reproduced):
             row = quantities[f"{reg}: {key}"]
             assert row["reference"] is not None and row["difference"] == pytest.approx(row["ours"] - row["reference"])
     assert quantities["universal noise: test accuracy under the target-3 noise"]["reference"] == 0.138
-    assert quantities["immunized against target 3: accuracy under fresh target-3 noise"]["reference"] == 0.933
-    assert quantities["immunized against every target in turn: clean test accuracy"]["reference"] == 0.876
-    assert [s["name"] for s in report["steps"]] == ["attack", "universal", "immunize", "immunize-all", "matrix",
-                                                   "tradeoff"]
+    # the reference measured immunity under the noise of its last training phase: so do the rows beside it
+    for recipe in ("the reference's", "advmnist's"):
+        row = quantities[f"target 3, {recipe} recipe: accuracy under the noise it trained on"]
+        assert row["reference"] == 0.933 and 0 <= row["ours"] <= 1
+        assert quantities[f"target 3, {recipe} recipe: accuracy under a freshly optimized noise"]["reference"] is None
+    assert quantities["every target in turn, the reference's recipe: clean test accuracy"]["reference"] == 0.876
+    assert quantities["none: regularize_cost"]["reference"] is None  # the reference's 1.845 is not comparable
+    assert [s["name"] for s in report["steps"]] == ["attack", "universal", "immunize", "immunize-reference",
+                                                   "immunize-all", "matrix", "tradeoff"]
+    reference_recipe = report["settings"]["immunize-reference"]["settings"]
+    assert reference_recipe["refresh_every"] == 0 and reference_recipe["replay"] is False
     assert report["settings"]["attack"]["settings"]["steps"] == 5  # the config reached the step
     page = (out / "index.html").read_text()
     assert page.count("<img ") == len(report["figures"]) >= 5 and "data:image/png;base64," in page
@@ -70,10 +77,16 @@ def test_a_second_run_reuses_finished_steps_and_redoes_changed_ones(reproduced):
     assert first.exit_code == 0, first.output
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
-    assert again.stderr.count("reusing") == 6
+    assert again.stderr.count("reusing") == 7
     (out / "matrix" / "matrix_l2.json").write_text("{}")  # a result damaged on disk: that step runs again
     third = CliRunner().invoke(main, args)
-    assert third.exit_code == 0 and third.stderr.count("reusing") == 5 and "matrix: done" in third.stderr
+    assert third.exit_code == 0 and third.stderr.count("reusing") == 6 and "matrix: done" in third.stderr
+    assert json.loads((out / "matrix" / "matrix_l2.json").read_text())["settings"]["steps"] == 3
+    config.write_text(QUICK.replace("[tradeoff]\nsteps = 3", "[tradeoff]\nsteps = 4"))  # other settings: run again
+    fourth = CliRunner().invoke(main, args)
+    assert fourth.exit_code == 0 and "tradeoff: done" in fourth.stderr and fourth.stderr.count("reusing") == 6
+    assert [p.name for p in (out / "tradeoff").glob("*.json")] == ["tradeoff_l2_l1.json"]  # no stale result
+    config.write_text(QUICK)
 
 
 @pytest.mark.slow
@@ -82,7 +95,8 @@ def test_report_rebuilds_the_page_from_disk(reproduced):
     assert first.exit_code == 0, first.output
     (out / "index.html").unlink()
     result = CliRunner().invoke(main, ["report", str(out)])
-    assert result.exit_code == 0, result.output and (out / "index.html").is_file()
+    assert result.exit_code == 0, result.output
+    assert (out / "index.html").is_file()
 
 
 def test_report_of_a_folder_without_steps_is_an_error(tmp_path):
@@ -93,6 +107,17 @@ def test_report_of_a_folder_without_steps_is_an_error(tmp_path):
 def test_unknown_step_is_an_error(tmp_path):
     result = CliRunner().invoke(main, ["reproduce", "--steps", "attack,fly", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown step(s) ['fly']" in result.output
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[reproduce]\nsteps = "attack"\n', "expected [reproduce] steps = a list"),
+    ("[reproduce\n", "expected a readable TOML file"),
+])
+def test_a_bad_reproduce_config_is_an_error(tmp_path, text, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(main, ["reproduce", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
 
 
 def _chromium() -> str:
@@ -108,7 +133,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.mark.slow
 def test_the_page_renders_in_a_real_browser_with_every_image(reproduced, tmp_path):
-    import numpy as np
     from matplotlib.image import imread
 
     out, _, _, first = reproduced
@@ -130,7 +154,6 @@ def test_the_page_renders_in_a_real_browser_with_every_image(reproduced, tmp_pat
     pixels = imread(shot)[..., :3]
     assert pixels.std() > 0.05 and (pixels < 0.5).mean() > 0.005  # not blank: text, tables and figures
     probe.unlink()
-    assert np.isfinite(pixels).all()
 
 
 @pytest.mark.slow

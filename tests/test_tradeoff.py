@@ -23,11 +23,11 @@ def test_heavier_weights_give_smaller_noise_and_the_smallest_success_is_found(ti
     images, labels = train.images[16:22], train.labels[16:22]
     targets = (9 - labels).astype(np.int32)
     seen = []
-    points = tradeoff.sweep(tiny_model.logits, images, labels, targets, ["l2", "none"], [0.001, 3.0], steps=150, seed=0,
-                            on_point=seen.append)
+    points = tradeoff.sweep(tiny_model.logits, images, targets, ["l2", "none"], [0.001, 3.0], steps=150, seed=0,
+                            labels=labels, on_point=seen.append)
     assert [(p.reg, p.weight) for p in points] == [("l2", 0.001), ("l2", 3.0), ("none", 0.0)] and seen == points
-    with_zero = tradeoff.sweep(tiny_model.logits, images[:2], labels[:2], targets[:2], ["l2", "l1"], [0.0], steps=20,
-                               seed=0)
+    with_zero = tradeoff.sweep(tiny_model.logits, images[:2], targets[:2], ["l2", "l1"], [0.0], steps=20, seed=0,
+                               labels=labels[:2])
     assert [p.reg for p in with_zero] == ["l2", "l1"]  # weight 0 ran once, reported for both
     np.testing.assert_array_equal(with_zero[0].l2, with_zero[1].l2)
     light, heavy = points[0], points[1]

@@ -70,6 +70,12 @@ class PerImageNoise(Attack):
     def run(self, logits_fn, images, labels, targets, *, seed, progress) -> AttackResult:
         if (targets < 0).any():
             raise InvalidInput("expected a target for every image: per-image noise is a targeted attack")
+        if not len(images):
+            empty = np.zeros(0, np.int64)
+            return AttackResult(originals=images, adversarial=images, noise=images, labels=labels, targets=targets,
+                                predictions=empty, predictions_8bit=empty,
+                                info={"target_probability": np.zeros(0, np.float32),
+                                      "cross_entropy": np.zeros(0, np.float32), "steps_run": empty})
         initial = np.random.default_rng(seed).normal(0.0, self.init_std, images.shape).astype(np.float32)
         parts = []
         bar = progress_bar(self.steps * len(images), f"{self.regularizer.name} noise", progress)

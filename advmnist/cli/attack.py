@@ -58,8 +58,8 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
 
     output = Output(json_mode)
     if not early_stop and click.get_current_context().get_parameter_source("margin").name != "DEFAULT":
-        raise click.BadParameter("--margin only matters with --early-stop: add --early-stop, or drop --margin",
-                                 param_hint="--margin")
+        raise click.BadParameter("--margin (on the command line or in --config) only matters with --early-stop: "
+                                 "add --early-stop, or drop --margin", param_hint="--margin")
     model, indices, images, labels, targets, rule = attack_inputs(model_path, no_verify, split, offset, count,
                                                                   target, seed, data_dir, output)
     settings = AttackSettings(reg=reg, weight=weight, count=count, offset=offset, split=split, target=rule,
@@ -100,10 +100,7 @@ def attack_inputs(model_path, no_verify, split, offset, count, target, seed, dat
     from advmnist.attacks import choose_targets, parse_target_rule
     from advmnist.data import load_split, split_size
 
-    try:
-        rule = parse_target_rule(target)
-    except InvalidInput as err:
-        raise click.BadParameter(str(err), param_hint="--target") from err
+    rule = parse_target_rule(target)  # a click.Choice already: this only normalizes it
     if offset + count > split_size(split):
         raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
                                  f"got {offset} + {count}", param_hint="--count")

@@ -50,9 +50,9 @@ DEFAULTS = ImmunizeSettings()
 @data_dir_option
 @json_option
 @translate_errors
-def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay, steps,
-             noise_limit, l2_weight, seed, noise_file, model_path, no_verify, run_dir, overwrite, out, data_dir,
-             json_mode) -> None:
+def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay,
+             noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify, run_dir, overwrite, out,
+             data_dir, json_mode) -> None:
     """Adversarial training against universal noise: make the network immune to it.
 
     Each round (a) optimizes a universal noise for the target against the current
@@ -81,7 +81,7 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     targets = target_list(target)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
-                                replay=replay, noise=UniversalSettings(steps=steps, noise_limit=noise_limit,
+                                replay=replay, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
                                                                        l2_weight=l2_weight, seed=seed))
     run_dir = run_dir or settings.default_run_dir(target)
     fileio.check_writable_dir(run_dir, "--run-dir")

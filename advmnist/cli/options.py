@@ -132,8 +132,8 @@ def seed_option(default: int, description: str | None = None):
     return click.option("--seed", type=SEED_RANGE, default=default, show_default=True, help=description)
 
 
-def steps_option(default: int, description: str, flag: str = "--steps"):
-    return click.option(flag, "steps", type=click.IntRange(min=1), default=default, show_default=True,
+def steps_option(default: int, description: str, flag: str = "--steps", name: str = "steps"):
+    return click.option(flag, name, type=click.IntRange(min=1), default=default, show_default=True,
                         help=description)
 
 

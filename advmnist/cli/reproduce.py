@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from advmnist.cli.options import InputError, Output, json_option, translate_errors, writable_folder
+from advmnist.fileio import display_path
 
-STEP_HELP = "train (only without --model), attack, universal, immunize, immunize-all, matrix, tradeoff"
+STEP_HELP = ("train (only without --model), attack, universal, immunize, immunize-reference, immunize-all, "
+             "matrix, tradeoff")
 
 
 def _run_in_process(args: list[str]) -> None:
@@ -40,30 +42,33 @@ def reproduce(model_path, out, config, step_names, json_mode) -> None:
 
     Trains the CNN (unless --model is given), then runs the per-image attack under the
     three regularizers, a universal noise per target, the immunization against
-    target 3 and against every target in turn (the reference's way, about 35 minutes
-    on 2 CPU cores), the source x target matrix and the trade-off sweep, each into its
-    own folder of OUT. It writes OUT/index.html (self-contained: open it in any
-    browser), OUT/report.md and OUT/report.json: every reference number beside ours,
-    the exact settings, versions, seeds, hardware and the wall time of every step.
+    target 3 (advmnist's recipe, and the reference's: one fixed noise per phase, no
+    replay) and against every target in turn (the reference's way, the longest step),
+    the source x target matrix and the trade-off sweep, each into its own folder of
+    OUT. It writes OUT/index.html (self-contained: open it in any browser),
+    OUT/report.md and OUT/report.json: every reference number beside ours, the exact
+    settings, versions, seeds, hardware and the wall time of every step.
 
     A second run with the same settings reuses the steps whose results are on disk
     unchanged; Ctrl-C keeps the finished steps. `advmnist report OUT` rebuilds the
     page from what is on disk.
     """
     from advmnist import pages, reproduce as lib
-    from advmnist.runs import inspect_run
 
     output = Output(json_mode)
     names = lib.STEPS
     table = lib.config_table(config, "reproduce")
+    if not step_names and "steps" in table and (not isinstance(table["steps"], list)
+                                                or not all(isinstance(n, str) for n in table["steps"])):
+        raise click.BadParameter(f"{config}: expected [reproduce] steps = a list of step names, got "
+                                 f"{table['steps']!r}", param_hint="--config")
     if step_names or table.get("steps"):
         names = tuple(n.strip() for n in (step_names.split(",") if step_names else table["steps"]) if n.strip())
         unknown = sorted(set(names) - set(lib.STEPS))
         if unknown:
             raise click.BadParameter(f"unknown step(s) {unknown}; expected some of {list(lib.STEPS)}",
                                      param_hint="--steps")
-    run = inspect_run(out / "run")
-    steps = lib.plan(out, model_path, names, resume_training=run.exists and not run.has_model)
+    steps = lib.plan(out, model_path, names)
     try:
         lib.run_steps(steps, out, config, _run_in_process, log=output.say if not json_mode else
                       (lambda message: click.echo(message, err=True)))
@@ -75,7 +80,7 @@ def reproduce(model_path, out, config, step_names, json_mode) -> None:
     report = lib.collect(out)
     files = pages.write(report, out)
     output.say(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
-    output.result({**report, "files": {k: str(v) for k, v in files.items()}})
+    output.result({**report, "files": {k: display_path(v) for k, v in files.items()}})
 
 
 @click.command(short_help="Rebuild a reproduction's report from disk.")
@@ -95,4 +100,4 @@ def report(folder, json_mode) -> None:
         raise InputError(f"{folder} holds no finished step of `advmnist reproduce` ({folder}/steps/*.json)")
     files = pages.write(collected, folder)
     output.say(f"report: {files['html']}")
-    output.result({**collected, "files": {k: str(v) for k, v in files.items()}})
+    output.result({**collected, "files": {k: display_path(v) for k, v in files.items()}})

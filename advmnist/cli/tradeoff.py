@@ -73,8 +73,8 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
         output.say(f"{point.reg} weight {point.weight:g}: {s['success']:.0%} reached the target"
                    + (f", mean L2 {s['mean_l2']:.3f}, mean L1 {s['mean_l1']:.2f}" if s["mean_l2"] is not None else ""))
 
-    points = tradeoff_lib.sweep(model.logits, images, labels, targets, settings.regs, settings.weights, steps=steps,
-                                seed=seed, progress=progress_enabled(), on_point=said)
+    points = tradeoff_lib.sweep(model.logits, images, targets, settings.regs, settings.weights, steps=steps,
+                                seed=seed, labels=labels, progress=progress_enabled(), on_point=said)
     smallest = tradeoff_lib.smallest_successes(points)
     settings_record = {"model": display_path(model.path), **dataclasses.asdict(settings)}
     record = results.write_tradeoff(out, settings.file_stem, points, smallest, indices, settings_record,

@@ -6,24 +6,26 @@ from pathlib import Path
 
 import click
 
-from advmnist.cli.options import (Output, config_option, data_dir_option, finite, json_option, seed_option,
+from advmnist.cli.options import (SEED_RANGE, Output, config_option, data_dir_option, finite, json_option,
                                   translate_errors, writable_folder)
 from advmnist.frozen import DEFAULT_RUN_DIR
 from advmnist.train import TrainSettings
 
 DEFAULTS = TrainSettings()
+RESUMABLE = "{}; with --resume, the run's own"
 
 
 @click.command(short_help="Train the CNN with tensorpack, freeze it.")
 @config_option()
-@click.option("--epochs", type=click.IntRange(1, 1000), default=DEFAULTS.epochs, show_default=True,
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None, show_default=RESUMABLE.format(DEFAULTS.epochs),
               help="Epochs over the 60,000 training images.")
-@click.option("--batch-size", type=click.IntRange(1, 60000), default=DEFAULTS.batch_size, show_default=True,
-              help="Images per training step.")
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=DEFAULTS.lr,
-              show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 60000), default=None,
+              show_default=RESUMABLE.format(DEFAULTS.batch_size), help="Images per training step.")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=None,
+              show_default=RESUMABLE.format(DEFAULTS.lr),
               help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
-@seed_option(DEFAULTS.seed, "Seeds the initial weights, dropout and the order of the training images.")
+@click.option("--seed", type=SEED_RANGE, default=None, show_default=RESUMABLE.format(DEFAULTS.seed),
+              help="Seeds the initial weights, dropout and the order of the training images.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
               show_default=True, callback=writable_folder,
               help="Where checkpoints, logs and model.pb go; `attack` looks here by default.")
@@ -46,17 +48,22 @@ def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, js
     Ctrl-C keeps the checkpoints of the finished epochs and says how to go on.
     """
     from advmnist.data import load_train_test
-    from advmnist.runs import interrupt_message, prepare_run_dir
+    from advmnist.runs import interrupt_message, prepare_run_dir, read_run_file
     from advmnist.train import train as train_model
 
     out = Output(json_mode)
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    # what the command line leaves open: the run's own settings when resuming, else the defaults
+    recorded = read_run_file(run_dir) if resume else {}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    settings = TrainSettings(**{name: value if value is not None else recorded.get(name, getattr(DEFAULTS, name))
+                                for name, value in given.items()})
+    epochs = settings.epochs
     train_split, test_split = load_train_test(data_dir, out.say)
     note = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, epochs=epochs)
     if note:
         out.say(note)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     try:
         result = train_model(train_split, test_split, run_dir, settings, resume=resume)
     except KeyboardInterrupt:

@@ -18,8 +18,9 @@ def noise_options(steps_flag: str):
     """The universal-noise optimization's options, shared by `universal` and `immunize`."""
     def apply(func):
         for option in reversed([
+            # one parameter name for both spellings, as config files of earlier versions use it
             steps_option(DEFAULTS.steps, "Adam steps (learning rate 1e-2, batches of 64 training images) per noise.",
-                         flag=steps_flag),
+                         flag=steps_flag, name="noise_steps"),
             click.option("--noise-limit", type=click.FloatRange(0, 1, min_open=True), callback=finite,
                          default=DEFAULTS.noise_limit, show_default=True,
                          help="The noise is clipped to [-limit, +limit] after every step."),
@@ -49,7 +50,7 @@ def noise_file_option(description: str):
 @data_dir_option
 @json_option
 @translate_errors
-def universal(target, steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify, out, data_dir,
+def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify, out, data_dir,
               json_mode) -> None:
     """One noise for all images: make the frozen network read every digit as TARGET.
 
@@ -76,7 +77,7 @@ def universal(target, steps, noise_limit, l2_weight, seed, noise_file, model_pat
     given = checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
     model = load_model(model_path, no_verify, output)
     train_split, test = load_train_test(data_dir, output.say)
-    settings = UniversalSettings(steps=steps, noise_limit=noise_limit, l2_weight=l2_weight, seed=seed)
+    settings = UniversalSettings(steps=noise_steps, noise_limit=noise_limit, l2_weight=l2_weight, seed=seed)
     result = universal_attack(model, train_split.images, test, targets, settings, progress=progress_enabled(),
                               given_noise=given)
     record = results.write_universal(out, settings.file_stem(target, given=noise_file is not None), result, targets,
