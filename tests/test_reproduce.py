@@ -99,6 +99,32 @@ def test_report_rebuilds_the_page_from_disk(reproduced):
     assert (out / "index.html").is_file()
 
 
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_steps_for_the_next_run(tiny_run, tmp_path, monkeypatch):
+    import advmnist.cli.reproduce as command
+
+    config = tmp_path / "quick.toml"
+    config.write_text(QUICK)
+    real, calls = command._run_in_process, []
+
+    def second_step_interrupted(args):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(args)
+
+    monkeypatch.setattr(command, "_run_in_process", second_step_interrupted)
+    args = ["reproduce", "--model", str(tiny_run[0]), "--out", str(tmp_path / "out"), "--config", str(config),
+            "--steps", "attack,matrix"]
+    stopped = CliRunner().invoke(main, args)
+    assert stopped.exit_code == 130 and "finished steps are kept" in stopped.output
+    steps = tmp_path / "out" / "steps"
+    assert (steps / "attack.json").is_file() and not (steps / "matrix.json").exists()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "attack: reusing" in again.output and "matrix: done" in again.output and calls[-1] == "matrix"
+
+
 def test_report_of_a_folder_without_steps_is_an_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no finished step" in result.output

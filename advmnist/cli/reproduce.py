@@ -72,11 +72,12 @@ def reproduce(model_path, out, config, step_names, json_mode) -> None:
     try:
         lib.run_steps(steps, out, config, _run_in_process, log=output.say if not json_mode else
                       (lambda message: click.echo(message, err=True)))
-    except SystemExit as stop:
-        if stop.code == 130:
-            click.echo(f"\nInterrupted; the finished steps are kept in {out} and will be reused by the same "
-                       "command.", err=True)
-        raise
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if isinstance(stop, SystemExit) and stop.code != 130:
+            raise
+        click.echo(f"\nInterrupted; the finished steps are kept in {out} and the same command reuses them.",
+                   err=True)
+        sys.exit(130)
     report = lib.collect(out)
     files = pages.write(report, out)
     output.say(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
