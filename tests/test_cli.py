@@ -118,10 +118,13 @@ def test_train_never_overwrites_a_finished_run(runner, tiny_run, tmp_path):
 def test_train_refuses_an_interrupted_run_without_resume(runner, tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     (run / "model.pb").unlink()
-    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "3"])
+    planned = json.loads((run / "run.json").read_text())
+    done = planned["epochs"]
+    (run / "run.json").write_text(json.dumps({**planned, "epochs": done + 2}))  # it meant to go on
+    result = runner.invoke(main, ["train", "--run-dir", str(run)])
     assert result.exit_code == 2
-    assert "interrupted" in result.output
-    assert f"advmnist train --resume --run-dir {run} --epochs 3" in result.output
+    assert f"interrupted run (last checkpoint after epoch {done})" in result.output
+    assert f"advmnist train --resume --run-dir {run} --epochs {done + 2}" in result.output
 
 
 @pytest.mark.slow
@@ -315,8 +318,9 @@ def test_resume_needs_a_checkpoint_and_more_epochs(runner, tiny_run, tmp_path):
     result = runner.invoke(main, ["train", "--resume", "--run-dir", str(tmp_path / "other")])
     assert result.exit_code == 2 and "not an advmnist run" in result.output
     run = _copy_run(tiny_run, tmp_path)
+    done = json.loads((run / "model.json").read_text())["epochs"]
     result = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "1"])
-    assert result.exit_code == 2 and "already trained 1 epochs and is frozen" in result.output
+    assert result.exit_code == 2 and f"already trained {done} epochs and is frozen" in result.output
     assert f"advmnist export {run}" in result.output
 
 

@@ -51,6 +51,8 @@ def test_reproduce_writes_the_report_with_every_reference_number(reproduced):
     for reg in ("l2", "l1", "none"):
         for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost"):
             row = quantities[f"{reg}: {key}"]
+            if (reg, key) == ("none", "regularize_cost"):
+                continue  # not comparable: checked below
             assert row["reference"] is not None and row["difference"] == pytest.approx(row["ours"] - row["reference"])
     assert quantities["universal noise: test accuracy under the target-3 noise"]["reference"] == 0.138
     # the reference measured immunity under the noise of its last training phase: so do the rows beside it

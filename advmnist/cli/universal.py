@@ -104,9 +104,10 @@ def checked_noise(path: Path, count: int, noise_limit: float) -> np.ndarray:
 
 def _load_noise(path: Path, count: int) -> np.ndarray:
     try:
+        is_npy = path.read_bytes()[:6] == b"\x93NUMPY"
         noise = np.load(path, allow_pickle=False)
     except ValueError as err:
-        if "pickle" in str(err):  # an object array; numpy's own message suggests loading it unsafely
+        if is_npy and "pickle" in str(err):  # an object array; numpy's own message suggests loading it unsafely
             raise InputError(f"{path} holds Python objects, not numbers; expected a float array of shape (28, 28) "
                              "saved with numpy.save, as `advmnist universal` writes (universal_noise_<t>.npy)") from err
         raise InputError(f"{path} is not a readable .npy noise file ({err})") from err
