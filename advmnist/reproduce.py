@@ -195,8 +195,12 @@ def run_steps(steps: list[Step], out: Path, config: Path | None, runner: Callabl
             records.append({**found, "reused": True})
             continue
         log(f"[{number}/{len(steps)}] {step.name}: advmnist {step.command} {' '.join(step.args + step.extra)}")
-        if step.name != "train" and step.folder.exists():
-            shutil.rmtree(step.folder)  # reproduce's own folder: no stale result of other settings stays
+        if step.name != "train" and step.folder.exists() and any(step.folder.iterdir()):
+            if not record_path(out, step).is_file():  # never delete what reproduce did not write
+                raise InvalidInput(f"{step.folder} holds files that advmnist reproduce did not write; "
+                                   "pass another --out")
+            shutil.rmtree(step.folder)  # our own results of other settings, or of an interrupted run
+        fileio.write_json(record_path(out, step), {"name": step.name, "status": "running"})
         args = [step.command, *step.args, *step.extra]
         if config is not None and config_table(config, step.command):
             args += ["--config", str(config)]
@@ -231,7 +235,7 @@ def collect(out: Path) -> dict:
     records = {}
     for name in STEPS:
         record = _json(out / STEP_FOLDER / f"{name}.json")
-        if record:
+        if record and "seconds" in record:  # finished (an interrupted step's record says "running")
             records[name] = record
     rows, figures = [], []
 

@@ -127,6 +127,16 @@ def test_ctrl_c_keeps_the_finished_steps_for_the_next_run(tiny_run, tmp_path, mo
     assert "attack: reusing" in again.output and "matrix: done" in again.output and calls[-1] == "matrix"
 
 
+def test_reproduce_never_deletes_a_folder_it_did_not_write(tmp_path):
+    mine = tmp_path / "attack"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["reproduce", "--model", str(tmp_path), "--out", str(tmp_path),
+                                       "--steps", "attack"])
+    assert result.exit_code == 2 and "did not write" in result.output
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
 def test_report_of_a_folder_without_steps_is_an_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no finished step" in result.output
