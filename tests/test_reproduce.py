@@ -121,7 +121,8 @@ def test_ctrl_c_keeps_the_finished_steps_for_the_next_run(tiny_run, tmp_path, mo
     stopped = CliRunner().invoke(main, args)
     assert stopped.exit_code == 130 and "finished steps are kept" in stopped.output
     steps = tmp_path / "out" / "steps"
-    assert (steps / "attack.json").is_file() and not (steps / "matrix.json").exists()
+    assert "seconds" in json.loads((steps / "attack.json").read_text())  # finished
+    assert json.loads((steps / "matrix.json").read_text())["status"] == "running"  # interrupted: not reused
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     assert "attack: reusing" in again.output and "matrix: done" in again.output and calls[-1] == "matrix"
