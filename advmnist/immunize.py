@@ -52,7 +52,8 @@ class ImmunizeSettings:
         """What distinguishes runs: ``immunize_3_rounds2``, ``immunize_all_interleaved_rounds4``;
         ``_fixed`` without refresh (the reference's recipe), ``_noreplay`` without replay."""
         name = f"immunize_{target}" + (f"_{self.schedule}" if target == "all" else "") + f"_rounds{self.rounds}"
-        return name + ("_fixed" if not self.refresh_every else "") + ("" if self.replay else "_noreplay")
+        fixed = not (self.refresh_every and self.refresh_steps)  # no refresh happens during training
+        return name + ("_fixed" if fixed else "") + ("" if self.replay else "_noreplay")
 
     def default_run_dir(self, target: str) -> Path:
         """``runs/cnn-immune-3``, ``runs/cnn-immune-all-interleaved``."""

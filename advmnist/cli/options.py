@@ -20,7 +20,7 @@ from advmnist.errors import InvalidInput
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEED_RANGE = click.IntRange(0, 2**31 - 1)
-TARGET_CHOICES = TARGET_RULES + tuple(str(c) for c in range(10))
+TARGET_RULE_CHOICES = TARGET_RULES + tuple(str(c) for c in range(10))
 #: Terminal tables show at most this many rows; the .json files hold all of them.
 MAX_TABLE_ROWS = 64
 
@@ -160,7 +160,8 @@ def image_options(defaults):
             click.option("--offset", type=click.IntRange(min=0), default=defaults.offset, show_default=True,
                          help="Index of the first image in the split."),
             split_option(defaults.split),
-            click.option("--target", type=click.Choice(TARGET_CHOICES), default=defaults.target, show_default=True,
+            click.option("--target", type=click.Choice(TARGET_RULE_CHOICES), default=defaults.target,
+                         show_default=True,
                          help="Target class: 9-d, d+1 (mod 10), random (seeded, never the true label) "
                               "or a class 0-9."),
         ]):
