@@ -107,7 +107,6 @@ class AttackInterrupted(KeyboardInterrupt):
 class Attack(abc.ABC):
     """Base of every attack: ``attack(logits_fn, images, labels, targets=...)`` -> :class:`AttackResult`."""
 
-    name: str = ""
     #: Whether an image may have its true label as target (a universal noise is applied to every image,
     #: those already of the target class included); for a per-image attack it is a mistake.
     target_may_be_label: bool = False
@@ -135,7 +134,8 @@ class Attack(abc.ABC):
         """The attack itself, on checked inputs (``targets`` all UNTARGETED when untargeted)."""
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        fields = ", ".join(f"{k}={v!r}" if not isinstance(v, np.ndarray) else f"{k}=<array {v.shape}>"
+                           for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
 
 

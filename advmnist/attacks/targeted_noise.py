@@ -50,8 +50,6 @@ class PerImageNoise(Attack):
         >>> result.success.mean(), result.norms["l1"].mean()
     """
 
-    name = "noise"
-
     def __init__(self, regularizer: Regularizer, *, steps: int = 6000, lr: float = 3e-3, late_lr: float = 1e-3,
                  init_std: float = 0.01, early_stop_margin: float | None = None, chunk_size: int = 256,
                  check_every: int = 100):

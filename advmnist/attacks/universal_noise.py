@@ -110,7 +110,6 @@ class UniversalNoise(Attack):
         >>> result.success.mean()  # share of test images read as 3
     """
 
-    name = "universal"
     target_may_be_label = True  # every image gets the noise, those already of the target class too
 
     def __init__(self, fit_images: np.ndarray, *, steps: int = 1000, noise_limit: float = 0.35,
