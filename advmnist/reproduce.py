@@ -275,19 +275,16 @@ def collect(out: Path) -> dict:
         if not result or "after" not in result:
             continue
         last = result["history"][-1] if result["history"] else {}
-        if name == "immunize-reference":
-            rows.append(_row("target 3, the reference's recipe: accuracy under the noise it trained on",
+        if name in ("immunize", "immunize-reference"):
+            recipe, how = (("advmnist's", "noise refreshed during training, earlier noises replayed")
+                           if name == "immunize" else
+                           ("the reference's", "the reference's measure: the noise of its last training phase"))
+            rows.append(_row(f"target 3, {recipe} recipe: accuracy under the noise it trained on",
                              last.get("accuracy_trained_noise"), reference.IMMUNIZED_TARGET3_ACCURACY, unit="%",
-                             note="the reference's measure: the noise of its last training phase"))
-            rows.append(_row("target 3, the reference's recipe: accuracy under a freshly optimized noise",
+                             note=how))
+            rows.append(_row(f"target 3, {recipe} recipe: accuracy under a freshly optimized noise",
                              result["after"]["3"], None, unit="%", note="a new noise against the final network"))
-        elif name == "immunize":
-            rows.append(_row("target 3, advmnist's recipe: accuracy under the noise it trained on",
-                             last.get("accuracy_trained_noise"), reference.IMMUNIZED_TARGET3_ACCURACY, unit="%",
-                             note="noise refreshed during training, earlier noises replayed"))
-            rows.append(_row("target 3, advmnist's recipe: accuracy under a freshly optimized noise",
-                             result["after"]["3"], None, unit="%", note="a new noise against the final network"))
-            rows.append(_row("target 3, advmnist's recipe: clean test accuracy", result["clean_after"], None,
+            rows.append(_row(f"target 3, {recipe} recipe: clean test accuracy", result["clean_after"], None,
                              unit="%"))
         else:
             rows.append(_row("every target in turn, the reference's recipe: clean test accuracy",
