@@ -48,6 +48,34 @@ def display_path(path: os.PathLike | str) -> str:
         return str(path)
 
 
+def read_json(path: os.PathLike | str, expected: type = dict):
+    """The JSON value in ``path`` if it is an ``expected`` (dict, list), else an empty one: missing,
+    unreadable or another shape all read as nothing."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return expected()
+    return value if isinstance(value, expected) else expected()
+
+
+def read_toml(path: os.PathLike | str) -> dict:
+    """A TOML file's tables.
+
+    Raises:
+        InvalidInput: the file cannot be read or is not TOML; the message names it.
+    """
+    from advmnist.errors import InvalidInput
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise InvalidInput(f"expected a readable TOML file, got {path} ({err})") from err
+
+
 def write_bytes(path: os.PathLike | str, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

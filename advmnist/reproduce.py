@@ -13,6 +13,7 @@ number (:mod:`advmnist.reference`) beside ours; :mod:`advmnist.pages` writes it 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from typing import Callable
 import advmnist
 from advmnist import reference
 from advmnist.errors import InvalidInput
-from advmnist.fileio import display_path
+from advmnist.fileio import display_path, read_json, read_toml
 from advmnist.frozen import resolve_model_path
 from advmnist.runs import inspect_run
 
@@ -94,14 +95,7 @@ def config_table(config: Path | None, command: str) -> dict:
     """
     if config is None:
         return {}
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        table = tomllib.loads(Path(config).read_text()).get(command, {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise InvalidInput(f"expected a readable TOML file, got {config} ({err})") from err
+    table = read_toml(config).get(command, {})
     if not isinstance(table, dict):
         raise InvalidInput(f"{config}: expected a [{command}] table, got {table!r}")
     return dict(table)
@@ -129,6 +123,7 @@ def identity(step: Step, config: Path | None) -> dict:
             "model_sha256": model_digest(step), "advmnist": advmnist.__version__, "code": code_digest()}
 
 
+@functools.lru_cache(maxsize=1)
 def code_digest() -> str:
     """SHA-256 over advmnist's own source files: changed code is not reused."""
     digest = hashlib.sha256()
@@ -217,11 +212,9 @@ def run_steps(steps: list[Step], out: Path, config: Path | None, runner: Callabl
 
 # ---------------------------------------------------------------------------- the report's numbers
 
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _json(path: Path) -> dict | None:
+    """A results file's record, or None when there is none."""
+    return read_json(path) or None
 
 
 def _row(quantity: str, ours, theirs, *, unit: str = "", note: str = "") -> dict:

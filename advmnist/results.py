@@ -21,13 +21,18 @@ def _paths(files: dict) -> dict:
     return {key: _paths(value) if isinstance(value, dict) else display_path(value) for key, value in files.items()}
 
 
+def _write_arrays(out: Path, stem: str, result, indices: np.ndarray) -> Path:
+    """``<stem>.npz``: every attacked image's arrays and its index in the split."""
+    arrays = out / f"{stem}.npz"
+    fileio.write_npz(arrays, **result.arrays(), indices=indices)
+    return arrays
+
+
 def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, settings: dict) -> dict:
     """One regularizer's run of ``attack``: the two grids, the arrays, the metrics; returns the record."""
     stem = AttackSettings.file_stem(name)
     files = report.attack_figures(result, name, out)
-    arrays = out / f"{stem}.npz"
-    fileio.write_npz(arrays, **result.arrays(), indices=indices)
-    files["arrays"] = arrays
+    files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {**summary.to_dict(), "files": _paths(files), "settings": settings}
     fileio.write_json(out / f"{stem}.json", record)
     return record
@@ -46,9 +51,7 @@ def write_comparison(out: Path, results: dict, records: dict) -> dict:
 def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
                  seconds: float) -> dict:
     files = report.matrix_figures(cells, reg, out)
-    arrays = out / f"{stem}.npz"
-    fileio.write_npz(arrays, **result.arrays(), indices=indices)
-    files["arrays"] = arrays
+    files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {"settings": settings, **cells.to_dict(), "success_overall": float(result.success.mean()),
               "hardest": cells.hardest(), "easiest": cells.easiest(), "seconds": round(seconds, 2),
               "files": _paths(files)}

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from advmnist import fileio
+from advmnist.fileio import read_json
 from advmnist.data import IMAGE_SIZE
 from advmnist.errors import InvalidInput
 from advmnist.export import TENSOR_NAMES, inference_graph_def, library_versions
@@ -33,20 +33,10 @@ class RunDirError(InvalidInput):
 
 def completed_epochs(run_dir: Path) -> int:
     """Epochs whose end tensorpack recorded in ``stats.json`` (its own notion, used to resume)."""
-    stats = run_dir / "stats.json"
     try:
-        return int(json.loads(stats.read_text())[-1]["epoch_num"])
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return int(read_json(run_dir / "stats.json", list)[-1]["epoch_num"])
+    except (ValueError, IndexError, KeyError, TypeError):
         return 0
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``, or an empty dict if there is none or it is not readable."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def read_run_file(run_dir: Path) -> dict:

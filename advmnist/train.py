@@ -7,7 +7,6 @@ from its last checkpoint (``resume=True``); a finished run is never overwritten.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -17,10 +16,10 @@ import numpy as np
 
 from advmnist.data import Split
 from advmnist.export import TENSOR_NAMES, inference_graph_def
-from advmnist.fileio import display_path
+from advmnist.fileio import display_path, read_json
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import RunDirError, completed_epochs, mark_run, read_json, read_run_file, write_frozen
+from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, write_frozen
 from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, tf1
 
 
@@ -143,7 +142,7 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
     if settings is not None:  # a training run: its settings and the epochs it has done
         meta.update(epochs=completed_epochs(run_dir), seed=settings.seed, batch_size=settings.batch_size,
                     lr=settings.lr)
-    stats = read_json_list(run_dir / "stats.json")
+    stats = read_json(run_dir / "stats.json", list)
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]
     graph_def = inference_graph_def(checkpoint)
@@ -160,10 +159,3 @@ DERIVED_META = ("input", "logits", "prob", "model_sha256", "input_shape", "input
                 "created", "test_accuracy")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
-
-def read_json_list(path: Path) -> list:
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return []
-    return value if isinstance(value, list) else []

@@ -176,14 +176,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
     """Read ``[<command>]`` from a TOML file into the command's defaults; flags still win."""
     if value is None:
         return None
+    from advmnist.fileio import read_toml
+
     try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        table = tomllib.loads(value.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise click.BadParameter(f"expected a readable TOML file, got {value} ({err})", ctx, param) from err
+        table = read_toml(value)
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), ctx, param) from err
     tables = sorted(key for key, item in table.items() if isinstance(item, dict))
     if ctx.info_name in table:
         section = table[ctx.info_name]
