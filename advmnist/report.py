@@ -356,3 +356,49 @@ def tradeoff_figure(points, path, *, title: str) -> None:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def minimal_figures(result, report, out_dir) -> dict[str, str]:
+    """``minimal``: grids of the originals, the 8-bit adversarial images and the changes; the robust curve."""
+    from pathlib import Path
+
+    out_dir, norm = Path(out_dir), report.norm
+    stem = out_dir / f"minimal_{norm}"
+    shown = slice(0, MAX_TILES)
+    first = f" (first {MAX_TILES} shown)" if len(result) > MAX_TILES else ""
+    fooled = result.success_8bit
+    sizes = result.norms[norm]
+    aim = ["any" if t < 0 else str(t) for t in result.targets[shown]]
+    files = {"originals": f"{stem}_originals.png", "adversarial": f"{stem}.png",
+             "perturbation": f"{stem}_perturbation.png", "curve": f"{stem}_curve.png"}
+    digit_grid(result.originals[shown], [f"{lab} -> {a}" for lab, a in zip(result.labels[shown], aim)],
+               files["originals"], suptitle=f"the original images and their targets{first}")
+    digit_grid(result.adversarial[shown],
+               [f"pred {p}, {norm} {s:.2f}" for p, s in zip(result.predictions_8bit[shown], sizes[shown])],
+               files["adversarial"], title_colors=["tab:green" if ok else "tab:red" for ok in fooled[shown]],
+               suptitle=f"smallest {norm} change found: {int(fooled.sum())}/{len(result)} fooled as 8-bit "
+                        f"images (green){first}")
+    change = result.adversarial[shown] - result.originals[shown]
+    noise_grid(change, [f"{norm} {s:.2f}" for s in sizes[shown]], files["perturbation"],
+               limit=max(float(np.abs(change).max()), 1 / 255), label="adversarial - original",
+               suptitle=f"the {norm} perturbations (red adds ink, blue removes it){first}")
+    minimal_curve_figure(report, files["curve"], targeted=result.targeted)
+    return files
+
+
+def minimal_curve_figure(report, path, *, targeted: bool) -> None:
+    """The share of images that no perturbation of norm <= eps fooled, against eps."""
+    fig, ax = _subplots(figsize=(6.0, 4.0))
+    curve, norm = report.curve, report.norm
+    ax.plot(curve["eps"], [100 * r for r in curve["robust_accuracy"]], drawstyle="steps-post")
+    ax.set_xlabel(f"eps ({norm} norm of the change)")
+    ax.set_ylabel("not fooled into the target (%)" if targeted else "robust accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_xlim(0, curve["eps"][-1])
+    ax.grid(alpha=0.3)
+    s = report.summary
+    median = s[f"median_{norm}"]
+    ax.set_title(f"{s['count']} images, {'targeted' if targeted else 'untargeted'}; median minimal {norm} "
+                 + (f"{median:.3g}" if median is not None else "-"), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -48,6 +48,15 @@ def write_comparison(out: Path, results: dict, records: dict) -> dict:
     return {"runs": records, "comparison": table, "figure": display_path(figure)}
 
 
+def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, settings: dict) -> dict:
+    """``minimal``: the grids and the curve, the arrays, the metrics; returns the record."""
+    files = report.minimal_figures(result, report_, out)
+    files["arrays"] = _write_arrays(out, stem, result, indices)
+    record = {**report_.to_dict(), "files": _paths(files), "settings": settings}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
 def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
                  seconds: float) -> dict:
     files = report.matrix_figures(cells, reg, out)

@@ -96,17 +96,23 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
 
 
 def attack_inputs(model_path, no_verify, split, offset, count, target, seed, data_dir, output: Output):
-    """Check the image range and target rule, then load the model, the digits and their targets."""
+    """Check the image range and target rule, then load the model, the digits and their targets.
+
+    The targets are None for ``--target untargeted`` (offered by the commands whose attack can be untargeted).
+    """
     from advmnist.attacks import choose_targets, parse_target_rule
     from advmnist.data import load_split, split_size
 
-    rule = parse_target_rule(target)  # a click.Choice already: this only normalizes it
+    # a click.Choice already: this only normalizes it
+    rule = target if target == "untargeted" else parse_target_rule(target)
     if offset + count > split_size(split):
         raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
                                  f"got {offset} + {count}", param_hint="--count")
     model = load_model(model_path, no_verify, output)
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
+    if rule == "untargeted":
+        return model, indices, data.images, data.labels, None, rule
     try:
         targets = choose_targets(data.labels, rule, seed=seed, indices=indices)
     except InvalidInput as err:

@@ -151,8 +151,14 @@ def split_option(default: str):
                         help="MNIST split the images come from (train: 60,000 digits, test: 10,000).")
 
 
-def image_options(defaults):
-    """``--count --offset --split --target``: which images, towards which classes (the attack's vocabulary)."""
+def image_options(defaults, *, untargeted: bool = False):
+    """``--count --offset --split --target``: which images, towards which classes (the attack's vocabulary).
+
+    With ``untargeted``, ``--target untargeted`` is a choice too: any wrong class will do.
+    """
+    choices = TARGET_RULE_CHOICES + (("untargeted",) if untargeted else ())
+    more = ", or untargeted (any wrong class)" if untargeted else ""
+
     def apply(func):
         for option in reversed([
             click.option("--count", type=click.IntRange(min=1), default=defaults.count, show_default=True,
@@ -160,10 +166,9 @@ def image_options(defaults):
             click.option("--offset", type=click.IntRange(min=0), default=defaults.offset, show_default=True,
                          help="Index of the first image in the split."),
             split_option(defaults.split),
-            click.option("--target", type=click.Choice(TARGET_RULE_CHOICES), default=defaults.target,
-                         show_default=True,
+            click.option("--target", type=click.Choice(choices), default=defaults.target, show_default=True,
                          help="Target class: 9-d, d+1 (mod 10), random (seeded, never the true label) "
-                              "or a class 0-9."),
+                              f"or a class 0-9{more}."),
         ]):
             func = option(func)
         return func
