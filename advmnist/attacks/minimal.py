@@ -44,7 +44,7 @@ from advmnist.tfcompat import session_config, tf1
 #: FMN's first step size (its L2 length), for images in [0, 1]; the last step is 1/100 of it
 MAX_STEP = 1.0
 #: the size, in the norm, of the random perturbation each start but the first begins from
-START_RADIUS = {"l2": 2.0, "l1": 10.0, "linf": 0.1}
+START_RADIUS = {"l2": 2.0, "l1": 20.0, "linf": 0.1}
 
 
 class MinimalNorm(Attack):
@@ -200,7 +200,7 @@ class FMNSearch:
         zeros, infinite = np.zeros((batch, pixels), np.float32), np.full(batch, np.inf, np.float32)
         with tf.variable_scope("minimal"):
             self.delta = variable("delta", zeros)
-            self.epsilon = variable("epsilon", infinite)
+            self.epsilon = variable("epsilon", np.zeros(batch, np.float32))
             self.best_delta = variable("best_delta", zeros)
             self.best_norm = variable("best_norm", infinite)
             self.closest_delta = variable("closest_delta", zeros)
@@ -221,7 +221,7 @@ class FMNSearch:
             margin, success = margin_and_success(logits, labels, targets, targeted)
             (gradient,) = tf.gradients(tf.reduce_sum(margin), [delta])
             # the best so far: an 8-bit image that succeeds, measured by its effective change
-            grid_logits = logits_fn(tf.reshape(on_grid, shape), name="net_8bit")
+            grid_logits = logits_fn(tf.reshape(on_grid, shape))
             _, success_8bit = margin_and_success(grid_logits, labels, targets, targeted)
             grid_delta = on_grid - x
             grid_norm = norm.size(grid_delta)
@@ -234,8 +234,8 @@ class FMNSearch:
             # the radius
             found = tf.math.is_finite(best_norm)
             boundary = norm.size(delta) + tf.abs(margin) / tf.maximum(norm.dual_size(gradient), 1e-12)
-            epsilon = tf.where(success, tf.minimum(epsilon * (1.0 - rate), best_norm),
-                               tf.where(found, epsilon * (1.0 + rate), boundary))
+            epsilon = tf.where(success_8bit, tf.minimum(epsilon * (1.0 - rate), best_norm),
+                               tf.where(found, epsilon * (1.0 + rate), tf.maximum(boundary, epsilon * (1.0 + rate))))
             epsilon = tf.minimum(epsilon, worst)
             # the step, inside the radius and the valid pixels
             direction = gradient / tf.maximum(tf.norm(gradient, axis=1, keepdims=True), 1e-12)
