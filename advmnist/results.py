@@ -57,6 +57,45 @@ def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, se
     return record
 
 
+def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str]) -> dict:
+    """``minimal_<norm>.json`` in ``out`` if it is an untargeted run on these images of one of ``models``:
+    {model: its curve}."""
+    path = out / f"minimal_{norm}.json"
+    try:
+        record = fileio.read_json(path)
+        rows, model = record["rows"], record["settings"]["model"]
+        curve = record["curve"]
+    except Exception:  # absent, or not a minimal record: nothing to draw
+        return {}
+    same_images = [r["index"] for r in rows] == indices.tolist() and all(r["target"] < 0 for r in rows)
+    if not (same_images and model in models):
+        return {}
+    norms = [r[norm] if r["adversarial_8bit"] else float("inf") for r in rows]
+    return {model: {**curve, "file": display_path(path), "norms": norms}}
+
+
+def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: np.ndarray, minimal: dict) -> dict:
+    """``robustness``: the figure, each image's smallest fooling eps and example per model, the table."""
+    stem = settings.file_stem
+    figure = out / f"{stem}.png"
+    report.robustness_figure(curves, figure, norm=settings.norm, targeted=settings.target is not None,
+                             minimal=minimal)
+    for curve in curves:  # PGD cannot fool an image within an eps below its true minimal norm: count where it did
+        if curve.model in minimal:
+            found = np.asarray(minimal[curve.model]["norms"])
+            minimal[curve.model]["pgd_below_minimal"] = [int(((curve.eps_fooled <= e) & (found > e)).sum())
+                                                         for e in curve.eps]
+    minimal = {model: {k: v for k, v in entry.items() if k != "norms"} for model, entry in minimal.items()}
+    arrays = out / f"{stem}.npz"
+    fileio.write_npz(arrays, indices=indices, labels=labels, eps=np.asarray(curves[0].eps),
+                     eps_fooled=np.stack([c.eps_fooled for c in curves]),
+                     adversarial=np.stack([c.adversarial for c in curves]))
+    record = {"settings": dataclasses.asdict(settings), "models": [c.summary() for c in curves],
+              "minimal": minimal, "files": _paths({"figure": figure, "arrays": arrays})}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
 def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
                  seconds: float) -> dict:
     files = report.matrix_figures(cells, reg, out)

@@ -1,0 +1,204 @@
+"""Projected gradient descent (Madry et al. 2018): the strongest attack within a budget eps, per image.
+
+Each image starts at a random point of its eps-ball (uniform in the L-infinity box; for
+L2 uniform in the ball) and takes ``steps`` steps of size ``rel_step * eps`` on the
+cross-entropy (away from the true label, or, targeted, towards the target): the sign
+of the gradient for L-infinity, the L2-normalized gradient for L2, each followed by the
+projection onto the ball and onto valid pixels [0, 1].
+
+The cost follows the images still standing. The steps run inside the graph,
+``check_every`` per session call; after each call the images that are fooled leave the
+batch with their adversarial example (a success is final: PGD asks whether *some*
+point of the ball fools the network). The images still standing after ``steps`` start
+again from a new random point, up to ``restarts`` times. Each image's random starts
+are drawn from a generator seeded by the seed, the restart and the image's position,
+so which other images share its batch changes nothing, and more steps or restarts
+only ever add chances: on a fixed seed they never make the attack weaker.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, progress_bar, rounded_to_8bit
+from advmnist.errors import InvalidInput
+from advmnist.tfcompat import session_config, tf1
+
+PGD_NORMS = ("linf", "l2")
+
+
+class PGD(Attack):
+    """Projected gradient descent with random starts, within a budget ``eps`` per image.
+
+    Args:
+        norm: ``linf`` or ``l2``: the ball the perturbation stays in.
+        eps: the ball's radius: a number, or one per image (an array of N).
+        steps: gradient steps per start.
+        restarts: starts per image (the first included) while it is still standing.
+        rel_step: step size as a fraction of eps (Madry et al.: 0.01 for eps 0.3, i.e. 1/30).
+        check_every: steps per session call; fooled images leave the batch between calls.
+        chunk_size: images in one session call at most; bounds memory for any count.
+
+    Example:
+        >>> result = PGD("linf", 0.1)(model.logits, images, labels, seed=0)
+        >>> 1 - result.success.mean()   # robust accuracy at Linf eps = 0.1
+    """
+
+    def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 1 / 30,
+                 check_every: int = 10, chunk_size: int = 1024):
+        if norm not in PGD_NORMS:
+            raise InvalidInput(f"expected a PGD norm in {list(PGD_NORMS)}, got {norm!r}")
+        eps_values = np.atleast_1d(np.asarray(eps, np.float64))
+        if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
+                norm == "linf" and eps_values.max(initial=0) > 1):
+            raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
+        if steps < 1 or restarts < 1 or check_every < 1 or chunk_size < 1:
+            raise InvalidInput(f"expected steps, restarts, check_every and chunk_size >= 1, got {steps}, {restarts}, "
+                               f"{check_every}, {chunk_size}")
+        if not 0 < rel_step <= 1:
+            raise InvalidInput(f"expected 0 < rel_step <= 1, got {rel_step}")
+        self.norm = norm
+        self.eps = eps
+        self.steps = steps
+        self.restarts = restarts
+        self.rel_step = rel_step
+        self.check_every = check_every
+        self.chunk_size = chunk_size
+
+    def run(self, logits_fn, images, labels, targets, *, seed, progress) -> AttackResult:
+        count = len(images)
+        eps = np.broadcast_to(np.asarray(self.eps, np.float32), (count,)).copy()
+        adversarial = images.copy()
+        steps_run = np.zeros(count, np.int64)
+        tf = tf1()
+        graph = tf.Graph()
+        with graph.as_default():
+            loop = PGDLoop(logits_fn, self.norm, targeted=bool(count) and bool((targets != UNTARGETED).all()))
+        graph.finalize()
+        bar = progress_bar(count, f"PGD {self.norm} (images decided)", progress)
+        done = 0
+        try:
+            with bar, tf.Session(graph=graph, config=session_config(tf)) as sess:
+                # images already fooled without any change need no attack
+                fooled = loop.fooled(sess, images, labels, targets)
+                bar.update(int(fooled.sum()))
+                for start in range(0, count, self.chunk_size):
+                    chunk = np.arange(start, min(start + self.chunk_size, count))
+                    standing = chunk[~fooled[chunk]]
+                    for restart in range(self.restarts):
+                        if not len(standing):
+                            break
+                        delta = self._random_start(images[standing], eps[standing], seed, restart, standing)
+                        for begin in range(0, self.steps, self.check_every):
+                            if not len(standing):
+                                break
+                            todo = min(self.check_every, self.steps - begin)
+                            delta, hit = loop.run(sess, images[standing], delta, eps[standing], labels[standing],
+                                                  targets[standing], todo, self.rel_step)
+                            steps_run[standing] += todo
+                            adversarial[standing[hit]] = images[standing[hit]] + delta[hit]
+                            fooled[standing[hit]] = True
+                            standing, delta = standing[~hit], delta[~hit]
+                            bar.update(int(hit.sum()))
+                            bar.set_postfix(standing=len(standing), restart=restart + 1, refresh=False)
+                        # the ones still standing keep their last attempt (replaced if a restart fools them)
+                        adversarial[standing] = images[standing] + delta
+                    bar.update(len(standing))
+                    done = int(chunk[-1]) + 1
+                predictions, predictions_8bit = loop.predict(sess, adversarial)
+        except KeyboardInterrupt:
+            if not done:
+                raise
+            partial = slice(0, done)
+            raise AttackInterrupted(self._result(images[partial], adversarial[partial], labels[partial],
+                                                 targets[partial], None, None, steps_run[partial])) from None
+        return self._result(images, adversarial, labels, targets, predictions, predictions_8bit, steps_run)
+
+    @staticmethod
+    def _result(images, adversarial, labels, targets, predictions, predictions_8bit, steps_run) -> AttackResult:
+        if predictions is None:  # interrupted: the partial result is not re-predicted
+            predictions = predictions_8bit = np.full(len(images), -1, np.int64)
+        return AttackResult(originals=images, adversarial=adversarial, noise=adversarial - images, labels=labels,
+                            targets=targets, predictions=predictions, predictions_8bit=predictions_8bit,
+                            info={"steps_run": steps_run})
+
+    def _random_start(self, images, eps, seed: int, restart: int, positions) -> np.ndarray:
+        """A uniform point of each image's ball (then clipped to valid pixels), seeded per image."""
+        pixels = images[0].size
+        starts = np.empty(images.shape, np.float32)
+        for k, (position, radius) in enumerate(zip(positions, eps)):
+            rng = np.random.default_rng([seed, restart, int(position)])
+            if self.norm == "linf":
+                starts[k] = rng.uniform(-radius, radius, images.shape[1:])
+            else:
+                direction = rng.standard_normal(images.shape[1:])
+                starts[k] = direction / np.linalg.norm(direction) * radius * rng.uniform() ** (1 / pixels)
+        return np.clip(images + starts, 0.0, 1.0) - images
+
+
+class PGDLoop:
+    """The PGD steps of a batch of any size, in one session call: the state goes in and out as arrays."""
+
+    def __init__(self, logits_fn, norm: str, *, targeted: bool):
+        tf = tf1()
+        self.images = tf.placeholder(tf.float32, (None, 28, 28), name="images")
+        self.delta = tf.placeholder(tf.float32, (None, 28, 28), name="delta")
+        self.eps = tf.placeholder(tf.float32, (None,), name="eps")
+        self.labels = tf.placeholder(tf.int32, (None,), name="labels")
+        self.targets = tf.placeholder(tf.int32, (None,), name="targets")
+        self.steps = tf.placeholder(tf.int32, (), name="steps")
+        self.rel_step = tf.placeholder(tf.float32, (), name="rel_step")
+        self.targeted = targeted
+        x, radius = self.images, self.eps[:, None, None]
+        step = self.rel_step * radius
+
+        def reached(logits):
+            predictions = tf.argmax(logits, 1, output_type=tf.int32)
+            return tf.equal(predictions, self.targets) if targeted else tf.not_equal(predictions, self.labels)
+
+        def body(i, delta, hit):
+            logits = logits_fn(x + delta)
+            hit = tf.logical_or(hit, reached(logits))
+            chosen = self.targets if targeted else self.labels
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=chosen, logits=logits))
+            (gradient,) = tf.gradients(-loss if targeted else loss, [delta])
+            if norm == "linf":
+                moved = tf.clip_by_value(delta + step * tf.sign(gradient), -radius, radius)
+            else:
+                length = tf.norm(tf.reshape(gradient, (-1, 784)), axis=1)[:, None, None]
+                moved = delta + step * gradient / tf.maximum(length, 1e-12)
+                size = tf.norm(tf.reshape(moved, (-1, 784)), axis=1)[:, None, None]
+                moved = moved * tf.minimum(1.0, radius / tf.maximum(size, 1e-12))
+            moved = tf.clip_by_value(x + moved, 0.0, 1.0) - x
+            # a fooled image stays where it was fooled
+            return i + 1, tf.where(tf.broadcast_to(hit[:, None, None], tf.shape(delta)), delta, moved), hit
+
+        start = [tf.constant(0), self.delta, tf.zeros(tf.shape(self.eps), tf.bool)]
+        _, delta, hit = tf.while_loop(lambda i, *_: i < self.steps, body, start, parallel_iterations=1,
+                                      name="pgd_steps")
+        self.final_delta = delta
+        self.final_hit = tf.logical_or(hit, reached(logits_fn(x + delta)))
+        logits = logits_fn(x)
+        self.reached_now = reached(logits)
+        self.predictions = tf.argmax(logits, 1, output_type=tf.int32)
+        self.predictions_8bit = tf.argmax(logits_fn(rounded_to_8bit(x)), 1, output_type=tf.int32)
+
+    def _feed(self, images, labels, targets) -> dict:
+        return {self.images: images, self.labels: np.maximum(labels, 0), self.targets: np.maximum(targets, 0)}
+
+    def fooled(self, sess, images, labels, targets) -> np.ndarray:
+        if not len(images):
+            return np.zeros(0, bool)
+        return sess.run(self.reached_now, self._feed(images, labels, targets))
+
+    def run(self, sess, images, delta, eps, labels, targets, steps: int, rel_step: float):
+        """``steps`` steps; the new perturbations and which images are fooled (those keep their perturbation)."""
+        return sess.run([self.final_delta, self.final_hit],
+                        {**self._feed(images, labels, targets), self.delta: delta, self.eps: eps, self.steps: steps,
+                         self.rel_step: rel_step})
+
+    def predict(self, sess, images, batch: int = 2000):
+        outs = [sess.run([self.predictions, self.predictions_8bit], {self.images: images[i:i + batch]})
+                for i in range(0, len(images), batch)]
+        if not outs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return tuple(np.concatenate([o[k] for o in outs]).astype(np.int64) for k in (0, 1))

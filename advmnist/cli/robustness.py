@@ -1,0 +1,117 @@
+"""``advmnist robustness``: robust accuracy against eps, one curve per model (PGD)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, config_option, data_dir_option, json_option,
+                                  out_option, progress_enabled, seed_option, split_option, steps_option,
+                                  translate_errors)
+from advmnist.robustness import RobustnessSettings
+
+DEFAULTS = RobustnessSettings()
+
+
+@click.command(short_help="Robust accuracy against eps under PGD, one curve per model.")
+@config_option()
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=DEFAULTS.norm, show_default=True,
+              help="The attacker's ball: L-infinity (every pixel changes by at most eps) or L2.")
+@click.option("--eps", "eps_text", default=None,
+              help="Comma-separated budgets.  [default: 0,0.05,0.1,0.15,0.2,0.25,0.3 for linf, "
+                   "0,0.5,1,1.5,2,2.5,3 for l2]")
+@click.option("--count", type=click.IntRange(min=1), default=DEFAULTS.count, show_default=True,
+              help="Number of images (--offset + --count must fit in the split).")
+@click.option("--offset", type=click.IntRange(min=0), default=DEFAULTS.offset, show_default=True,
+              help="Index of the first image in the split.")
+@split_option(DEFAULTS.split)
+@steps_option(DEFAULTS.steps, "PGD steps per start, each of eps/30 (Madry et al.'s MNIST setting).")
+@click.option("--restarts", type=click.IntRange(1, 100), default=DEFAULTS.restarts, show_default=True,
+              help="Random starts per image while it is still classified correctly.")
+@click.option("--targeted", "target", type=click.Choice(TARGET_RULE_CHOICES), default=None,
+              help="Attack towards a target (9-d, d+1, random or a class) instead of any wrong class; "
+                   "the curve is then the share not read as the target.")
+@seed_option(DEFAULTS.seed, "Seeds the random starts (and random targets).")
+@click.option("--model", "model_paths", type=click.Path(path_type=Path),
+              multiple=True, help="A run folder or model.pb; repeat for several models, one curve each.  "
+                                  "[default: runs/cnn]")
+@click.option("--no-verify", is_flag=True,
+              help="Use model.pb files even if they do not match the SHA-256 recorded in model.json.")
+@out_option("Folder for robustness_<norm>.png / .json / .npz.")
+@data_dir_option
+@json_option
+@translate_errors
+def robustness(norm, eps_text, count, offset, split, steps, restarts, target, seed, model_paths, no_verify, out,
+               data_dir, json_mode) -> None:
+    """Robust accuracy against eps: how strong is each network against a per-image attacker?
+
+    For every budget eps, projected gradient descent (Madry et al. 2018: a random
+    start in the eps-ball, signed steps for linf or normalized steps for l2,
+    projection onto the ball and onto valid pixels) attacks each image; the robust
+    accuracy is the share still classified correctly. An image the network already
+    gets wrong is not robust at any eps; an image fooled at one eps counts as fooled
+    at every larger one, so only the images still standing are attacked at the next.
+
+    If `advmnist minimal --target untargeted` ran on the same model and images with
+    its results in --out, its curve (the smallest perturbation of each image) is drawn
+    beside PGD's: PGD cannot fool an image below its minimal norm.
+
+    \b
+    Writes to --out (default assets/):
+      robustness_<norm>.png    robust accuracy against eps, one curve per model
+      robustness_<norm>.json   the table, per model and eps
+      robustness_<norm>.npz    each image's smallest eps that fooled it, and that example
+
+    \b
+    Examples:
+      advmnist robustness                                  # linf, 1000 test images
+      advmnist robustness --norm l2 --model runs/cnn --model runs/cnn-immune-3
+    """
+    from advmnist import report, results
+    from advmnist import robustness as robustness_lib
+    from advmnist.attacks import choose_targets
+    from advmnist.cli.options import load_model
+    from advmnist.data import load_split, split_size
+    from advmnist.errors import InvalidInput
+    from advmnist.fileio import display_path
+
+    output = Output(json_mode)
+    try:
+        eps = robustness_lib.parse_eps(eps_text, norm) if eps_text else robustness_lib.DEFAULT_EPS[norm]
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), param_hint="--eps") from err
+    if offset + count > split_size(split):
+        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
+                                 f"got {offset} + {count}", param_hint="--count")
+    models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
+    shapes = {tuple(m.meta.get("input_shape") or ()) for m in models}
+    if len(shapes) > 1:
+        raise click.BadParameter(f"expected models with the same input shape, got {sorted(shapes)}",
+                                 param_hint="--model")
+    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
+    indices = np.arange(offset, offset + count)
+    targets = None
+    if target is not None:
+        try:
+            targets = choose_targets(data.labels, target, seed=seed, indices=indices)
+        except InvalidInput as err:
+            raise click.BadParameter(str(err), param_hint="--targeted") from err
+    settings = RobustnessSettings(norm=norm, eps=eps, count=count, offset=offset, split=split, steps=steps,
+                                  restarts=restarts, seed=seed, target=target)
+    report.import_in_background()
+    curves = []
+    for model in models:
+        name = display_path(model.path)
+        output.say(f"{name}: PGD {norm}, {count} images, eps {', '.join(f'{e:g}' for e in eps)}")
+        curves.append(robustness_lib.robustness_curve(model.logits, data.images, data.labels, settings, model=name,
+                                                      targets=targets, progress=progress_enabled()))
+        output.say(f"  {curves[-1].seconds:.1f} s")
+    minimal = results.matching_minimal(out, norm, indices, [c.model for c in curves]) if target is None else {}
+    record = results.write_robustness(out, settings, curves, indices, data.labels, minimal)
+    headers = ["eps"] + [c.model for c in curves]
+    rows = [[f"{e:g}"] + [f"{100 * c.robust_accuracy[k]:.1f} %" for c in curves] for k, e in enumerate(eps)]
+    output.say("\nrobust accuracy" + (f" (not read as the {target} target)" if target else "") + ":")
+    output.say(report.format_table(headers, rows))
+    output.say("files: " + ", ".join(record["files"].values()))
+    output.result(record)

@@ -1,0 +1,128 @@
+"""PGD and the robust-accuracy curve: the ball is respected, the curve falls, more effort never hurts."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from advmnist import robustness
+from advmnist.attacks import PGD
+from advmnist.cli import main
+from advmnist.errors import InvalidInput
+
+
+@pytest.fixture(scope="module")
+def test_digits(mnist_small):
+    _, test = mnist_small
+    return test.images[:40], test.labels[:40]
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+def test_pgd_stays_in_the_ball_and_in_valid_pixels(tiny_model, test_digits, norm, eps):
+    images, labels = test_digits
+    result = PGD(norm, eps, steps=20)(tiny_model.logits, images, labels, seed=0)
+    delta = (result.adversarial - images).reshape(len(images), -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    assert (size <= eps * (1 + 1e-5) + 1e-6).all()
+    assert result.adversarial.min() >= 0 and result.adversarial.max() <= 1
+    assert result.success.any() and not result.success.all()  # a real attack on a weak model, not a trivial one
+    # the 8-bit check is the network on the rounded images
+    rounded = np.round(result.adversarial * 255) / 255
+    np.testing.assert_array_equal(tiny_model.predict_proba(rounded.astype(np.float32)).argmax(1),
+                                  result.predictions_8bit)
+
+
+def test_more_steps_or_restarts_never_make_pgd_weaker(tiny_model, test_digits):
+    images, labels = test_digits
+    runs = {(steps, restarts): PGD("linf", 0.05, steps=steps, restarts=restarts)(tiny_model.logits, images, labels,
+                                                                                   seed=3).success
+            for steps, restarts in ((5, 1), (15, 1), (40, 1), (15, 3))}
+    assert (runs[(15, 1)] >= runs[(5, 1)]).all() and (runs[(40, 1)] >= runs[(15, 1)]).all()
+    assert (runs[(15, 3)] >= runs[(15, 1)]).all()
+    assert runs[(40, 1)].sum() > runs[(5, 1)].sum()
+
+
+def test_a_fooled_image_stops_costing_steps(tiny_model, test_digits):
+    images, labels = test_digits
+    result = PGD("linf", 0.2, steps=40, check_every=5)(tiny_model.logits, images, labels, seed=0)
+    steps = result.info["steps_run"]
+    assert steps[result.success].min() < 40  # fooled early, dropped from the batch
+    assert (steps[~result.success] == 40).all()
+
+
+def test_robust_accuracy_is_non_increasing_in_eps_and_starts_at_clean_accuracy(tiny_model, test_digits):
+    images, labels = test_digits
+    settings = robustness.RobustnessSettings(eps=(0.0, 0.02, 0.05, 0.1, 0.2), steps=10)
+    curve = robustness.robustness_curve(tiny_model.logits, images, labels, settings, model="tiny")
+    clean = float((tiny_model.predict_proba(images).argmax(1) == labels).mean())
+    assert curve.robust_accuracy[0] == pytest.approx(clean)
+    assert all(b <= a for a, b in zip(curve.robust_accuracy, curve.robust_accuracy[1:]))
+    assert curve.robust_accuracy[-1] < curve.robust_accuracy[0]
+    # each image's recorded example fools the network at the eps recorded for it
+    fooled = np.isfinite(curve.eps_fooled) & (curve.eps_fooled > 0)
+    predictions = tiny_model.predict_proba(curve.adversarial[fooled]).argmax(1)
+    assert (predictions != labels[fooled]).all()
+    linf = np.abs(curve.adversarial[fooled] - images[fooled]).reshape(int(fooled.sum()), -1).max(1)
+    assert (linf <= curve.eps_fooled[fooled] + 1e-6).all()
+
+
+def test_pgd_and_eps_are_checked():
+    for kwargs in ({"norm": "l1"}, {"eps": -0.1}, {"eps": 1.5}, {"eps": float("nan")}, {"steps": 0},
+                   {"restarts": 0}, {"rel_step": 0.0}):
+        with pytest.raises(InvalidInput, match="expected"):
+            PGD(**{"norm": "linf", "eps": 0.1, **kwargs})
+    assert robustness.parse_eps("0.1, 0,0.1", "linf") == (0.0, 0.1)
+    for text in ("0.1,x", "1.5", "-1", ""):
+        with pytest.raises(InvalidInput, match="expected"):
+            robustness.parse_eps(text, "linf")
+    assert robustness.parse_eps("2.5", "l2") == (2.5,)
+
+
+@pytest.mark.parametrize("args", [["--eps", "0,1.5"], ["--eps", "0,abc"], ["--norm", "l1"], ["--count", "0"],
+                                  ["--restarts", "0"]])
+def test_robustness_bad_input_is_a_clear_error(tmp_path, args):
+    keep = tmp_path / "robustness_linf.png"
+    keep.write_bytes(b"earlier result")
+    result = CliRunner().invoke(main, ["robustness", "--out", str(tmp_path)] + args)
+    assert result.exit_code == 2, result.output
+    assert "expected" in result.output or "Invalid value" in result.output
+    assert keep.read_bytes() == b"earlier result"
+
+
+def test_models_of_different_input_shapes_are_refused(tiny_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run[0], other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["input_shape"] = [None, 32, 32]
+    (other / "model.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["robustness", "--model", str(tiny_run[0]), "--model", str(other),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "same input shape" in result.output
+
+
+@pytest.mark.slow
+def test_robustness_command_two_models_and_the_minimal_curve(tiny_run, tmp_path):
+    runner = CliRunner()
+    common = ["--split", "test", "--offset", "0", "--count", "12", "--out", str(tmp_path)]
+    done = runner.invoke(main, ["minimal", "--norm", "linf", "--target", "untargeted", "--steps", "30", "--starts",
+                                "1", "--model", str(tiny_run[0])] + common)
+    assert done.exit_code == 0, done.output
+    result = runner.invoke(main, ["robustness", "--eps", "0,0.05,0.2", "--steps", "10", "--model", str(tiny_run[0]),
+                                  "--model", str(tiny_run[0] / "model.pb"), "--json"] + common)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert len(payload["models"]) == 2
+    first, second = payload["models"]
+    assert first["robust_accuracy"] == second["robust_accuracy"]  # the same network twice, same seed
+    assert first["eps"] == [0.0, 0.05, 0.2]
+    assert list(payload["minimal"]) == [first["model"]]
+    # how many images PGD fooled within an eps below the norm that minimal found for them (reported, not judged:
+    # minimal's results are 8-bit images, PGD's are not)
+    assert len(payload["minimal"][first["model"]]["pgd_below_minimal"]) == 3
+    arrays = np.load(tmp_path / "robustness_linf.npz")
+    assert arrays["eps_fooled"].shape == (2, 12) and arrays["adversarial"].shape == (2, 12, 28, 28)
+    assert (tmp_path / "robustness_linf.png").read_bytes()[:4] == b"\x89PNG"
