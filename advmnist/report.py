@@ -422,3 +422,20 @@ def robustness_figure(curves, path, *, norm: str, targeted: bool, minimal: dict)
     ax.set_title(f"PGD, {len(curves[0].eps_fooled)} images", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def pgd_training_figure(result, path, *, eps: float) -> None:
+    """Clean accuracy and accuracy under the training PGD, before and after every epoch."""
+    fig, ax = _subplots(figsize=(6.0, 3.8))
+    epochs = [0.0] + [h["epoch"] for h in result.history]
+    ax.plot(epochs, [100 * result.clean_before] + [100 * h["clean_accuracy"] for h in result.history], marker="o",
+            label="clean")
+    ax.plot(epochs, [100 * result.robust_before] + [100 * h["robust_accuracy"] for h in result.history], marker="o",
+            label=f"under the training PGD (eps {eps:g})")
+    ax.set_xlabel("epoch of PGD training")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -151,6 +151,16 @@ def write_immunize(out: Path, stem: str, result, *, run_dir: Path, base_model: P
     return record
 
 
+def write_pgd_training(out: Path, stem: str, result, *, run_dir: Path, base_model: Path, settings) -> dict:
+    figure = out / f"{stem}.png"
+    report.pgd_training_figure(result, figure, eps=settings.eps)
+    record = {**result.to_dict(), "run_dir": display_path(run_dir), "model": display_path(run_dir / "model.pb"),
+              "base_model": display_path(base_model), "figure": display_path(figure),
+              "settings": dataclasses.asdict(settings)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
 def write_immunize_partial(out: Path, stem: str, stopped, *, base_model: Path, settings) -> Path:
     """What an interrupted ``immunize`` finished: ``<stem>_partial.json``."""
     partial = out / f"{stem}_partial.json"

@@ -126,3 +126,33 @@ def test_robustness_command_two_models_and_the_minimal_curve(tiny_run, tmp_path)
     arrays = np.load(tmp_path / "robustness_linf.npz")
     assert arrays["eps_fooled"].shape == (2, 12) and arrays["adversarial"].shape == (2, 12, 28, 28)
     assert (tmp_path / "robustness_linf.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------- PGD training
+
+def test_pgd_training_raises_robust_accuracy_on_held_apart_images(tiny_run, mnist_small, tmp_path):
+    from advmnist.frozen import FrozenModel
+    from advmnist.pgd_training import PGDTrainingSettings, train_against_pgd
+
+    train, test = mnist_small
+    before_model = FrozenModel.load(tiny_run[0])
+    settings = PGDTrainingSettings(eps=0.1, epochs=6, batch_size=32, pgd_steps=5, monitor=100)
+    result = train_against_pgd(before_model, train, test, settings, out_dir=tmp_path / "pgd")
+    after_model = FrozenModel.load(tmp_path / "pgd")
+    assert after_model.meta["immunized_against"] == "pgd" and after_model.meta["eps"] == 0.1
+    # held apart: test images, never trained on; measured by the attack of `robustness`, not the training one
+    images, labels = test.images[100:300], test.labels[100:300]
+    robust = {name: 1 - PGD("linf", 0.1, steps=20)(model.logits, images, labels, seed=1).success.mean()
+              for name, model in (("before", before_model), ("after", after_model))}
+    assert robust["after"] > robust["before"] + 0.1, robust
+    assert len(result.history) == 6 and result.robust_after > result.robust_before
+
+
+@pytest.mark.parametrize("args", [["--against", "pgd", "--rounds", "3"], ["--against", "pgd", "--target", "5"],
+                                  ["--eps", "0.2"], ["--against", "pgd", "--eps", "0"],
+                                  ["--against", "pgd", "--eps", "1.5"]])
+def test_immunize_options_of_the_other_adversary_are_refused(tmp_path, args):
+    result = CliRunner().invoke(main, ["immunize", "--out", str(tmp_path), "--run-dir", str(tmp_path / "run")] + args)
+    assert result.exit_code == 2, result.output
+    assert "only applies to" in result.output or "Invalid value" in result.output
+    assert not (tmp_path / "run").exists()

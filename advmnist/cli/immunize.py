@@ -1,4 +1,4 @@
-"""``advmnist immunize``: adversarial training against universal noise."""
+"""``advmnist immunize``: adversarial training against universal noise, or against PGD (per image)."""
 from __future__ import annotations
 
 import sys
@@ -10,13 +10,29 @@ from advmnist.cli.options import (Output, config_option, data_dir_option, finite
                                   model_option, out_option, progress_enabled, seed_option, translate_errors)
 from advmnist.cli.universal import checked_noise, noise_file_option, noise_options
 from advmnist.immunize import SCHEDULES, ImmunizeSettings
+from advmnist.pgd_training import PGDTrainingSettings
 from advmnist.universal import TARGET_CHOICES, UniversalSettings, target_list
 
 DEFAULTS = ImmunizeSettings()
+PGD_DEFAULTS = PGDTrainingSettings()
+#: options that only mean something for one adversary
+UNIVERSAL_ONLY = ("target", "schedule", "rounds", "train_steps", "refresh_every", "refresh_steps", "replay",
+                  "noise_steps", "noise_limit", "l2_weight", "noise_file")
+PGD_ONLY = ("eps", "epochs", "pgd_steps")
 
 
-@click.command(short_help="Adversarial training against universal noise.")
+@click.command(short_help="Adversarial training against universal noise or PGD.")
 @config_option("configs/reference-immunize.toml")
+@click.option("--against", type=click.Choice(["universal", "pgd"]), default="universal", show_default=True,
+              help="The adversary: one universal noise per target (the reference's experiment), or per-image PGD "
+                   "examples (Madry et al.'s adversarial training, a real per-image defence).")
+@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=PGD_DEFAULTS.eps,
+              show_default=True, help="With --against pgd: the L-infinity budget of the training attack.")
+@click.option("--epochs", type=click.FloatRange(0, 1000, min_open=True), callback=finite,
+              default=PGD_DEFAULTS.epochs, show_default=True,
+              help="With --against pgd: passes over the 60,000 training images (Adam from 1e-3, cosine decay).")
+@click.option("--pgd-steps", type=click.IntRange(1, 1000), default=PGD_DEFAULTS.pgd_steps, show_default=True,
+              help="With --against pgd: steps of the training attack, each 2.5 * eps / steps.")
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="3", show_default=True,
               help="Class of the universal noise to become immune to; `all` for every class.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True,
@@ -28,7 +44,8 @@ DEFAULTS = ImmunizeSettings()
               help="Network training steps (Adam 1e-4, batches of 64) per round and target.")
 @click.option("--clean-fraction", type=click.FloatRange(0, 1, max_open=True), callback=finite,
               default=DEFAULTS.clean_fraction, show_default=True,
-              help="Fraction of each training batch left without noise, so clean accuracy holds.")
+              help="Fraction of each training batch left without noise, so clean accuracy holds (with --against "
+                   "pgd the default is 0: every image attacked, as Madry et al.).")
 @click.option("--refresh-every", type=click.IntRange(min=0), default=DEFAULTS.refresh_every, show_default=True,
               help="During training, re-optimize the noise every N network steps (0: never, the reference's "
                    "way: one fixed noise per round).")
@@ -50,10 +67,10 @@ DEFAULTS = ImmunizeSettings()
 @data_dir_option
 @json_option
 @translate_errors
-def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay,
-             noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify, run_dir, overwrite, out,
-             data_dir, json_mode) -> None:
-    """Adversarial training against universal noise: make the network immune to it.
+def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_steps, clean_fraction, refresh_every,
+             refresh_steps, replay, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify,
+             run_dir, overwrite, out, data_dir, json_mode) -> None:
+    """Adversarial training against universal noise (or PGD): make the network immune to it.
 
     Each round (a) optimizes a universal noise for the target against the current
     network and (b) trains the network (from its run's checkpoint, dropout on) on
@@ -66,10 +83,18 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     once training has begun saves the network as it is (marked interrupted) and the
     finished rounds in <name>_partial.json beside where <name>.json would go.
 
+    With --against pgd every training batch is replaced by PGD examples against the
+    network as it is (random start in the L-infinity eps-ball, --pgd-steps signed
+    steps, projection), for --epochs epochs from the run's checkpoint; clean accuracy
+    and accuracy under the training attack are logged after every epoch. Measure the
+    result with `advmnist robustness --model RUN_DIR`.
+
     \b
     Writes to --out (default assets/), <name> being e.g. immunize_3_rounds2 or
-    immunize_all_interleaved_rounds4 (_fixed without refresh, _noreplay without replay):
+    immunize_all_interleaved_rounds4 (_fixed without refresh, _noreplay without replay),
+    or immunize_pgd_eps0.1:
       <name>.png    accuracy under fresh noise, per target, before, after each round, at the end
+                    (PGD: clean and robust accuracy after every epoch)
       <name>.json   every measurement
     """
     from advmnist import fileio, report, results
@@ -78,6 +103,19 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
     from advmnist.runs import prepare_run_dir
 
     output = Output(json_mode)
+    context = click.get_current_context()
+    unused = UNIVERSAL_ONLY if against == "pgd" else PGD_ONLY
+    given = [name for name in unused if context.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise click.BadParameter(f"{flag} only applies to --against {'pgd' if against == 'universal' else 'universal'}",
+                                 param_hint=flag)
+    if against == "pgd":
+        if context.get_parameter_source("clean_fraction").name in ("DEFAULT", "DEFAULT_MAP"):
+            clean_fraction = PGD_DEFAULTS.clean_fraction
+        pgd = PGDTrainingSettings(eps=eps, epochs=epochs, pgd_steps=pgd_steps, clean_fraction=clean_fraction,
+                                  seed=seed)
+        return immunize_pgd(pgd, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
     targets = target_list(target)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
@@ -121,4 +159,42 @@ def immunize(target, schedule, rounds, train_steps, clean_fraction, refresh_ever
         output.say(f"under the given noise for {t}: {result.given_before[t]:.2%} before, "
                    f"{result.given_after[t]:.2%} after")
     output.say(f"immunized network: {run_dir / 'model.pb'}; figure: {record['figure']}")
+    output.result(record)
+
+
+def immunize_pgd(settings: PGDTrainingSettings, model_path, no_verify, run_dir, overwrite, out, data_dir,
+                 output: Output) -> None:
+    """``immunize --against pgd``: adversarial training against PGD, saved as a new run."""
+    from advmnist import fileio, results
+    from advmnist.data import load_train_test
+    from advmnist.immunize import checkpoint_of
+    from advmnist.pgd_training import PGDTrainingInterrupted, train_against_pgd
+    from advmnist.runs import prepare_run_dir
+
+    run_dir = run_dir or Path("runs") / f"cnn-pgd-eps{settings.eps:g}"
+    fileio.check_writable_dir(run_dir, "--run-dir")
+    model = load_model(model_path, no_verify, output)
+    checkpoint_of(model)
+    model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
+    if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
+        raise click.BadParameter("expected a new folder for the trained network, not the model's run "
+                                 "or a folder holding it", param_hint="--run-dir")
+    train_split, test = load_train_test(data_dir, output.say)
+    note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite, command="immunize")
+    if note:
+        output.say(note)
+    try:
+        result = train_against_pgd(model, train_split, test, settings, out_dir=run_dir, progress=progress_enabled(),
+                                   log=output.say)
+    except PGDTrainingInterrupted:
+        click.echo(f"\nInterrupted: the network as it was is saved in {run_dir} (model.json says interrupted).",
+                   err=True)
+        sys.exit(130)
+    record = results.write_pgd_training(out, settings.file_stem(), result, run_dir=run_dir, base_model=model.path,
+                                        settings=settings)
+    output.say(f"clean test accuracy {result.clean_before:.2%} -> {result.clean_after:.2%}; under the training "
+               f"PGD (first {settings.monitor} test images) {result.robust_before:.2%} -> {result.robust_after:.2%}; "
+               f"{result.seconds:.0f} s")
+    output.say(f"trained network: {run_dir / 'model.pb'}; measure it with "
+               f"`advmnist robustness --model {run_dir}`; figure: {record['figure']}")
     output.result(record)
