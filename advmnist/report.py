@@ -439,3 +439,26 @@ def pgd_training_figure(result, path, *, eps: float) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def transfer_figure(matrix, path, *, attack: str) -> None:
+    """Two heatmaps, made on (rows) x evaluated on (columns): target reached, and misclassified."""
+    panels = [("reached the intended target", matrix.reached)] if matrix.targeted else []
+    panels.append(("misclassified", matrix.misclassified))
+    width = 1.2 + 0.9 * len(matrix.evaluated)
+    fig, axes = _subplots(1, len(panels), figsize=(width * len(panels), 0.9 + 0.6 * len(matrix.sources) + 1.6),
+                          squeeze=False)
+    short = [name.replace("/model.pb", "") for name in matrix.evaluated]
+    for ax, (title, values) in zip(axes[0], panels):
+        ax.imshow(100 * values, cmap="Reds", vmin=0, vmax=100)
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if value > 0.6 else "black")
+        ax.set_xticks(range(len(short)), short, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(matrix.sources)), [s.replace("/model.pb", "") for s in matrix.sources], fontsize=8)
+        ax.set_xlabel("evaluated on")
+        ax.set_ylabel("made on")
+        ax.set_title(f"{title} (%)", fontsize=10)
+    fig.suptitle(f"transfer of {attack} examples", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)

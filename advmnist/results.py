@@ -96,6 +96,22 @@ def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: n
     return record
 
 
+def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndarray, labels: np.ndarray,
+                   targets) -> dict:
+    """``transfer``: the heatmaps, the examples made on each network, the matrices."""
+    stem = settings.file_stem
+    figure = out / f"{stem}.png"
+    report.transfer_figure(matrix, figure, attack=settings.attack)
+    arrays = out / f"{stem}.npz"
+    fileio.write_npz(arrays, indices=indices, labels=labels,
+                     targets=targets if targets is not None else np.full(len(labels), -1),
+                     examples=np.stack([examples[s] for s in matrix.sources]))
+    record = {"settings": dataclasses.asdict(settings), **matrix.to_dict(),
+              "files": _paths({"figure": figure, "arrays": arrays})}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
 def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
                  seconds: float) -> dict:
     files = report.matrix_figures(cells, reg, out)

@@ -257,3 +257,14 @@ def test_minimal_bad_input_is_a_clear_error_and_leaves_files_alone(tmp_path, arg
     assert "expected" in result.output or "Invalid value" in result.output
     assert keep.read_bytes() == b"earlier result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["minimal_l2.png"]
+
+
+def test_an_image_already_misclassified_needs_no_change(tiny_model, mnist_small):
+    _, test = mnist_small
+    predictions = tiny_model.predict_proba(test.images).argmax(1)
+    wrong = np.flatnonzero(predictions != test.labels)[:3]
+    assert len(wrong)
+    result = MinimalNorm("l2", steps=10, starts=2)(tiny_model.logits, test.images[wrong], test.labels[wrong])
+    assert result.success_8bit.all()
+    np.testing.assert_array_equal(result.adversarial, test.images[wrong])
+    assert (result.norms["l2"] == 0).all() and (result.norms["linf"] == 0).all()

@@ -14,7 +14,7 @@ import click
 
 from advmnist import tfcompat
 from advmnist.cli import (attack, data, evaluate, export, immunize, matrix, minimal, reproduce, robustness,
-                          tradeoff, train, universal)
+                          tradeoff, train, transfer, universal)
 from advmnist.cli.options import CONTEXT_SETTINGS, json_error
 
 
@@ -76,6 +76,7 @@ def main(verbose: bool) -> None:
       advmnist tradeoff              # noise size against success, over regularization weights
       advmnist minimal --norm l2     # the smallest change per image that fools the network
       advmnist robustness            # robust accuracy against eps (PGD), 1000 test images
+      advmnist transfer --from runs/cnn --to OTHER_RUN  # do examples made on one network fool another?
       advmnist universal --target 3  # one noise that makes the network read every digit as 3
       advmnist immunize --target 3   # adversarial training against that noise
       advmnist reproduce --model runs/cnn  # both reference experiments into report/index.html
@@ -85,8 +86,8 @@ def main(verbose: bool) -> None:
     tfcompat.set_verbose(verbose)
 
 
-for _module in (data, train, export, evaluate, attack, matrix, tradeoff, minimal, robustness, universal, immunize,
-                reproduce):
+for _module in (data, train, export, evaluate, attack, matrix, tradeoff, minimal, robustness, transfer, universal,
+                immunize, reproduce):
     main.add_command(getattr(_module, _module.__name__.rsplit(".", 1)[1]))
 main.add_command(reproduce.report)
 

@@ -1,0 +1,114 @@
+"""``advmnist transfer``: do adversarial examples made on one network fool others?"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, config_option, data_dir_option, json_option, out_option,
+                                  progress_enabled, seed_option, split_option, translate_errors)
+from advmnist.transfer import ATTACKS, TransferSettings
+
+DEFAULTS = TransferSettings()
+
+
+@click.command(short_help="Examples made on one network, evaluated on others.")
+@config_option()
+@click.option("--from", "sources", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="A run folder or model.pb to make adversarial examples on; repeat for several.")
+@click.option("--to", "others", type=click.Path(path_type=Path), multiple=True,
+              help="A run folder or model.pb to evaluate the examples on (besides every --from); repeat for several.")
+@click.option("--attack", type=click.Choice(ATTACKS), default=DEFAULTS.attack, show_default=True,
+              help="How the examples are made: pgd (Linf --eps, 40 steps), minimal (the smallest L2 change), "
+                   "attack (the reference's L2 noise, 1000 steps) or universal (one noise per target class, "
+                   "fitted on the training images).")
+@click.option("--count", type=click.IntRange(min=1), default=DEFAULTS.count, show_default=True,
+              help="Number of images (--offset + --count must fit in the split).")
+@click.option("--offset", type=click.IntRange(min=0), default=DEFAULTS.offset, show_default=True,
+              help="Index of the first image in the split.")
+@split_option(DEFAULTS.split)
+@click.option("--target", type=click.Choice(TARGET_RULE_CHOICES + ("untargeted",)), default=DEFAULTS.target,
+              show_default=True, help="Intended target: 9-d, d+1, random, a class 0-9, or untargeted "
+                                      "(pgd and minimal only).")
+@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), default=DEFAULTS.eps, show_default=True,
+              help="With --attack pgd: the L-infinity budget.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Steps of the attack.  [default: the attack's own: pgd 40, minimal 125 per start, "
+                   "attack 1000, universal 1000]")
+@seed_option(DEFAULTS.seed, "Seeds the attack (and random targets).")
+@click.option("--no-verify", is_flag=True,
+              help="Use model.pb files even if they do not match the SHA-256 recorded in model.json.")
+@out_option("Folder for transfer_<attack>.png / .json / .npz.")
+@data_dir_option
+@json_option
+@translate_errors
+def transfer(sources, others, attack, count, offset, split, target, eps, steps, seed, no_verify, out, data_dir,
+             json_mode) -> None:
+    """Transfer: adversarial examples made on one network, evaluated on others.
+
+    Every --from network gets its own examples for the same images and targets; the
+    examples are rounded to 8-bit pixels and given to every network (--from and
+    --to). The result is two matrices, rows the network the examples were made on,
+    columns the network they are evaluated on: the share of all images read as their
+    intended target, and the share misclassified at all. The diagonal is each
+    network's own success.
+
+    \b
+    Writes to --out (default assets/):
+      transfer_<attack>.png   both matrices as heatmaps
+      transfer_<attack>.json  the matrices and settings
+      transfer_<attack>.npz   the examples made on each network
+
+    \b
+    Example:
+      advmnist transfer --from runs/cnn --from runs/cnn-seed1 --to runs/cnn-pgd-eps0.1 --count 500
+    """
+    from advmnist import report, results
+    from advmnist import transfer as transfer_lib
+    from advmnist.attacks import choose_targets
+    from advmnist.cli.options import load_model
+    from advmnist.data import load_split, split_size
+    from advmnist.errors import InvalidInput
+    from advmnist.fileio import display_path
+
+    output = Output(json_mode)
+    if target == "untargeted" and attack not in ("pgd", "minimal"):
+        raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: pgd and minimal only)",
+                                 param_hint="--target")
+    if offset + count > split_size(split):
+        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
+                                 f"got {offset} + {count}", param_hint="--count")
+    settings = TransferSettings(attack=attack, count=count, offset=offset, split=split, target=target, eps=eps,
+                                steps=steps, seed=seed)
+    models, source_names = {}, []
+    for k, path in enumerate((*sources, *others)):
+        model = load_model(path, no_verify, output)
+        name = display_path(model.path)
+        models.setdefault(name, model)
+        if k < len(sources) and name not in source_names:
+            source_names.append(name)
+    shapes = {tuple(m.meta.get("input_shape") or ()) for m in models.values()}
+    if len(shapes) > 1:
+        raise click.BadParameter(f"expected models with the same input shape, got {sorted(shapes)}",
+                                 param_hint="--to")
+    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
+    indices = np.arange(offset, offset + count)
+    targets = None
+    if target != "untargeted":
+        try:
+            targets = choose_targets(data.labels, target, seed=seed, indices=indices)
+        except InvalidInput as err:
+            raise click.BadParameter(str(err), param_hint="--target") from err
+    fit = load_split("train", data_dir, log=output.say).images if attack == "universal" else None
+    report.import_in_background()
+    matrix, examples = transfer_lib.transfer_matrix(models, source_names, data.images, data.labels, targets, settings,
+                                                    fit_images=fit, progress=progress_enabled(), log=output.say)
+    record = results.write_transfer(out, settings, matrix, examples, indices, data.labels, targets)
+    for title, values in (("reached the intended target", matrix.reached), ("misclassified", matrix.misclassified)):
+        output.say(f"\n{title} (rows: made on, columns: evaluated on):")
+        output.say(report.format_table(["made on"] + matrix.evaluated,
+                                       [[s] + [f"{100 * v:.1f} %" for v in row]
+                                        for s, row in zip(matrix.sources, values)]))
+    output.say("files: " + ", ".join(record["files"].values()))
+    output.result(record)

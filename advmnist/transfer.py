@@ -1,0 +1,95 @@
+"""Transfer: adversarial examples made on one network, evaluated on others.
+
+Each source network gets its own examples for the same images and targets, by one of
+the attacks (:data:`ATTACKS`); the examples are rounded to 8-bit pixels (what a saved
+PNG would hold) and given to every network. Two matrices, rows the network the
+examples were made on and columns the network they are evaluated on: the share of all
+images read as their intended target, and the share misclassified at all. The diagonal
+is each network's own success.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from advmnist.attacks import PGD, MinimalNorm, PerImageNoise, UniversalNoise, make_regularizer
+
+ATTACKS = ("pgd", "minimal", "attack", "universal")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferSettings:
+    """The ``transfer`` command's defaults: 500 test images, d + 1, PGD within Linf 0.2."""
+
+    attack: str = "pgd"
+    count: int = 500
+    offset: int = 0
+    split: str = "test"
+    target: str = "d+1"
+    eps: float = 0.2
+    steps: int | None = None   # None: the attack's own default
+    seed: int = 0
+
+    def make_attack(self, fit_images: np.ndarray):
+        """The attack that makes the examples: ``pgd`` (Linf ``eps``, 40 steps), ``minimal`` (L2, 8 x 125 steps),
+        ``attack`` (the reference's L2 noise, weight 0.01, 1000 steps) or ``universal`` (one noise per target,
+        fitted on ``fit_images``, 1000 steps)."""
+        if self.attack == "pgd":
+            return PGD("linf", self.eps, steps=self.steps or 40)
+        if self.attack == "minimal":
+            return MinimalNorm("l2", steps=self.steps or 125)
+        if self.attack == "attack":
+            return PerImageNoise(make_regularizer("l2", 1e-2), steps=self.steps or 1000)
+        return UniversalNoise(fit_images, steps=self.steps or 1000)
+
+    @property
+    def file_stem(self) -> str:
+        return f"transfer_{self.attack}"
+
+
+@dataclasses.dataclass
+class TransferMatrix:
+    sources: list[str]
+    evaluated: list[str]
+    targeted: bool
+    reached: np.ndarray          # (sources, evaluated): share of all images read as the intended target
+    misclassified: np.ndarray    # (sources, evaluated): share of all images not read as their label
+    own: list[float]             # each source's success as the attack measured it (8-bit), for the diagonal
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"made_on": self.sources, "evaluated_on": self.evaluated, "targeted": self.targeted,
+                "reached_target": self.reached.round(4).tolist(),
+                "misclassified": self.misclassified.round(4).tolist(), "own_success_8bit": self.own,
+                "seconds": round(self.seconds, 2)}
+
+
+def as_8bit(images: np.ndarray) -> np.ndarray:
+    return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def transfer_matrix(models: dict, sources: list[str], images: np.ndarray, labels: np.ndarray,
+                    targets: np.ndarray | None, settings: TransferSettings, *, fit_images: np.ndarray | None = None,
+                    progress: bool = False, log=lambda message: None) -> tuple[TransferMatrix, dict]:
+    """Examples made on each of ``sources`` (names in ``models``), evaluated on every model; also the examples."""
+    started = time.time()
+    evaluated = list(models)
+    reached = np.zeros((len(sources), len(evaluated)))
+    misclassified = np.zeros_like(reached)
+    examples, own = {}, []
+    attack = settings.make_attack(fit_images)
+    for i, source in enumerate(sources):
+        log(f"making examples on {source} ({settings.attack})")
+        result = attack(models[source].logits, images, labels, targets=targets, seed=settings.seed,
+                        progress=progress)
+        examples[source] = as_8bit(result.adversarial)
+        own.append(float(result.success_8bit.mean()))
+        for j, name in enumerate(evaluated):
+            predictions = models[name].predict_proba(examples[source]).argmax(1)
+            misclassified[i, j] = float((predictions != labels).mean())
+            reached[i, j] = float((predictions == targets).mean()) if targets is not None else misclassified[i, j]
+    matrix = TransferMatrix(sources=list(sources), evaluated=evaluated, targeted=targets is not None,
+                            reached=reached, misclassified=misclassified, own=own, seconds=time.time() - started)
+    return matrix, examples

@@ -1,0 +1,81 @@
+"""Transfer: examples made on one network, evaluated on others."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from advmnist.attacks import choose_targets
+from advmnist.cli import main
+from advmnist.transfer import TransferSettings, transfer_matrix
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory, mnist_small):
+    """Another tiny network: same data, another seed."""
+    from advmnist.frozen import FrozenModel
+    from advmnist.train import TrainSettings, train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny-seed1"
+    train_split, test_split = mnist_small
+    train(train_split, test_split, run_dir, TrainSettings(epochs=4, batch_size=32, seed=1))
+    return FrozenModel.load(run_dir)
+
+
+def test_the_diagonal_is_each_networks_own_success(tiny_model, second_model, mnist_small):
+    _, test = mnist_small
+    images, labels = test.images[:40], test.labels[:40]
+    targets = choose_targets(labels, "d+1")
+    settings = TransferSettings(attack="pgd", eps=0.2, steps=10)
+    models = {"a": tiny_model, "b": second_model}
+    matrix, examples = transfer_matrix(models, ["a", "b"], images, labels, targets, settings)
+    # the diagonal, measured on the saved 8-bit examples, is the attack's own success after 8-bit rounding
+    assert np.diag(matrix.reached).tolist() == pytest.approx(matrix.own)
+    for name, model in models.items():
+        assert examples[name].shape == images.shape
+        np.testing.assert_array_equal(examples[name], np.round(examples[name] * 255) / 255)
+        assert np.abs(examples[name] - images).max() <= 0.2 + 0.5 / 255  # PGD's ball, then 8-bit rounding
+    assert matrix.reached.shape == matrix.misclassified.shape == (2, 2)
+    assert (matrix.misclassified >= matrix.reached).all()  # reaching a target other than the label is misclassifying
+    # examples fool the network they were made on more often than the other one
+    assert np.trace(matrix.reached) > matrix.reached[0, 1] + matrix.reached[1, 0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--attack", "attack", "--target", "untargeted"], "untargeted"),
+    (["--attack", "fgsm"], "Invalid value"),
+    (["--eps", "2"], "Invalid value"),
+    (["--count", "20000"], "expected --offset + --count"),
+])
+def test_transfer_bad_input_is_a_clear_error(tiny_run, tmp_path, args, message):
+    result = CliRunner().invoke(main, ["transfer", "--from", str(tiny_run[0]), "--out", str(tmp_path)] + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_transfer_refuses_models_of_different_input_shapes(tiny_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run[0], other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["input_shape"] = [None, 32, 32]
+    (other / "model.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["transfer", "--from", str(tiny_run[0]), "--to", str(other), "--out",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 2 and "same input shape" in result.output
+
+
+@pytest.mark.slow
+def test_transfer_command_writes_matrices(tiny_run, second_model, tmp_path):
+    result = CliRunner().invoke(main, ["transfer", "--from", str(tiny_run[0]), "--to", str(second_model.path.parent),
+                                       "--count", "20", "--steps", "10", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert len(payload["made_on"]) == 1 and len(payload["evaluated_on"]) == 2
+    assert np.array(payload["reached_target"]).shape == (1, 2)
+    arrays = np.load(tmp_path / "transfer_pgd.npz")
+    assert arrays["examples"].shape == (1, 20, 28, 28)
+    assert (tmp_path / "transfer_pgd.png").read_bytes()[:4] == b"\x89PNG"
