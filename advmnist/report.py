@@ -408,17 +408,18 @@ def robustness_figure(curves, path, *, norm: str, targeted: bool, minimal: dict)
     """Robust accuracy against eps, one line per model; a model's minimal-norm curve dashed beside it."""
     fig, ax = _subplots(figsize=(6.5, 4.2))
     for curve in curves:
-        line, = ax.plot(curve.eps, [100 * r for r in curve.robust_accuracy], marker="o", label=f"{curve.model} (PGD)")
+        name = curve.model.replace("/model.pb", "")
+        line, = ax.plot(curve.eps, [100 * r for r in curve.robust_accuracy], marker="o", label=f"{name} (PGD)")
         if curve.model in minimal:
             m = minimal[curve.model]
             ax.plot(m["eps"], [100 * r for r in m["robust_accuracy"]], drawstyle="steps-post", linestyle="--",
-                    color=line.get_color(), alpha=0.7, label=f"{curve.model} (minimal {norm})")
+                    color=line.get_color(), alpha=0.7, label=f"{name} (minimal {norm})")
     ax.set_xlim(0, max(curves[0].eps) * 1.02 or 1)
     ax.set_ylim(-3, 103)
     ax.set_xlabel(f"eps ({norm} budget)")
     ax.set_ylabel("not read as the target (%)" if targeted else "robust accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     ax.set_title(f"PGD, {len(curves[0].eps_fooled)} images", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

@@ -47,7 +47,7 @@ class RobustnessSettings:
     split: str = "test"
     steps: int = 40
     restarts: int = 1
-    rel_step: float = 1 / 30
+    rel_step: float = 0.1
     seed: int = 0
     target: str | None = None   # a target rule for a targeted attack
 

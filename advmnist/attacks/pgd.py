@@ -1,7 +1,8 @@
 """Projected gradient descent (Madry et al. 2018): the strongest attack within a budget eps, per image.
 
 Each image starts at a random point of its eps-ball (uniform in the L-infinity box; for
-L2 uniform in the ball) and takes ``steps`` steps of size ``rel_step * eps`` on the
+L2 uniform in the ball) and takes ``steps`` steps of size ``rel_step * eps`` (0.1 eps by
+default) on the
 cross-entropy (away from the true label, or, targeted, towards the target): the sign
 of the gradient for L-infinity, the L2-normalized gradient for L2, each followed by the
 projection onto the ball and onto valid pixels [0, 1].
@@ -34,7 +35,9 @@ class PGD(Attack):
         eps: the ball's radius: a number, or one per image (an array of N).
         steps: gradient steps per start.
         restarts: starts per image (the first included) while it is still standing.
-        rel_step: step size as a fraction of eps (Madry et al.: 0.01 for eps 0.3, i.e. 1/30).
+        rel_step: step size as a fraction of eps. Madry et al. took 1/30 (0.01 for eps 0.3); on our
+            seed-0 CNN at Linf 0.1, 40 steps of 0.1 eps left 51 % of 1000 test images robust
+            against 62 % with 1/30 (steps of 0.15-0.25 eps: 50.5-50.9 %).
         check_every: steps per session call; fooled images leave the batch between calls.
         chunk_size: images in one session call at most; bounds memory for any count.
 
@@ -43,7 +46,7 @@ class PGD(Attack):
         >>> 1 - result.success.mean()   # robust accuracy at Linf eps = 0.1
     """
 
-    def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 1 / 30,
+    def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 0.1,
                  check_every: int = 10, chunk_size: int = 1024):
         if norm not in PGD_NORMS:
             raise InvalidInput(f"expected a PGD norm in {list(PGD_NORMS)}, got {norm!r}")

@@ -26,7 +26,7 @@ DEFAULTS = RobustnessSettings()
 @click.option("--offset", type=click.IntRange(min=0), default=DEFAULTS.offset, show_default=True,
               help="Index of the first image in the split.")
 @split_option(DEFAULTS.split)
-@steps_option(DEFAULTS.steps, "PGD steps per start, each of eps/30 (Madry et al.'s MNIST setting).")
+@steps_option(DEFAULTS.steps, "PGD steps per start, each of 0.1 eps (Madry et al. took eps/30: weaker here).")
 @click.option("--restarts", type=click.IntRange(1, 100), default=DEFAULTS.restarts, show_default=True,
               help="Random starts per image while it is still classified correctly.")
 @click.option("--targeted", "target", type=click.Choice(TARGET_RULE_CHOICES), default=None,
@@ -47,7 +47,8 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
     """Robust accuracy against eps: how strong is each network against a per-image attacker?
 
     For every budget eps, projected gradient descent (Madry et al. 2018: a random
-    start in the eps-ball, signed steps for linf or normalized steps for l2,
+    start in the eps-ball, steps of 0.1 eps along the sign of the gradient for linf
+    or the normalized gradient for l2,
     projection onto the ball and onto valid pixels) attacks each image; the robust
     accuracy is the share still classified correctly. An image the network already
     gets wrong is not robust at any eps; an image fooled at one eps counts as fooled
