@@ -138,7 +138,32 @@ def checkpoint_of(model: FrozenModel) -> str:
     return str(path)
 
 
-class AdversarialTrainer:
+class RestoredNetwork:
+    """Base of the trainers: a session on ``self.graph`` with the run's network restored; a context manager."""
+
+    graph = None
+    sess = None
+
+    def _open_session(self, init, restore, checkpoint: str) -> None:
+        """Finalize the graph, open its session, initialize every variable, then restore the network's."""
+        tf = tf1()
+        self.graph.finalize()
+        self.sess = tf.Session(graph=self.graph, config=session_config(tf))
+        try:
+            self.sess.run(init)
+            restore.restore(self.sess, checkpoint)
+        except BaseException:
+            self.sess.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sess.close()
+
+
+class AdversarialTrainer(RestoredNetwork):
     """The network of a training run, in a session, with a universal-noise adversary beside it.
 
     Built from a checkpoint: the CNN's variables (:data:`advmnist.model.LAYER_SCOPES`)
@@ -173,20 +198,7 @@ class AdversarialTrainer:
             #: what the run layer saves (advmnist.runs.save_trained): the network's variables only
             self.saver = tf.train.Saver(network_vars, max_to_keep=1)
             init = tf.global_variables_initializer()
-        self.graph.finalize()
-        self.sess = tf.Session(graph=self.graph, config=session_config(tf))
-        try:
-            self.sess.run(init)
-            restore.restore(self.sess, checkpoint)
-        except BaseException:
-            self.sess.close()
-            raise
-
-    def __enter__(self) -> "AdversarialTrainer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.sess.close()
+        self._open_session(init, restore, checkpoint)
 
     # ------------------------------------------------------------------ measurements
 

@@ -21,8 +21,9 @@ import numpy as np
 from advmnist.attacks.base import progress_bar
 from advmnist.data import IMAGE_SIZE, Split
 from advmnist.errors import InvalidInput
+from advmnist.immunize import RestoredNetwork
 from advmnist.model import cnn_logits, network_variables
-from advmnist.tfcompat import session_config, tf1
+from advmnist.tfcompat import tf1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ class PGDTrainingResult:
         return dataclasses.asdict(self)
 
 
-class PGDTrainer:
+class PGDTrainer(RestoredNetwork):
     """The run's network in a session, trained on PGD examples against itself. Use as a context manager."""
 
     def __init__(self, checkpoint: str, settings: PGDTrainingSettings):
@@ -103,20 +104,7 @@ class PGDTrainer:
             restore = tf.train.Saver(network_vars)
             self.saver = tf.train.Saver(network_vars, max_to_keep=1)
             init = tf.global_variables_initializer()
-        self.graph.finalize()
-        self.sess = tf.Session(graph=self.graph, config=session_config(tf))
-        try:
-            self.sess.run(init)
-            restore.restore(self.sess, checkpoint)
-        except BaseException:
-            self.sess.close()
-            raise
-
-    def __enter__(self) -> "PGDTrainer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.sess.close()
+        self._open_session(init, restore, checkpoint)
 
     def accuracy(self, split: Split, *, attacked: bool, count: int | None = None, batch: int = 500) -> float:
         """Test accuracy, clean or under the training attack, on the first ``count`` images."""

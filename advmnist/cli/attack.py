@@ -8,9 +8,9 @@ import click
 import numpy as np
 
 from advmnist.attack import REG_CHOICES, AttackSettings
-from advmnist.cli.options import (MAX_TABLE_ROWS, Output, config_option, data_dir_option, finite, image_options,
-                                  json_option, load_model, model_option, out_option, progress_enabled, reg_option,
-                                  seed_option, steps_option, translate_errors, weight_option)
+from advmnist.cli.options import (MAX_TABLE_ROWS, Output, check_range, config_option, data_dir_option, finite,
+                                  image_options, json_option, load_model, model_option, out_option, progress_enabled,
+                                  reg_option, seed_option, steps_option, translate_errors, weight_option)
 from advmnist.errors import InvalidInput
 
 DEFAULTS = AttackSettings()
@@ -101,13 +101,11 @@ def attack_inputs(model_path, no_verify, split, offset, count, target, seed, dat
     The targets are None for ``--target untargeted`` (offered by the commands whose attack can be untargeted).
     """
     from advmnist.attacks import choose_targets, parse_target_rule
-    from advmnist.data import load_split, split_size
+    from advmnist.data import load_split
 
     # a click.Choice already: this only normalizes it
     rule = target if target == "untargeted" else parse_target_rule(target)
-    if offset + count > split_size(split):
-        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
-                                 f"got {offset} + {count}", param_hint="--count")
+    check_range(split, offset, count)
     model = load_model(model_path, no_verify, output)
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)

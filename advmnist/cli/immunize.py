@@ -98,9 +98,7 @@ def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_st
       <name>.json   every measurement
     """
     from advmnist import fileio, report, results
-    from advmnist.data import load_train_test
-    from advmnist.immunize import ImmunizeInterrupted, checkpoint_of, immunize as immunize_network
-    from advmnist.runs import prepare_run_dir
+    from advmnist.immunize import ImmunizeInterrupted, immunize as immunize_network
 
     output = Output(json_mode)
     context = click.get_current_context()
@@ -124,16 +122,7 @@ def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_st
     run_dir = run_dir or settings.default_run_dir(target)
     fileio.check_writable_dir(run_dir, "--run-dir")
     given = checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
-    model = load_model(model_path, no_verify, output)
-    checkpoint_of(model)  # fails early if the run has no checkpoint to train from
-    model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
-    if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
-        raise click.BadParameter("expected a new folder for the immunized network, not the model's run "
-                                 "or a folder holding it", param_hint="--run-dir")
-    train_split, test = load_train_test(data_dir, output.say)
-    note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite, command="immunize")
-    if note:
-        output.say(note)
+    model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output)
     stem = settings.file_stem(target)
     try:
         result = immunize_network(model, train_split, test, targets, settings, progress=progress_enabled(),
@@ -166,23 +155,11 @@ def immunize_pgd(settings: PGDTrainingSettings, model_path, no_verify, run_dir, 
                  output: Output) -> None:
     """``immunize --against pgd``: adversarial training against PGD, saved as a new run."""
     from advmnist import fileio, results
-    from advmnist.data import load_train_test
-    from advmnist.immunize import checkpoint_of
     from advmnist.pgd_training import PGDTrainingInterrupted, train_against_pgd
-    from advmnist.runs import prepare_run_dir
 
     run_dir = run_dir or Path("runs") / f"cnn-pgd-eps{settings.eps:g}"
     fileio.check_writable_dir(run_dir, "--run-dir")
-    model = load_model(model_path, no_verify, output)
-    checkpoint_of(model)
-    model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
-    if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
-        raise click.BadParameter("expected a new folder for the trained network, not the model's run "
-                                 "or a folder holding it", param_hint="--run-dir")
-    train_split, test = load_train_test(data_dir, output.say)
-    note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite, command="immunize")
-    if note:
-        output.say(note)
+    model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output)
     try:
         result = train_against_pgd(model, train_split, test, settings, out_dir=run_dir, progress=progress_enabled(),
                                    log=output.say)
@@ -198,3 +175,22 @@ def immunize_pgd(settings: PGDTrainingSettings, model_path, no_verify, run_dir, 
     output.say(f"trained network: {run_dir / 'model.pb'}; measure it with "
                f"`advmnist robustness --model {run_dir}`; figure: {record['figure']}")
     output.result(record)
+
+
+def new_run_inputs(model_path, no_verify, run_dir: Path, overwrite: bool, data_dir, output: Output):
+    """The model to train from (its run must have a checkpoint), MNIST, and ``run_dir`` ready for the new run."""
+    from advmnist.data import load_train_test
+    from advmnist.immunize import checkpoint_of
+    from advmnist.runs import prepare_run_dir
+
+    model = load_model(model_path, no_verify, output)
+    checkpoint_of(model)  # fails early if the run has no checkpoint to train from
+    model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
+    if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
+        raise click.BadParameter("expected a new folder for the trained network, not the model's run "
+                                 "or a folder holding it", param_hint="--run-dir")
+    train_split, test = load_train_test(data_dir, output.say)
+    note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite, command="immunize")
+    if note:
+        output.say(note)
+    return model, train_split, test

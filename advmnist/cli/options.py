@@ -115,9 +115,21 @@ def data_dir_option(func):
                         help="Folder holding the four MNIST IDX files (raw or .gz); tried before the cache.")(func)
 
 
-def model_option(func):
-    func = click.option("--no-verify", is_flag=True,
+def no_verify_option(func):
+    return click.option("--no-verify", is_flag=True,
                         help="Use model.pb even if it does not match the SHA-256 recorded in model.json.")(func)
+
+
+def check_same_input_shape(models, param_hint: str) -> None:
+    """Models compared with each other must take the same images: exit 2 otherwise."""
+    shapes = {tuple(m.meta.get("input_shape") or ()) for m in models}
+    if len(shapes) > 1:
+        raise click.BadParameter(f"expected models with the same input shape, got {sorted(shapes)}",
+                                 param_hint=param_hint)
+
+
+def model_option(func):
+    func = no_verify_option(func)
     return click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
                         help="A run folder or a model.pb file.  [default: runs/cnn]")(func)
 
@@ -151,6 +163,25 @@ def split_option(default: str):
                         help="MNIST split the images come from (train: 60,000 digits, test: 10,000).")
 
 
+def range_options(defaults):
+    """``--count --offset``: which images of the split."""
+    def apply(func):
+        func = click.option("--offset", type=click.IntRange(min=0), default=defaults.offset, show_default=True,
+                            help="Index of the first image in the split.")(func)
+        return click.option("--count", type=click.IntRange(min=1), default=defaults.count, show_default=True,
+                            help="Number of images (1 to the whole split; --offset + --count must fit).")(func)
+    return apply
+
+
+def check_range(split: str, offset: int, count: int) -> None:
+    """``--offset + --count`` must fit in the split: exit 2 otherwise."""
+    from advmnist.data import split_size
+
+    if offset + count > split_size(split):
+        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
+                                 f"got {offset} + {count}", param_hint="--count")
+
+
 def image_options(defaults, *, untargeted: bool = False):
     """``--count --offset --split --target``: which images, towards which classes (the attack's vocabulary).
 
@@ -161,10 +192,7 @@ def image_options(defaults, *, untargeted: bool = False):
 
     def apply(func):
         for option in reversed([
-            click.option("--count", type=click.IntRange(min=1), default=defaults.count, show_default=True,
-                         help="Number of images to attack (1 to the whole split; --offset + --count must fit)."),
-            click.option("--offset", type=click.IntRange(min=0), default=defaults.offset, show_default=True,
-                         help="Index of the first image in the split."),
+            range_options(defaults),
             split_option(defaults.split),
             click.option("--target", type=click.Choice(choices), default=defaults.target, show_default=True,
                          help="Target class: 9-d, d+1 (mod 10), random (seeded, never the true label) "

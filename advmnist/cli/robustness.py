@@ -6,9 +6,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, config_option, data_dir_option, json_option,
-                                  out_option, progress_enabled, seed_option, split_option, steps_option,
-                                  translate_errors)
+from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, check_same_input_shape, config_option,
+                                  data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
+                                  range_options, seed_option, split_option, steps_option, translate_errors)
 from advmnist.robustness import RobustnessSettings
 
 DEFAULTS = RobustnessSettings()
@@ -21,10 +21,7 @@ DEFAULTS = RobustnessSettings()
 @click.option("--eps", "eps_text", default=None,
               help="Comma-separated budgets.  [default: 0,0.05,0.1,0.15,0.2,0.25,0.3 for linf, "
                    "0,0.5,1,1.5,2,2.5,3 for l2]")
-@click.option("--count", type=click.IntRange(min=1), default=DEFAULTS.count, show_default=True,
-              help="Number of images (--offset + --count must fit in the split).")
-@click.option("--offset", type=click.IntRange(min=0), default=DEFAULTS.offset, show_default=True,
-              help="Index of the first image in the split.")
+@range_options(DEFAULTS)
 @split_option(DEFAULTS.split)
 @steps_option(DEFAULTS.steps, "PGD steps per start, each of 0.1 eps (Madry et al. took eps/30: weaker here).")
 @click.option("--restarts", type=click.IntRange(1, 100), default=DEFAULTS.restarts, show_default=True,
@@ -36,8 +33,7 @@ DEFAULTS = RobustnessSettings()
 @click.option("--model", "model_paths", type=click.Path(path_type=Path),
               multiple=True, help="A run folder or model.pb; repeat for several models, one curve each.  "
                                   "[default: runs/cnn]")
-@click.option("--no-verify", is_flag=True,
-              help="Use model.pb files even if they do not match the SHA-256 recorded in model.json.")
+@no_verify_option
 @out_option("Folder for robustness_<norm>.png / .json / .npz.")
 @data_dir_option
 @json_option
@@ -73,7 +69,7 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
     from advmnist import robustness as robustness_lib
     from advmnist.attacks import choose_targets
     from advmnist.cli.options import load_model
-    from advmnist.data import load_split, split_size
+    from advmnist.data import load_split
     from advmnist.errors import InvalidInput
     from advmnist.fileio import display_path
 
@@ -82,14 +78,9 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
         eps = robustness_lib.parse_eps(eps_text, norm) if eps_text else robustness_lib.DEFAULT_EPS[norm]
     except InvalidInput as err:
         raise click.BadParameter(str(err), param_hint="--eps") from err
-    if offset + count > split_size(split):
-        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
-                                 f"got {offset} + {count}", param_hint="--count")
+    check_range(split, offset, count)
     models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
-    shapes = {tuple(m.meta.get("input_shape") or ()) for m in models}
-    if len(shapes) > 1:
-        raise click.BadParameter(f"expected models with the same input shape, got {sorted(shapes)}",
-                                 param_hint="--model")
+    check_same_input_shape(models, "--model")
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     targets = None

@@ -6,8 +6,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, config_option, data_dir_option, json_option, out_option,
-                                  progress_enabled, seed_option, split_option, translate_errors)
+from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, check_same_input_shape, config_option,
+                                  data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
+                                  range_options, seed_option, split_option, translate_errors)
 from advmnist.transfer import ATTACKS, TransferSettings
 
 DEFAULTS = TransferSettings()
@@ -23,10 +24,7 @@ DEFAULTS = TransferSettings()
               help="How the examples are made: pgd (Linf --eps, 40 steps), minimal (the smallest L2 change), "
                    "attack (the reference's L2 noise, 1000 steps) or universal (one noise per target class, "
                    "fitted on the training images).")
-@click.option("--count", type=click.IntRange(min=1), default=DEFAULTS.count, show_default=True,
-              help="Number of images (--offset + --count must fit in the split).")
-@click.option("--offset", type=click.IntRange(min=0), default=DEFAULTS.offset, show_default=True,
-              help="Index of the first image in the split.")
+@range_options(DEFAULTS)
 @split_option(DEFAULTS.split)
 @click.option("--target", type=click.Choice(TARGET_RULE_CHOICES + ("untargeted",)), default=DEFAULTS.target,
               show_default=True, help="Intended target: 9-d, d+1, random, a class 0-9, or untargeted "
@@ -37,8 +35,7 @@ DEFAULTS = TransferSettings()
               help="Steps of the attack.  [default: the attack's own: pgd 40, minimal 125 per start, "
                    "attack 1000, universal 1000]")
 @seed_option(DEFAULTS.seed, "Seeds the attack (and random targets).")
-@click.option("--no-verify", is_flag=True,
-              help="Use model.pb files even if they do not match the SHA-256 recorded in model.json.")
+@no_verify_option
 @out_option("Folder for transfer_<attack>.png / .json / .npz.")
 @data_dir_option
 @json_option
@@ -68,7 +65,7 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
     from advmnist import transfer as transfer_lib
     from advmnist.attacks import choose_targets
     from advmnist.cli.options import load_model
-    from advmnist.data import load_split, split_size
+    from advmnist.data import load_split
     from advmnist.errors import InvalidInput
     from advmnist.fileio import display_path
 
@@ -76,9 +73,7 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
     if target == "untargeted" and attack not in ("pgd", "minimal"):
         raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: pgd and minimal only)",
                                  param_hint="--target")
-    if offset + count > split_size(split):
-        raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
-                                 f"got {offset} + {count}", param_hint="--count")
+    check_range(split, offset, count)
     settings = TransferSettings(attack=attack, count=count, offset=offset, split=split, target=target, eps=eps,
                                 steps=steps, seed=seed)
     models, source_names = {}, []
@@ -88,10 +83,7 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
         models.setdefault(name, model)
         if k < len(sources) and name not in source_names:
             source_names.append(name)
-    shapes = {tuple(m.meta.get("input_shape") or ()) for m in models.values()}
-    if len(shapes) > 1:
-        raise click.BadParameter(f"expected models with the same input shape, got {sorted(shapes)}",
-                                 param_hint="--to")
+    check_same_input_shape(models.values(), "--to")
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     targets = None
