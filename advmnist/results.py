@@ -74,9 +74,10 @@ def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str
     return {model: {**curve, "file": display_path(path), "norms": norms}}
 
 
-def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: np.ndarray, minimal: dict) -> dict:
+def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: np.ndarray, minimal: dict, *,
+                     suffix: str = "") -> dict:
     """``robustness``: the figure, each image's smallest fooling eps and example per model, the table."""
-    stem = settings.file_stem
+    stem = settings.file_stem + suffix
     figure = out / f"{stem}.png"
     report.robustness_figure(curves, figure, norm=settings.norm, targeted=settings.target is not None,
                              minimal=minimal)

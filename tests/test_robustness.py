@@ -156,3 +156,31 @@ def test_immunize_options_of_the_other_adversary_are_refused(tmp_path, args):
     assert result.exit_code == 2, result.output
     assert "only applies to" in result.output or "Invalid value" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_keeps_the_models_already_measured(tiny_run, mnist_small, monkeypatch, tmp_path):
+    import advmnist.cli.robustness  # noqa: F401 (the command module whose library call is patched)
+    from advmnist import robustness as robustness_lib
+    from advmnist.data import Split
+
+    real = robustness_lib.robustness_curve
+    calls = []
+
+    def second_model_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    _, test = mnist_small
+    monkeypatch.setattr(robustness_lib, "robustness_curve", second_model_interrupted)
+    monkeypatch.setattr("advmnist.data.load_split", lambda *a, rows=None, **k: Split(test.images[rows],
+                                                                                     test.labels[rows]))
+    result = CliRunner().invoke(main, ["robustness", "--count", "10", "--eps", "0,0.1", "--steps", "5", "--model",
+                                       str(tiny_run[0]), "--model", str(tiny_run[0] / "model.pb"), "--out",
+                                       str(tmp_path)])
+    assert result.exit_code == 130, result.output
+    assert "1 of 2 models were measured" in result.output
+    record = json.loads((tmp_path / "robustness_linf_partial.json").read_text())
+    assert len(record["models"]) == 1
+    assert not (tmp_path / "robustness_linf.json").exists()

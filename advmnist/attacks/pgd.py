@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, progress_bar, rounded_to_8bit
+from advmnist.attacks.base import UNTARGETED, Attack, AttackResult, progress_bar, rounded_to_8bit
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 
@@ -78,48 +78,33 @@ class PGD(Attack):
             loop = PGDLoop(logits_fn, self.norm, targeted=bool(count) and bool((targets != UNTARGETED).all()))
         graph.finalize()
         bar = progress_bar(count, f"PGD {self.norm} (images decided)", progress)
-        done = 0
-        try:
-            with bar, tf.Session(graph=graph, config=session_config(tf)) as sess:
-                # images already fooled without any change need no attack
-                fooled = loop.fooled(sess, images, labels, targets)
-                bar.update(int(fooled.sum()))
-                for start in range(0, count, self.chunk_size):
-                    chunk = np.arange(start, min(start + self.chunk_size, count))
-                    standing = chunk[~fooled[chunk]]
-                    for restart in range(self.restarts):
+        with bar, tf.Session(graph=graph, config=session_config(tf)) as sess:
+            # images already fooled without any change need no attack
+            fooled = loop.fooled(sess, images, labels, targets)
+            bar.update(int(fooled.sum()))
+            for start in range(0, count, self.chunk_size):
+                chunk = np.arange(start, min(start + self.chunk_size, count))
+                standing = chunk[~fooled[chunk]]
+                for restart in range(self.restarts):
+                    if not len(standing):
+                        break
+                    delta = self._random_start(images[standing], eps[standing], seed, restart, standing)
+                    for begin in range(0, self.steps, self.check_every):
                         if not len(standing):
                             break
-                        delta = self._random_start(images[standing], eps[standing], seed, restart, standing)
-                        for begin in range(0, self.steps, self.check_every):
-                            if not len(standing):
-                                break
-                            todo = min(self.check_every, self.steps - begin)
-                            delta, hit = loop.run(sess, images[standing], delta, eps[standing], labels[standing],
-                                                  targets[standing], todo, self.rel_step)
-                            steps_run[standing] += todo
-                            adversarial[standing[hit]] = images[standing[hit]] + delta[hit]
-                            fooled[standing[hit]] = True
-                            standing, delta = standing[~hit], delta[~hit]
-                            bar.update(int(hit.sum()))
-                            bar.set_postfix(standing=len(standing), restart=restart + 1, refresh=False)
-                        # the ones still standing keep their last attempt (replaced if a restart fools them)
-                        adversarial[standing] = images[standing] + delta
-                    bar.update(len(standing))
-                    done = int(chunk[-1]) + 1
-                predictions, predictions_8bit = loop.predict(sess, adversarial)
-        except KeyboardInterrupt:
-            if not done:
-                raise
-            partial = slice(0, done)
-            raise AttackInterrupted(self._result(images[partial], adversarial[partial], labels[partial],
-                                                 targets[partial], None, None, steps_run[partial])) from None
-        return self._result(images, adversarial, labels, targets, predictions, predictions_8bit, steps_run)
-
-    @staticmethod
-    def _result(images, adversarial, labels, targets, predictions, predictions_8bit, steps_run) -> AttackResult:
-        if predictions is None:  # interrupted: the partial result is not re-predicted
-            predictions = predictions_8bit = np.full(len(images), -1, np.int64)
+                        todo = min(self.check_every, self.steps - begin)
+                        delta, hit = loop.run(sess, images[standing], delta, eps[standing], labels[standing],
+                                              targets[standing], todo, self.rel_step)
+                        steps_run[standing] += todo
+                        adversarial[standing[hit]] = images[standing[hit]] + delta[hit]
+                        fooled[standing[hit]] = True
+                        standing, delta = standing[~hit], delta[~hit]
+                        bar.update(int(hit.sum()))
+                        bar.set_postfix(standing=len(standing), restart=restart + 1, refresh=False)
+                    # the ones still standing keep their last attempt (replaced if a restart fools them)
+                    adversarial[standing] = images[standing] + delta
+                bar.update(len(standing))
+            predictions, predictions_8bit = loop.predict(sess, adversarial)
         return AttackResult(originals=images, adversarial=adversarial, noise=adversarial - images, labels=labels,
                             targets=targets, predictions=predictions, predictions_8bit=predictions_8bit,
                             info={"steps_run": steps_run})

@@ -1,6 +1,7 @@
 """``advmnist robustness``: robust accuracy against eps, one curve per model (PGD)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -93,12 +94,21 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
                                   restarts=restarts, seed=seed, target=target)
     report.import_in_background()
     curves = []
-    for model in models:
-        name = display_path(model.path)
-        output.say(f"{name}: PGD {norm}, {count} images, eps {', '.join(f'{e:g}' for e in eps)}")
-        curves.append(robustness_lib.robustness_curve(model.logits, data.images, data.labels, settings, model=name,
-                                                      targets=targets, progress=progress_enabled()))
-        output.say(f"  {curves[-1].seconds:.1f} s")
+    try:
+        for model in models:
+            name = display_path(model.path)
+            output.say(f"{name}: PGD {norm}, {count} images, eps {', '.join(f'{e:g}' for e in eps)}")
+            curves.append(robustness_lib.robustness_curve(model.logits, data.images, data.labels, settings,
+                                                          model=name, targets=targets, progress=progress_enabled()))
+            output.say(f"  {curves[-1].seconds:.1f} s")
+    except KeyboardInterrupt:
+        if not curves:
+            raise
+        # the models already measured are kept, beside (not over) earlier results
+        partial = results.write_robustness(out, settings, curves, indices, data.labels, {}, suffix="_partial")
+        click.echo(f"\nInterrupted: {len(curves)} of {len(models)} models were measured; their curves are in "
+                   f"{partial['files']['figure']} and beside it.", err=True)
+        sys.exit(130)
     minimal = results.matching_minimal(out, norm, indices, [c.model for c in curves]) if target is None else {}
     record = results.write_robustness(out, settings, curves, indices, data.labels, minimal)
     headers = ["eps"] + [c.model for c in curves]
