@@ -8,10 +8,11 @@ session call): every image carries its own perturbation ``delta``, its own radiu
 1. evaluates the network at ``x + delta`` and at its rounding to 8-bit pixels;
 2. keeps the rounded image as the image's best if it succeeds and its effective
    change is smaller, in the norm, than the best so far;
-3. adapts ``epsilon``: shrink it by a factor ``1 - gamma`` while the image is adversarial
-   (never above the best norm found), grow it by ``1 + gamma`` while it is not, and
-   before any success jump to a linear estimate of the boundary
-   (``||delta|| + margin / ||gradient||_dual``);
+3. adapts ``epsilon``: shrink it by a factor ``1 - gamma`` while the 8-bit image fools
+   the network (never above the best norm found), grow it by ``1 + gamma`` while it does
+   not; before the first success take the larger of that growth and FMN's linear
+   estimate of the boundary (``||delta|| + margin / ||gradient||_dual``: alone, it left
+   45 of 1000 untargeted test images stalled just short of the boundary);
 4. steps along the L2-normalized gradient of the logit margin, projects onto the
    ``epsilon``-ball of the norm, and clips to valid pixels.
 
