@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist import fileio, report
+from advmnist import fileio, report, report_robustness
 from advmnist.attack import AttackSettings
 from advmnist.fileio import display_path
 
@@ -50,7 +50,7 @@ def write_comparison(out: Path, results: dict, records: dict) -> dict:
 
 def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, settings: dict) -> dict:
     """``minimal``: the grids and the curve, the arrays, the metrics; returns the record."""
-    files = report.minimal_figures(result, report_, out)
+    files = report_robustness.minimal_figures(result, report_, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {**report_.to_dict(), "files": _paths(files), "settings": settings}
     fileio.write_json(out / f"{stem}.json", record)
@@ -62,10 +62,10 @@ def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str
     {model: its curve}."""
     path = out / f"minimal_{norm}.json"
     try:
-        record = fileio.read_json(path)
+        record = fileio.read_json(path)  # {} if absent or unreadable
         rows, model = record["rows"], record["settings"]["model"]
         curve = record["curve"]
-    except Exception:  # absent, or not a minimal record: nothing to draw
+    except (KeyError, TypeError):  # not a minimal record: nothing to draw
         return {}
     same_images = [r["index"] for r in rows] == indices.tolist() and all(r["target"] < 0 for r in rows)
     if not (same_images and model in models):
@@ -79,13 +79,11 @@ def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: n
     """``robustness``: the figure, each image's smallest fooling eps and example per model, the table."""
     stem = settings.file_stem + suffix
     figure = out / f"{stem}.png"
-    report.robustness_figure(curves, figure, norm=settings.norm, targeted=settings.target is not None,
+    report_robustness.robustness_figure(curves, figure, norm=settings.norm, targeted=settings.target is not None,
                              minimal=minimal)
-    for curve in curves:  # PGD cannot fool an image within an eps below its true minimal norm: count where it did
+    for curve in curves:
         if curve.model in minimal:
-            found = np.asarray(minimal[curve.model]["norms"])
-            minimal[curve.model]["pgd_below_minimal"] = [int(((curve.eps_fooled <= e) & (found > e)).sum())
-                                                         for e in curve.eps]
+            minimal[curve.model]["pgd_below_minimal"] = curve.below_minimal(minimal[curve.model]["norms"])
     minimal = {model: {k: v for k, v in entry.items() if k != "norms"} for model, entry in minimal.items()}
     arrays = out / f"{stem}.npz"
     fileio.write_npz(arrays, indices=indices, labels=labels, eps=np.asarray(curves[0].eps),
@@ -102,7 +100,7 @@ def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndar
     """``transfer``: the heatmaps, the examples made on each network, the matrices."""
     stem = settings.file_stem
     figure = out / f"{stem}.png"
-    report.transfer_figure(matrix, figure, attack=settings.attack)
+    report_robustness.transfer_figure(matrix, figure, attack=settings.attack)
     arrays = out / f"{stem}.npz"
     fileio.write_npz(arrays, indices=indices, labels=labels,
                      targets=targets if targets is not None else np.full(len(labels), -1),
@@ -170,7 +168,7 @@ def write_immunize(out: Path, stem: str, result, *, run_dir: Path, base_model: P
 
 def write_pgd_training(out: Path, stem: str, result, *, run_dir: Path, base_model: Path, settings) -> dict:
     figure = out / f"{stem}.png"
-    report.pgd_training_figure(result, figure, eps=settings.eps)
+    report_robustness.pgd_training_figure(result, figure, eps=settings.eps)
     record = {**result.to_dict(), "run_dir": display_path(run_dir), "model": display_path(run_dir / "model.pb"),
               "base_model": display_path(base_model), "figure": display_path(figure),
               "settings": dataclasses.asdict(settings)}

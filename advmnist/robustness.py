@@ -68,6 +68,12 @@ class RobustnessCurve:
     adversarial: np.ndarray        # (N, 28, 28): the example at that eps (the original if never fooled)
     seconds: float
 
+    def below_minimal(self, minimal_norms) -> list[int]:
+        """Per eps, the images fooled within it whose minimal norm (another search's) is larger: PGD cannot
+        fool an image below its true minimal norm, so each one is a success the minimal search missed."""
+        found = np.asarray(minimal_norms, np.float64)
+        return [int(((self.eps_fooled <= e) & (found > e)).sum()) for e in self.eps]
+
     def summary(self) -> dict:
         return {"model": self.model, "eps": self.eps, "robust_accuracy": self.robust_accuracy,
                 "fooled_8bit": self.fooled_8bit, "clean_accuracy": float(np.mean(self.eps_fooled > 0)),
@@ -83,7 +89,7 @@ def robustness_curve(logits_fn: Callable, images: np.ndarray, labels: np.ndarray
     adversarial = images.copy()
     robust, fooled_8bit = [], []
     # without any change: the images the network already gets wrong (or already reads as their target)
-    clean = PGD(settings.norm, 0.0, steps=1)(logits_fn, images, labels, targets=targets, seed=settings.seed)
+    clean = PGD(settings.norm, 0.0)(logits_fn, images, labels, targets=targets, seed=settings.seed)
     eps_fooled[clean.success] = 0.0
     for eps in sorted(settings.eps):
         standing = np.flatnonzero(np.isinf(eps_fooled)) if eps > 0 else np.zeros(0, np.int64)

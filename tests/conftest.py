@@ -77,3 +77,41 @@ def tiny_model(tiny_run):
     from advmnist.frozen import FrozenModel
 
     return FrozenModel.load(tiny_run[0])
+
+
+@pytest.fixture
+def other_shape_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run whose model.json says it takes 32x32 images."""
+    import json
+    import shutil
+
+    other = tmp_path_factory.mktemp("runs") / "other-shape"
+    shutil.copytree(tiny_run[0], other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["input_shape"] = [None, 32, 32]
+    (other / "model.json").write_text(json.dumps(meta))
+    return other
+
+
+@pytest.fixture
+def bad_input(tmp_path):
+    """Run a command that must refuse its input: exit 2, a message saying what was expected
+    (or ``message``), and an earlier result in ``--out`` left as it was, alone."""
+    from click.testing import CliRunner
+
+    from advmnist.cli import main
+
+    def check(args: list, keep_name: str, message: str | None = None):
+        keep = tmp_path / keep_name
+        keep.write_bytes(b"earlier result")
+        result = CliRunner().invoke(main, args + ["--out", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        if message is None:
+            assert "expected" in result.output or "Invalid value" in result.output
+        else:
+            assert message in result.output
+        assert keep.read_bytes() == b"earlier result"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [keep_name]
+        return result
+
+    return check

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -83,25 +82,13 @@ def test_pgd_and_eps_are_checked():
 
 @pytest.mark.parametrize("args", [["--eps", "0,1.5"], ["--eps", "0,abc"], ["--norm", "l1"], ["--count", "0"],
                                   ["--restarts", "0"]])
-def test_robustness_bad_input_is_a_clear_error(tmp_path, args):
-    keep = tmp_path / "robustness_linf.png"
-    keep.write_bytes(b"earlier result")
-    result = CliRunner().invoke(main, ["robustness", "--out", str(tmp_path)] + args)
-    assert result.exit_code == 2, result.output
-    assert "expected" in result.output or "Invalid value" in result.output
-    assert keep.read_bytes() == b"earlier result"
+def test_robustness_bad_input_is_a_clear_error(bad_input, args):
+    bad_input(["robustness"] + args, "robustness_linf.png")
 
 
-def test_models_of_different_input_shapes_are_refused(tiny_run, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(tiny_run[0], other)
-    meta = json.loads((other / "model.json").read_text())
-    meta["input_shape"] = [None, 32, 32]
-    (other / "model.json").write_text(json.dumps(meta))
-    result = CliRunner().invoke(main, ["robustness", "--model", str(tiny_run[0]), "--model", str(other),
-                                       "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2, result.output
-    assert "same input shape" in result.output
+def test_models_of_different_input_shapes_are_refused(tiny_run, other_shape_run, bad_input):
+    bad_input(["robustness", "--model", str(tiny_run[0]), "--model", str(other_shape_run)], "robustness_linf.png",
+              "same input shape")
 
 
 @pytest.mark.slow

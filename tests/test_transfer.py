@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -50,22 +49,13 @@ def test_the_diagonal_is_each_networks_own_success(tiny_model, second_model, mni
     (["--eps", "2"], "Invalid value"),
     (["--count", "20000"], "expected --offset + --count"),
 ])
-def test_transfer_bad_input_is_a_clear_error(tiny_run, tmp_path, args, message):
-    result = CliRunner().invoke(main, ["transfer", "--from", str(tiny_run[0]), "--out", str(tmp_path)] + args)
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert not any(tmp_path.iterdir())
+def test_transfer_bad_input_is_a_clear_error(tiny_run, bad_input, args, message):
+    bad_input(["transfer", "--from", str(tiny_run[0])] + args, "transfer_pgd.png", message)
 
 
-def test_transfer_refuses_models_of_different_input_shapes(tiny_run, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(tiny_run[0], other)
-    meta = json.loads((other / "model.json").read_text())
-    meta["input_shape"] = [None, 32, 32]
-    (other / "model.json").write_text(json.dumps(meta))
-    result = CliRunner().invoke(main, ["transfer", "--from", str(tiny_run[0]), "--to", str(other), "--out",
-                                       str(tmp_path / "out")])
-    assert result.exit_code == 2 and "same input shape" in result.output
+def test_transfer_refuses_models_of_different_input_shapes(tiny_run, other_shape_run, bad_input):
+    bad_input(["transfer", "--from", str(tiny_run[0]), "--to", str(other_shape_run)], "transfer_pgd.png",
+              "same input shape")
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ class PGD(Attack):
             bar.update(int(fooled.sum()))
             for start in range(0, count, self.chunk_size):
                 chunk = np.arange(start, min(start + self.chunk_size, count))
-                standing = chunk[~fooled[chunk]]
+                standing = chunk[~fooled[chunk] & (eps[chunk] > 0)]  # a ball of radius 0 holds nothing else
                 for restart in range(self.restarts):
                     if not len(standing):
                         break
