@@ -11,7 +11,7 @@ import os
 import platform
 
 from advmnist.data import IMAGE_SIZE
-from advmnist.model import INPUT_NAME, LOGITS_NAME, PROB_NAME, cnn_logits
+from advmnist.model import AVERAGE_SUFFIX, INPUT_NAME, LOGITS_NAME, PROB_NAME, cnn_logits
 from advmnist.tfcompat import tf1
 
 
@@ -26,15 +26,24 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def inference_graph_def(checkpoint: os.PathLike | str):
-    """Build the CNN with dropout off, restore ``checkpoint`` and return a frozen GraphDef."""
+def inference_graph_def(checkpoint: os.PathLike | str, *, averaged: bool = True):
+    """Build the CNN with dropout off, restore ``checkpoint`` and return a frozen GraphDef.
+
+    When the checkpoint holds moving averages of the weights (``train`` with
+    ``average_decay``) and ``averaged`` is true, the averages are frozen; otherwise the
+    weights themselves.
+    """
     tf = tf1()
+    stored = {name for name, _ in tf.train.list_variables(str(checkpoint))}
     graph = tf.Graph()
     with graph.as_default():
         image = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE), name=INPUT_NAME)
         logits = tf.identity(cnn_logits(image, training=False), name=LOGITS_NAME)
         tf.nn.softmax(logits, name=PROB_NAME)
-        saver = tf.train.Saver(tf.global_variables())
+        names = {f"{v.op.name}/{AVERAGE_SUFFIX}": v for v in tf.global_variables()}
+        if not (averaged and names and set(names) <= stored):
+            names = {v.op.name: v for v in tf.global_variables()}
+        saver = tf.train.Saver(names)
         with tf.Session(graph=graph) as sess:
             saver.restore(sess, str(checkpoint))
             frozen = tf.graph_util.convert_variables_to_constants(

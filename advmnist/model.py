@@ -49,8 +49,41 @@ def cnn_logits(image, *, training: bool):
     return FullyConnected(fc1, x, NUM_CLASSES)
 
 
-def make_model(learning_rate: float = 1e-3):
-    """Return a tensorpack ``ModelDesc`` instance for the CNN."""
+#: Suffix of the moving averages of the weights in a checkpoint (TensorFlow's default name).
+AVERAGE_SUFFIX = "ExponentialMovingAverage"
+
+
+def averaging_optimizer(opt, decay: float):
+    """``opt``, followed at every step by an exponential moving average of the weights it updates.
+
+    The averages (``<variable>/ExponentialMovingAverage``) are saved with the checkpoints
+    and are what :func:`advmnist.export.inference_graph_def` freezes. Early on the
+    average uses TensorFlow's ramp ``min(decay, (1 + step) / (10 + step))``, so the
+    first steps' random weights are soon forgotten.
+    """
+    tf = tf1()
+    load_tensorpack()
+    from tensorpack.tfutils.common import get_global_step_var
+    from tensorpack.tfutils.optimizer import ProxyOptimizer
+
+    class AveragingOptimizer(ProxyOptimizer):
+        def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+            grads_and_vars = list(grads_and_vars)
+            update = self._opt.apply_gradients(grads_and_vars, global_step=global_step, name=name)
+            average = tf.train.ExponentialMovingAverage(decay, num_updates=get_global_step_var(),
+                                                        name=AVERAGE_SUFFIX)
+            with tf.control_dependencies([update]):
+                return average.apply([v for _, v in grads_and_vars])
+
+    return AveragingOptimizer(opt, "AveragingOptimizer")
+
+
+def make_model(learning_rate: float = 1e-3, average_decay: float | None = None):
+    """Return a tensorpack ``ModelDesc`` instance for the CNN.
+
+    With ``average_decay``, the optimizer also keeps a moving average of the weights
+    (:func:`averaging_optimizer`).
+    """
     tf = tf1()
     load_tensorpack()
     from tensorpack import ModelDesc
@@ -77,6 +110,7 @@ def make_model(learning_rate: float = 1e-3):
         def optimizer(self):
             lr = tf.get_variable("learning_rate", initializer=float(learning_rate), trainable=False)
             tf.summary.scalar("learning_rate", lr)
-            return tf.train.AdamOptimizer(lr)
+            opt = tf.train.AdamOptimizer(lr)
+            return averaging_optimizer(opt, average_decay) if average_decay else opt
 
     return MnistCNN()

@@ -29,6 +29,8 @@ class TrainSettings:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
+    #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
+    average_decay: float = 0.999
 
 
 @dataclasses.dataclass
@@ -103,7 +105,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         mark_run(run_dir, dataclasses.asdict(settings))
     config = AutoResumeTrainConfig(
         always_resume=resume,
-        model=make_model(settings.lr),
+        model=make_model(settings.lr, settings.average_decay),
         data=QueueInput(batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed)),
         callbacks=[
             ModelSaver(max_to_keep=3, keep_checkpoint_every_n_hours=1000),
@@ -146,16 +148,25 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]
     graph_def = inference_graph_def(checkpoint)
-    frozen = FrozenModel(graph_def, TENSOR_NAMES, run_dir / MODEL_FILE)
-    accuracy = float(np.mean(frozen.predict_proba(test_split.images).argmax(1) == test_split.labels))
+    accuracy = frozen_accuracy(graph_def, test_split, run_dir)
+    if settings is not None:
+        meta.update(average_decay=settings.average_decay)
+        if settings.average_decay:  # the same checkpoint without the average, for comparison
+            meta.update(test_accuracy_weights=frozen_accuracy(inference_graph_def(checkpoint, averaged=False),
+                                                              test_split, run_dir))
     write_frozen(graph_def, run_dir, checkpoint, test_accuracy=accuracy, **meta)
     return TrainResult(run_dir=display_path(run_dir), model=display_path(run_dir / MODEL_FILE), test_accuracy=accuracy,
                        epochs=meta.get("epochs", 0), seed=meta.get("seed"), seconds=round(time.time() - started, 1),
                        history=history)
 
 
+def frozen_accuracy(graph_def, split: Split, run_dir: Path) -> float:
+    frozen = FrozenModel(graph_def, TENSOR_NAMES, run_dir / MODEL_FILE)
+    return float(np.mean(frozen.predict_proba(split.images).argmax(1) == split.labels))
+
+
 #: What ``write_frozen`` derives anew at every freeze; everything else in model.json is kept.
 DERIVED_META = ("input", "logits", "prob", "model_sha256", "input_shape", "input_range", "checkpoint", "versions",
-                "created", "test_accuracy")
+                "created", "test_accuracy", "test_accuracy_weights")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
