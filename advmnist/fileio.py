@@ -98,6 +98,21 @@ def write_npz(path: os.PathLike | str, **arrays: np.ndarray) -> None:
                 np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
 
 
+def read_npz(path: os.PathLike | str, what: str = "arrays") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickles).
+
+    Raises:
+        InvalidInput: the file is missing or is not such an archive; the message names it.
+    """
+    from advmnist.errors import InvalidInput
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise InvalidInput(f"expected {what} in {path}, a .npz archive of arrays ({err})") from err
+
+
 def write_npy(path: os.PathLike | str, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)

@@ -28,12 +28,21 @@ def _write_arrays(out: Path, stem: str, result, indices: np.ndarray) -> Path:
     return arrays
 
 
-def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, settings: dict) -> dict:
-    """One regularizer's run of ``attack``: the two grids, the arrays, the metrics; returns the record."""
+def _shard(shard: dict | None) -> dict:
+    """A shard's entry in its metrics record (:meth:`advmnist.shards.Shard.record`), none for a whole run."""
+    return {} if shard is None else {"shard": shard}
+
+
+def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, settings: dict, *,
+                 shard=None) -> dict:
+    """One regularizer's run of ``attack``: the two grids, the arrays, the metrics; returns the record.
+
+    ``shard``: :meth:`advmnist.shards.Shard.record` when the run is a shard.
+    """
     stem = AttackSettings.file_stem(name)
     files = report.attack_figures(result, name, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
-    record = {**summary.to_dict(), "files": _paths(files), "settings": settings}
+    record = {**summary.to_dict(), "files": _paths(files), "settings": settings, **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -48,11 +57,12 @@ def write_comparison(out: Path, results: dict, records: dict) -> dict:
     return {"runs": records, "comparison": table, "figure": display_path(figure)}
 
 
-def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, settings: dict) -> dict:
+def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, settings: dict, *,
+                  shard=None) -> dict:
     """``minimal``: the grids and the curve, the arrays, the metrics; returns the record."""
     files = report_robustness.minimal_figures(result, report_, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
-    record = {**report_.to_dict(), "files": _paths(files), "settings": settings}
+    record = {**report_.to_dict(), "files": _paths(files), "settings": settings, **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -75,7 +85,7 @@ def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str
 
 
 def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: np.ndarray, minimal: dict, *,
-                     suffix: str = "") -> dict:
+                     suffix: str = "", shard=None) -> dict:
     """``robustness``: the figure, each image's smallest fooling eps and example per model, the table."""
     stem = settings.file_stem + suffix
     figure = out / f"{stem}.png"
@@ -88,9 +98,10 @@ def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: n
     arrays = out / f"{stem}.npz"
     fileio.write_npz(arrays, indices=indices, labels=labels, eps=np.asarray(curves[0].eps),
                      eps_fooled=np.stack([c.eps_fooled for c in curves]),
-                     adversarial=np.stack([c.adversarial for c in curves]))
+                     adversarial=np.stack([c.adversarial for c in curves]),
+                     fools_8bit=np.stack([c.fools_8bit for c in curves]))
     record = {"settings": dataclasses.asdict(settings), "models": [c.summary() for c in curves],
-              "minimal": minimal, "files": _paths({"figure": figure, "arrays": arrays})}
+              "minimal": minimal, "files": _paths({"figure": figure, "arrays": arrays}), **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -112,12 +123,12 @@ def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndar
 
 
 def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
-                 seconds: float) -> dict:
+                 seconds: float, *, shard=None) -> dict:
     files = report.matrix_figures(cells, reg, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {"settings": settings, **cells.to_dict(), "success_overall": float(result.success.mean()),
               "hardest": cells.hardest(), "easiest": cells.easiest(), "seconds": round(seconds, 2),
-              "files": _paths(files)}
+              "files": _paths(files), **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 

@@ -66,7 +66,20 @@ class RobustnessCurve:
     fooled_8bit: list[float]       # of the examples found at each eps, the share that still fool as 8-bit images
     eps_fooled: np.ndarray         # (N,) inf where no eps of the list fooled the image
     adversarial: np.ndarray        # (N, 28, 28): the example at that eps (the original if never fooled)
+    fools_8bit: np.ndarray         # (N,) whether that example still fools once rounded to 8-bit pixels
     seconds: float
+
+    @classmethod
+    def from_images(cls, model: str, eps, eps_fooled: np.ndarray, adversarial: np.ndarray, fools_8bit: np.ndarray,
+                    seconds: float) -> "RobustnessCurve":
+        """The curve from each image's smallest fooling eps (0: wrong without any change) and its example."""
+        eps = [float(e) for e in sorted(eps)]
+        robust = [float(np.mean(eps_fooled > e)) for e in eps]
+        # the examples PGD found at each eps (none at 0: an image wrong without change needs no example)
+        found = [np.flatnonzero(eps_fooled == e) if e > 0 else np.zeros(0, np.int64) for e in eps]
+        share = [float(fools_8bit[hit].mean()) if len(hit) else 1.0 for hit in found]
+        return cls(model=model, eps=eps, robust_accuracy=robust, fooled_8bit=share, eps_fooled=eps_fooled,
+                   adversarial=adversarial, fools_8bit=fools_8bit, seconds=seconds)
 
     def below_minimal(self, minimal_norms) -> list[int]:
         """Per eps, the images fooled within it whose minimal norm (another search's) is larger: PGD cannot
@@ -81,30 +94,35 @@ class RobustnessCurve:
 
 
 def robustness_curve(logits_fn: Callable, images: np.ndarray, labels: np.ndarray, settings: RobustnessSettings, *,
-                     model: str, targets: np.ndarray | None = None, progress: bool = False) -> RobustnessCurve:
-    """PGD at every eps of ``settings.eps`` in increasing order, attacking only the images still standing."""
+                     model: str, targets: np.ndarray | None = None, progress: bool = False,
+                     positions: np.ndarray | None = None, population: int | None = None) -> RobustnessCurve:
+    """PGD at every eps of ``settings.eps`` in increasing order, attacking only the images still standing.
+
+    ``positions`` and ``population``: for a shard of a selection, as in
+    :meth:`advmnist.attacks.Attack.__call__` (each image keeps its random starts).
+    """
     started = time.time()
     count = len(images)
+    positions = np.arange(count) if positions is None else np.asarray(positions, np.int64)
+    population = count if population is None else population
     eps_fooled = np.full(count, np.inf)
     adversarial = images.copy()
-    robust, fooled_8bit = [], []
+    fools_8bit = np.zeros(count, bool)
     # without any change: the images the network already gets wrong (or already reads as their target)
     clean = PGD(settings.norm, 0.0)(logits_fn, images, labels, targets=targets, seed=settings.seed)
     eps_fooled[clean.success] = 0.0
+    fools_8bit[clean.success] = clean.success_8bit[clean.success]
     for eps in sorted(settings.eps):
         standing = np.flatnonzero(np.isinf(eps_fooled)) if eps > 0 else np.zeros(0, np.int64)
+        if not len(standing):
+            continue
         attack = PGD(settings.norm, eps, steps=settings.steps, restarts=settings.restarts, rel_step=settings.rel_step)
-        share_8bit = 1.0
-        if len(standing):
-            result = attack(logits_fn, images[standing], labels[standing],
-                            targets=None if targets is None else targets[standing], seed=settings.seed,
-                            progress=progress)
-            hit = result.success
-            eps_fooled[standing[hit]] = eps
-            adversarial[standing[hit]] = result.adversarial[hit]
-            share_8bit = float(result.success_8bit[hit].mean()) if hit.any() else 1.0
-        robust.append(float(np.isinf(eps_fooled).mean()))
-        fooled_8bit.append(share_8bit)
-    return RobustnessCurve(model=model, eps=[float(e) for e in sorted(settings.eps)], robust_accuracy=robust,
-                           fooled_8bit=fooled_8bit, eps_fooled=eps_fooled, adversarial=adversarial,
-                           seconds=time.time() - started)
+        result = attack(logits_fn, images[standing], labels[standing],
+                        targets=None if targets is None else targets[standing], seed=settings.seed,
+                        progress=progress, positions=positions[standing], population=population)
+        hit = result.success
+        eps_fooled[standing[hit]] = eps
+        adversarial[standing[hit]] = result.adversarial[hit]
+        fools_8bit[standing[hit]] = result.success_8bit[hit]
+    return RobustnessCurve.from_images(model, settings.eps, eps_fooled, adversarial, fools_8bit,
+                                       time.time() - started)

@@ -106,7 +106,7 @@ def test_success_is_the_target_or_any_wrong_class():
 class _Identity(Attack):
     """An attack that changes nothing: the contract's checks and measurements alone."""
 
-    def run(self, logits_fn, images, labels, targets, *, seed, progress):
+    def run(self, logits_fn, images, labels, targets, *, draws, progress):
         return _result(labels, labels, targets)
 
 

@@ -13,7 +13,7 @@
 A new attack is one module: subclass :class:`Attack`, implement ``run``, return an
 :class:`AttackResult`; the base checks inputs and measures success and norms.
 """
-from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult
+from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, Draws
 from advmnist.attacks.minimal import MinimalNorm
 from advmnist.attacks.norms import L1, L2, NORMS, Linf, Norm, Regularizer, get_norm, make_regularizer
 from advmnist.attacks.pgd import PGD
@@ -21,6 +21,6 @@ from advmnist.attacks.targeted_noise import PerImageNoise
 from advmnist.attacks.targets import choose_targets, parse_target_rule
 from advmnist.attacks.universal_noise import UniversalNoise, UniversalNoiseGraph
 
-__all__ = ["UNTARGETED", "Attack", "AttackInterrupted", "AttackResult", "L1", "L2", "Linf", "MinimalNorm", "NORMS",
-           "Norm", "PGD", "PerImageNoise", "Regularizer", "UniversalNoise", "UniversalNoiseGraph", "choose_targets",
-           "get_norm", "make_regularizer", "parse_target_rule"]
+__all__ = ["UNTARGETED", "Attack", "AttackInterrupted", "AttackResult", "Draws", "L1", "L2", "Linf", "MinimalNorm",
+           "NORMS", "Norm", "PGD", "PerImageNoise", "Regularizer", "UniversalNoise", "UniversalNoiseGraph",
+           "choose_targets", "get_norm", "make_regularizer", "parse_target_rule"]

@@ -79,9 +79,18 @@ class AttackResult:
         return len(self.originals)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays a results file keeps."""
+        """The arrays a results file keeps: all of the result (``info`` entries as ``info_<key>``)."""
         return {"originals": self.originals, "noise": self.noise, "adversarial": self.adversarial,
-                "labels": self.labels, "targets": self.targets, "predictions": self.predictions}
+                "labels": self.labels, "targets": self.targets, "predictions": self.predictions,
+                "predictions_8bit": self.predictions_8bit,
+                **{f"info_{key}": value for key, value in self.info.items()}}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "AttackResult":
+        """The result that :meth:`arrays` wrote (other keys are ignored)."""
+        return cls(**{f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls) if f.name != "info"},
+                   info={key[len("info_"):]: np.asarray(value) for key, value in arrays.items()
+                         if key.startswith("info_")})
 
     def take(self, index) -> "AttackResult":
         """The result for a subset of the images (a slice or an index array)."""
@@ -112,7 +121,8 @@ class Attack(abc.ABC):
     target_may_be_label: bool = False
 
     def __call__(self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray | None = None, *,
-                 targets: np.ndarray | None = None, seed: int = 0, progress: bool = False) -> AttackResult:
+                 targets: np.ndarray | None = None, seed: int = 0, progress: bool = False,
+                 positions: np.ndarray | None = None, population: int | None = None) -> AttackResult:
         """Attack ``images`` (N, 28, 28) in [0, 1].
 
         Args:
@@ -121,22 +131,73 @@ class Attack(abc.ABC):
             targets: target class per image (targeted), or None (untargeted: any wrong class).
             seed: seeds whatever the attack draws at random.
             progress: show a progress bar on stderr.
+            positions, population: when ``images`` are a shard of a larger selection of
+                ``population`` images, each image's place in it; an image then gets the
+                random draws it gets when the whole selection is attacked (:class:`Draws`).
         """
         images = check_images(images)
         labels = check_labels(labels, len(images), allow_unknown=targets is not None)
         targets = (untargeted(len(images)) if targets is None
                    else check_targets(targets, labels, may_be_label=self.target_may_be_label))
-        return self.run(logits_fn, images, labels, targets, seed=seed, progress=progress)
+        draws = Draws.of(seed, len(images), positions, population)
+        return self.run(logits_fn, images, labels, targets, draws=draws, progress=progress)
 
     @abc.abstractmethod
     def run(self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, targets: np.ndarray, *,
-            seed: int, progress: bool) -> AttackResult:
-        """The attack itself, on checked inputs (``targets`` all UNTARGETED when untargeted)."""
+            draws: "Draws", progress: bool) -> AttackResult:
+        """The attack itself, on checked inputs (``targets`` all UNTARGETED when untargeted); every random
+        draw comes from ``draws``."""
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" if not isinstance(v, np.ndarray) else f"{k}=<array {v.shape}>"
                            for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Draws:
+    """An attack's random draws, tied to each image's place in the selection it belongs to.
+
+    An attack run on a shard (images K, K+N, ... of a selection) gets, image by image,
+    the same random numbers as a run on the whole selection: ``positions`` are the
+    images' places in the selection and ``population`` its size.
+    """
+
+    seed: int
+    positions: np.ndarray
+    population: int
+
+    @classmethod
+    def of(cls, seed: int, count: int, positions=None, population: int | None = None) -> "Draws":
+        positions = np.arange(count) if positions is None else np.asarray(positions, np.int64)
+        population = count if population is None else int(population)
+        if positions.shape != (count,) or (count and (positions.min() < 0 or positions.max() >= population)):
+            raise InvalidInput(f"expected {count} positions in 0..{population - 1}, got {positions}")
+        if len(np.unique(positions)) != count:
+            raise InvalidInput("expected distinct positions")
+        return cls(int(seed), positions, population)
+
+    def normal_rows(self, shape: tuple[int, ...], *, blocks: int = 1) -> np.ndarray:
+        """(blocks, count) + shape: rows of ``default_rng(seed).standard_normal((blocks, population) + shape)``
+        at ``positions`` of every block (float64, as numpy draws them).
+
+        The stream is read in pieces of 32 MB up to the last row needed (numpy draws the
+        same numbers in pieces as at once), so memory stays bounded for any selection.
+        """
+        rng = np.random.default_rng(self.seed)
+        size = int(np.prod(shape))
+        rows = (np.arange(blocks)[:, None] * self.population + self.positions[None, :]).ravel()  # in the stream
+        out = np.empty((len(rows), size))
+        piece = max(1, 2 ** 22 // size)  # rows per draw: 32 MB of float64
+        for begin in range(0, int(rows.max()) + 1 if len(rows) else 0, piece):
+            drawn = rng.standard_normal((min(piece, int(rows.max()) + 1 - begin), size))
+            hit = (rows >= begin) & (rows < begin + len(drawn))
+            out[hit] = drawn[rows[hit] - begin]
+        return out.reshape((blocks, len(self.positions)) + tuple(shape))
+
+    def generator(self, index: int, *key: int) -> np.random.Generator:
+        """A generator of its own for image ``index`` (seeded by the seed, ``key`` and the image's position)."""
+        return np.random.default_rng([self.seed, *key, int(self.positions[index])])
 
 
 def untargeted(count: int) -> np.ndarray:

@@ -90,13 +90,13 @@ class MinimalNorm(Attack):
         """Images per graph: ``batch_rows`` rows hold that many images times their starts."""
         return max(1, self.batch_rows // self.starts)
 
-    def run(self, logits_fn, images, labels, targets, *, seed, progress) -> AttackResult:
+    def run(self, logits_fn, images, labels, targets, *, draws, progress) -> AttackResult:
         if not len(images):
             empty = np.zeros(0, np.int64)
             return AttackResult(originals=images, adversarial=images, noise=images, labels=labels, targets=targets,
                                 predictions=empty, predictions_8bit=empty,
                                 info={"found": np.zeros(0, bool), "norm_history": np.zeros((0, 0), np.float32)})
-        initial = self._start_points(images, seed)
+        initial = self._start_points(images, draws)
         parts = []
         bar = progress_bar(self.steps * self.starts * len(images), f"minimal {self.norm.name}", progress)
         try:
@@ -111,12 +111,12 @@ class MinimalNorm(Attack):
             raise AttackInterrupted(AttackResult.concatenate(parts)) from None
         return AttackResult.concatenate(parts)
 
-    def _start_points(self, images: np.ndarray, seed: int) -> np.ndarray:
+    def _start_points(self, images: np.ndarray, draws) -> np.ndarray:
         """(starts, N, 28, 28): zero for the first start, random points of the norm's START_RADIUS after."""
-        rng = np.random.default_rng(seed)
         deltas = np.zeros((self.starts,) + images.shape, np.float32)
+        normal = draws.normal_rows(images.shape[1:], blocks=self.starts - 1)
         for k in range(1, self.starts):
-            noise = rng.standard_normal(images.shape).astype(np.float32)
+            noise = normal[k - 1].astype(np.float32)
             noise *= START_RADIUS[self.norm.name] / self.norm.measure(noise)[:, None, None]
             deltas[k] = np.clip(images + noise, 0.0, 1.0) - images
         return deltas

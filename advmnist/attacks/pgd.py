@@ -67,7 +67,7 @@ class PGD(Attack):
         self.check_every = check_every
         self.chunk_size = chunk_size
 
-    def run(self, logits_fn, images, labels, targets, *, seed, progress) -> AttackResult:
+    def run(self, logits_fn, images, labels, targets, *, draws, progress) -> AttackResult:
         count = len(images)
         eps = np.broadcast_to(np.asarray(self.eps, np.float32), (count,)).copy()
         adversarial = images.copy()
@@ -88,7 +88,7 @@ class PGD(Attack):
                 for restart in range(self.restarts):
                     if not len(standing):
                         break
-                    delta = self._random_start(images[standing], eps[standing], seed, restart, standing)
+                    delta = self._random_start(images[standing], eps[standing], draws, restart, standing)
                     for begin in range(0, self.steps, self.check_every):
                         if not len(standing):
                             break
@@ -109,12 +109,12 @@ class PGD(Attack):
                             targets=targets, predictions=predictions, predictions_8bit=predictions_8bit,
                             info={"steps_run": steps_run})
 
-    def _random_start(self, images, eps, seed: int, restart: int, positions) -> np.ndarray:
+    def _random_start(self, images, eps, draws, restart: int, indices) -> np.ndarray:
         """A uniform point of each image's ball (then clipped to valid pixels), seeded per image."""
         pixels = images[0].size
         starts = np.empty(images.shape, np.float32)
-        for k, (position, radius) in enumerate(zip(positions, eps)):
-            rng = np.random.default_rng([seed, restart, int(position)])
+        for k, (index, radius) in enumerate(zip(indices, eps)):
+            rng = draws.generator(index, restart)
             if self.norm == "linf":
                 starts[k] = rng.uniform(-radius, radius, images.shape[1:])
             else:

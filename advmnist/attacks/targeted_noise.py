@@ -65,7 +65,7 @@ class PerImageNoise(Attack):
         self.chunk_size = chunk_size
         self.check_every = check_every
 
-    def run(self, logits_fn, images, labels, targets, *, seed, progress) -> AttackResult:
+    def run(self, logits_fn, images, labels, targets, *, draws, progress) -> AttackResult:
         if (targets < 0).any():
             raise InvalidInput("expected a target for every image: per-image noise is a targeted attack")
         if not len(images):
@@ -74,7 +74,7 @@ class PerImageNoise(Attack):
                                 predictions=empty, predictions_8bit=empty,
                                 info={"target_probability": np.zeros(0, np.float32),
                                       "cross_entropy": np.zeros(0, np.float32), "steps_run": empty})
-        initial = np.random.default_rng(seed).normal(0.0, self.init_std, images.shape).astype(np.float32)
+        initial = (self.init_std * draws.normal_rows(images.shape[1:])[0]).astype(np.float32)  # N(0, init_std)
         parts = []
         bar = progress_bar(self.steps * len(images), f"{self.regularizer.name} noise", progress)
         try:

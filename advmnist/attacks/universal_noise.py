@@ -122,7 +122,7 @@ class UniversalNoise(Attack):
         self.lr, self.batch_size = lr, batch_size
         self.given = dict(given or {})
 
-    def run(self, logits_fn, images, labels, targets, *, seed, progress) -> AttackResult:
+    def run(self, logits_fn, images, labels, targets, *, draws, progress) -> AttackResult:
         if (targets < 0).any():
             raise InvalidInput("expected a target for every image: a universal noise is made for one target class")
         tf = tf1()
@@ -143,7 +143,7 @@ class UniversalNoise(Attack):
                     pattern = np.asarray(self.given[target], np.float32)
                 else:
                     pattern = universal.optimize(sess, self.fit_images, target, steps=self.steps,
-                                                 seed=seed * 100 + target, progress=progress)
+                                                 seed=draws.seed * 100 + target, progress=progress)
                 noise[chosen] = pattern
                 predictions[chosen] = universal.predict(sess, images[chosen], pattern)
                 predictions_8bit[chosen] = universal.predict(sess, images[chosen], pattern, rounded=True)

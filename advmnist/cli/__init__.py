@@ -13,8 +13,8 @@ import sys
 import click
 
 from advmnist import tfcompat
-from advmnist.cli import (attack, data, evaluate, export, immunize, matrix, minimal, reproduce, robustness,
-                          tradeoff, train, transfer, universal)
+from advmnist.cli import (attack, data, evaluate, export, immunize, matrix, merge, minimal, reproduce,
+                          robustness, tradeoff, train, transfer, universal)
 from advmnist.cli.options import CONTEXT_SETTINGS, json_error
 
 
@@ -87,7 +87,7 @@ def main(verbose: bool) -> None:
 
 
 for _module in (data, train, export, evaluate, attack, matrix, tradeoff, minimal, robustness, transfer, universal,
-                immunize, reproduce):
+                immunize, merge, reproduce):
     main.add_command(getattr(_module, _module.__name__.rsplit(".", 1)[1]))
 main.add_command(reproduce.report)
 

@@ -10,7 +10,8 @@ import numpy as np
 from advmnist.attack import REG_CHOICES, AttackSettings
 from advmnist.cli.options import (MAX_TABLE_ROWS, Output, check_range, config_option, data_dir_option, finite,
                                   image_options, json_option, load_model, model_option, out_option, progress_enabled,
-                                  reg_option, seed_option, steps_option, translate_errors, weight_option)
+                                  reg_option, seed_option, select_shard, shard_option, shard_out, steps_option,
+                                  translate_errors, weight_option)
 from advmnist.errors import InvalidInput
 
 DEFAULTS = AttackSettings()
@@ -29,11 +30,12 @@ DEFAULTS = AttackSettings()
               help="With --early-stop: how far the target logit must lead.")
 @model_option
 @out_option("Folder for the PNG grids, the .npz arrays and the metrics .json.")
+@shard_option
 @data_dir_option
 @json_option
 @translate_errors
 def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, margin, model_path, no_verify, out,
-           data_dir, json_mode) -> None:
+           shard, data_dir, json_mode) -> None:
     """Per-image targeted noise: make the frozen network read digit d as 9 - d.
 
     Each selected image gets its own 28x28 noise variable; the frozen network sees
@@ -50,6 +52,10 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
 
     Ctrl-C stops the run; with more than 256 images (optimized 256 at a time) the
     finished ones are kept in mnist_adv_<reg>_partial.* beside earlier results.
+
+    \b
+    On N processes or machines (then `advmnist merge assets/shard-*`):
+      advmnist attack --split test --offset 0 --count 1000 --target d+1 --shard K/N
     """
     from advmnist import attack as attack_lib
     from advmnist import report, results
@@ -60,8 +66,12 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     if not early_stop and click.get_current_context().get_parameter_source("margin").name != "DEFAULT":
         raise click.BadParameter("--margin (on the command line or in --config) only matters with --early-stop: "
                                  "add --early-stop, or drop --margin", param_hint="--margin")
+    select_shard(shard, count)  # an empty shard is refused before anything is loaded
     model, indices, images, labels, targets, rule = attack_inputs(model_path, no_verify, split, offset, count,
                                                                   target, seed, data_dir, output)
+    positions, indices, images, labels, targets = select_shard(shard, count, indices, images, labels, targets)
+    out = shard_out(out, shard)
+    shard_record = shard.record(count) if shard else None
     settings = AttackSettings(reg=reg, weight=weight, count=count, offset=offset, split=split, target=rule,
                               steps=steps, seed=seed, early_stop=early_stop, margin=margin)
     record = {"model": display_path(model.path), **{k: v for k, v in vars(settings).items() if k != "reg"}}
@@ -71,19 +81,20 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         attack = settings.attack(name)
         started = time.time()
         try:
-            result = attack(model.logits, images, labels, targets=targets, seed=seed, progress=progress_enabled())
+            result = attack(model.logits, images, labels, targets=targets, seed=seed, progress=progress_enabled(),
+                            positions=positions, population=count)
         except AttackInterrupted as stop:  # keep the chunks that finished, beside (not over) earlier results
             done = len(stop.partial)
             summary = attack_lib.summarize(stop.partial, attack.regularizer, indices=indices[:done],
                                            seconds=time.time() - started)
             partial = results.write_attack(out, f"{name}_partial", stop.partial, summary, indices[:done],
                                            {**record, "completed": done})
-            click.echo(f"\nInterrupted during {name}: the first {done} of {count} images were done; their "
+            click.echo(f"\nInterrupted during {name}: the first {done} of {len(images)} images were done; their "
                        f"results are in {partial['files']['arrays']} and beside it.", err=True)
             sys.exit(130)
         summary = attack_lib.summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
         runs[name] = result
-        records[name] = results.write_attack(out, name, result, summary, indices, record)
+        records[name] = results.write_attack(out, name, result, summary, indices, record, shard=shard_record)
         print_attack(output, name, summary, records[name]["files"])
     payload = records[settings.regs[0]]
     if len(settings.regs) > 1:

@@ -9,8 +9,8 @@ import numpy as np
 
 from advmnist.attacks import make_regularizer
 from advmnist.cli.options import (Output, config_option, data_dir_option, json_option, load_model, model_option,
-                                  out_option, progress_enabled, reg_option, seed_option, split_option, steps_option,
-                                  translate_errors, weight_option)
+                                  out_option, progress_enabled, reg_option, seed_option, select_shard, shard_option,
+                                  shard_out, split_option, steps_option, translate_errors, weight_option)
 from advmnist.matrix import MatrixSettings
 from advmnist.tradeoff import REG_CHOICES
 
@@ -29,10 +29,12 @@ DEFAULTS = MatrixSettings()
 @seed_option(DEFAULTS.seed, "Seeds the initial noise N(0, 0.01).")
 @model_option
 @out_option("Folder for the figures, matrix_<reg>.npz and matrix_<reg>.json.")
+@shard_option
 @data_dir_option
 @json_option
 @translate_errors
-def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, out, data_dir, json_mode) -> None:
+def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, out, shard, data_dir,
+           json_mode) -> None:
     """Source x target: turn every digit into every other digit and compare the cost.
 
     Takes the first --per-class images of each digit and attacks each of them towards
@@ -50,6 +52,9 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
     \b
     Example (about 1 minute on 2 CPU cores):
       advmnist matrix --reg l2 --per-class 2 --steps 1000
+
+    With --shard K/N a process takes attacks K, K+N, ... of the list (source digit,
+    then target); `advmnist merge` puts the shards together.
     """
     from advmnist import matrix as matrix_lib
     from advmnist import report, results
@@ -63,15 +68,20 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
     data = load_split(split, data_dir, log=output.say)
     chosen = matrix_lib.pick_sources(data.labels, per_class)
     indices, targets = matrix_lib.all_pairs(chosen, data.labels)
-    output.say(f"{len(indices)} attacks ({per_class} image(s) of each digit x 9 targets), {steps} steps, {reg}")
+    population = len(indices)
+    positions, indices, targets = select_shard(shard, population, indices, targets)
+    out = shard_out(out, shard)
+    output.say(f"{len(indices)} attacks ({per_class} image(s) of each digit x 9 targets"
+               + (f", shard {shard} of {population}" if shard else "") + f"), {steps} steps, {reg}")
     report.import_in_background()
     started = time.time()
     result = settings.attack()(model.logits, data.images[indices], data.labels[indices], targets=targets, seed=seed,
-                               progress=progress_enabled())
+                               progress=progress_enabled(), positions=positions, population=population)
     seconds = time.time() - started
     cells = matrix_lib.summarize(result)
     record = results.write_matrix(out, settings.file_stem, reg, result, cells, indices,
-                                  {"model": display_path(model.path), **dataclasses.asdict(settings)}, seconds)
+                                  {"model": display_path(model.path), **dataclasses.asdict(settings)}, seconds,
+                                  shard=shard.record(population) if shard else None)
     output.say(f"reached the target: {record['success_overall']:.1%} of {len(indices)} ({seconds:.0f} s)")
     output.say("mean L2 of the successful perturbations, rows: source digit, columns: target class")
     table = [[s] + ["-" if np.isnan(v) else f"{v:.2f}" for v in row] for s, row in enumerate(cells.mean_l2)]

@@ -9,7 +9,7 @@ import click
 from advmnist.cli.attack import attack_inputs
 from advmnist.cli.options import (MAX_TABLE_ROWS, Output, config_option, data_dir_option, image_options,
                                   json_option, model_option, out_option, progress_enabled, seed_option,
-                                  steps_option, translate_errors)
+                                  select_shard, shard_option, shard_out, steps_option, translate_errors)
 from advmnist.minimal import NORM_CHOICES, MinimalSettings
 
 DEFAULTS = MinimalSettings()
@@ -27,10 +27,11 @@ DEFAULTS = MinimalSettings()
 @seed_option(DEFAULTS.seed, "Seeds the random starting points and random targets.")
 @model_option
 @out_option("Folder for the grids, the curve, the .npz arrays and the metrics .json.")
+@shard_option
 @data_dir_option
 @json_option
 @translate_errors
-def minimal(norm, count, offset, split, target, steps, starts, seed, model_path, no_verify, out, data_dir,
+def minimal(norm, count, offset, split, target, steps, starts, seed, model_path, no_verify, out, shard, data_dir,
             json_mode) -> None:
     """The smallest change to each image that makes the network read the target.
 
@@ -57,6 +58,7 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     Examples:
       advmnist minimal --norm l2     # the reference's 16 images, 9 - d
       advmnist minimal --norm l1 --split test --offset 0 --count 1000 --target untargeted --starts 1 --steps 200
+      ... --shard K/N                # one of N processes; then `advmnist merge assets/shard-*`
 
     Ctrl-C stops the run; images already finished (searched 512 rows of images x
     starts at a time) are kept in minimal_<norm>_partial.*.
@@ -67,27 +69,33 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     from advmnist.fileio import display_path
 
     output = Output(json_mode)
+    select_shard(shard, count)  # an empty shard is refused before anything is loaded
     model, indices, images, labels, targets, rule = attack_inputs(model_path, no_verify, split, offset, count,
                                                                   target, seed, data_dir, output)
+    positions, indices, images, labels, targets = select_shard(shard, count, indices, images, labels, targets)
+    out = shard_out(out, shard)
     settings = MinimalSettings(norm=norm, count=count, offset=offset, split=split, target=rule, steps=steps,
                                starts=starts, seed=seed)
     record = {"model": display_path(model.path), **vars(settings)}
     report.import_in_background()
     attack = settings.attack()
-    output.say(f"minimal {norm}: {count} image(s), {starts} start(s) x {steps} steps each")
+    output.say(f"minimal {norm}: {len(images)} image(s), {starts} start(s) x {steps} steps each"
+               + (f" (shard {shard} of {count})" if shard else ""))
     started = time.time()
     try:
-        result = attack(model.logits, images, labels, targets=targets, seed=seed, progress=progress_enabled())
+        result = attack(model.logits, images, labels, targets=targets, seed=seed, progress=progress_enabled(),
+                        positions=positions, population=count)
     except AttackInterrupted as stop:
         done = len(stop.partial)
         summary = minimal_lib.summarize(stop.partial, norm, indices=indices[:done], seconds=time.time() - started)
         partial = results.write_minimal(out, f"{settings.file_stem}_partial", stop.partial, summary, indices[:done],
                                         {**record, "completed": done})
-        click.echo(f"\nInterrupted: the first {done} of {count} images were done; their results are in "
+        click.echo(f"\nInterrupted: the first {done} of {len(images)} images were done; their results are in "
                    f"{partial['files']['arrays']} and beside it.", err=True)
         sys.exit(130)
     summary = minimal_lib.summarize(result, norm, indices=indices, seconds=time.time() - started)
-    payload = results.write_minimal(out, settings.file_stem, result, summary, indices, record)
+    payload = results.write_minimal(out, settings.file_stem, result, summary, indices, record,
+                                    shard=shard.record(count) if shard else None)
     print_minimal(output, summary, payload["files"])
     output.result(payload)
 

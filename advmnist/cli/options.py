@@ -140,6 +140,47 @@ def out_option(description: str | None = None):
                         show_default=True, callback=writable_folder, help=description)
 
 
+def _parse_shard(ctx: click.Context, param: click.Parameter, value):
+    if value is None:
+        return None
+    from advmnist.shards import Shard
+
+    try:
+        return Shard.parse(value)
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), ctx, param) from err
+
+
+def shard_option(func):
+    """``--shard K/N``: one of N processes or machines sharing a per-image run."""
+    return click.option(
+        "--shard", callback=_parse_shard, metavar="K/N", default=None,
+        help="Work on images K, K+N, K+2N, ... of the selection only, as one of N processes or machines "
+             "(each image gets the random draws it gets in a whole run). Files go to OUT/shard-K-of-N unless "
+             "--out is given; `advmnist merge` puts the shards together.")(func)
+
+
+def shard_out(out: Path, shard) -> Path:
+    """Where a run writes: ``--out``, or ``OUT/shard-K-of-N`` for a shard when ``--out`` was left at its default."""
+    if shard is None:
+        return out
+    source = click.get_current_context().get_parameter_source("out")
+    return out / shard.folder if source is click.core.ParameterSource.DEFAULT else out
+
+
+def select_shard(shard, population: int, *arrays):
+    """(positions or None, the arrays cut to the shard): the whole selection without ``--shard``.
+
+    Called without arrays, it only checks that the shard is not empty (before any data is loaded).
+    """
+    if shard is None:
+        return (None, *arrays)
+    try:
+        return shard.select(population, *arrays)
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), param_hint="--shard") from err
+
+
 def seed_option(default: int, description: str | None = None):
     return click.option("--seed", type=SEED_RANGE, default=default, show_default=True, help=description)
 

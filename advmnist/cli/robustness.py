@@ -9,7 +9,8 @@ import numpy as np
 
 from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, check_same_input_shape, config_option,
                                   data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
-                                  range_options, seed_option, split_option, steps_option, translate_errors)
+                                  range_options, seed_option, select_shard, shard_option, shard_out, split_option,
+                                  steps_option, translate_errors)
 from advmnist.robustness import RobustnessSettings
 
 DEFAULTS = RobustnessSettings()
@@ -36,11 +37,12 @@ DEFAULTS = RobustnessSettings()
                                   "[default: runs/cnn]")
 @no_verify_option
 @out_option("Folder for robustness_<norm>.png / .json / .npz.")
+@shard_option
 @data_dir_option
 @json_option
 @translate_errors
 def robustness(norm, eps_text, count, offset, split, steps, restarts, target, seed, model_paths, no_verify, out,
-               data_dir, json_mode) -> None:
+               shard, data_dir, json_mode) -> None:
     """Robust accuracy against eps: how strong is each network against a per-image attacker?
 
     For every budget eps, projected gradient descent (Madry et al. 2018: a random
@@ -65,6 +67,7 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
     Examples:
       advmnist robustness                                  # linf, 1000 test images
       advmnist robustness --norm l2 --model runs/cnn --model runs/cnn-immune-3
+      advmnist robustness --shard K/N   # one of N processes; then `advmnist merge assets/shard-*`
     """
     from advmnist import report, results
     from advmnist import robustness as robustness_lib
@@ -80,6 +83,7 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
     except InvalidInput as err:
         raise click.BadParameter(str(err), param_hint="--eps") from err
     check_range(split, offset, count)
+    select_shard(shard, count)  # an empty shard is refused before anything is loaded
     models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
     check_same_input_shape(models, "--model")
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
@@ -90,6 +94,10 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
             targets = choose_targets(data.labels, target, seed=seed, indices=indices)
         except InvalidInput as err:
             raise click.BadParameter(str(err), param_hint="--targeted") from err
+    positions, indices, images, labels, targets = select_shard(shard, count, indices, data.images, data.labels,
+                                                               targets)
+    out = shard_out(out, shard)
+    shard_record = shard.record(count) if shard else None
     settings = RobustnessSettings(norm=norm, eps=eps, count=count, offset=offset, split=split, steps=steps,
                                   restarts=restarts, seed=seed, target=target)
     report.import_in_background()
@@ -97,20 +105,23 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
     try:
         for model in models:
             name = display_path(model.path)
-            output.say(f"{name}: PGD {norm}, {count} images, eps {', '.join(f'{e:g}' for e in eps)}")
-            curves.append(robustness_lib.robustness_curve(model.logits, data.images, data.labels, settings,
-                                                          model=name, targets=targets, progress=progress_enabled()))
+            output.say(f"{name}: PGD {norm}, {len(images)} images" + (f" (shard {shard})" if shard else "")
+                       + ", eps {', '.join(f'{e:g}' for e in eps)}")
+            curves.append(robustness_lib.robustness_curve(model.logits, images, labels, settings, model=name,
+                                                          targets=targets, progress=progress_enabled(),
+                                                          positions=positions, population=count))
             output.say(f"  {curves[-1].seconds:.1f} s")
     except KeyboardInterrupt:
         if not curves:
             raise
         # the models already measured are kept, beside (not over) earlier results
-        partial = results.write_robustness(out, settings, curves, indices, data.labels, {}, suffix="_partial")
+        partial = results.write_robustness(out, settings, curves, indices, labels, {}, suffix="_partial",
+                                           shard=shard_record)
         click.echo(f"\nInterrupted: {len(curves)} of {len(models)} models were measured; their curves are in "
                    f"{partial['files']['figure']} and beside it.", err=True)
         sys.exit(130)
     minimal = results.matching_minimal(out, norm, indices, [c.model for c in curves]) if target is None else {}
-    record = results.write_robustness(out, settings, curves, indices, data.labels, minimal)
+    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record)
     headers = ["eps"] + [c.model for c in curves]
     rows = [[f"{e:g}"] + [f"{100 * c.robust_accuracy[k]:.1f} %" for c in curves] for k, e in enumerate(eps)]
     output.say("\nrobust accuracy" + (f" (not read as the {target} target)" if target else "") + ":")

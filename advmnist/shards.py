@@ -1,0 +1,231 @@
+"""Work past one process: a shard of a per-image command, and the merge of the shards' results.
+
+``--shard K/N`` makes ``attack``, ``matrix``, ``minimal`` and ``robustness`` work on
+images K, K+N, K+2N, ... of their selection (the pairs of images and targets for
+``matrix``). Each image keeps its place in the selection for its random draws
+(:class:`advmnist.attacks.Draws`), so a shard computes the same thing for it as the
+whole run. Each shard writes the command's usual files with a ``shard`` entry in the
+metrics ``.json``: its index, the number of shards and the size of the selection.
+
+:func:`merge` puts the shards back in selection order and writes, through the same
+writers as the commands, the files one unsharded run writes: the tables, summaries,
+``.npz`` arrays and figures are computed from the merged arrays. Times are the sum of
+the shards' times.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+
+from advmnist import fileio
+from advmnist.errors import InvalidInput
+
+SHARD_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the selection's images index, index + count, ..."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        match = SHARD_PATTERN.match(str(text))
+        if not match:
+            raise InvalidInput(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+        index, count = int(match.group(1)), int(match.group(2))
+        if not 0 <= index < count:
+            raise InvalidInput(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+        return cls(index, count)
+
+    def positions(self, population: int) -> np.ndarray:
+        """This shard's places in a selection of ``population`` images (may be empty)."""
+        return np.arange(self.index, population, self.count)
+
+    def select(self, population: int, *arrays):
+        """(positions, each array cut to this shard; None stays None). A shard with no image is refused."""
+        if self.count > population:
+            raise InvalidInput(f"expected at most as many shards as images: shard {self} of a selection of "
+                               f"{population} would be empty; use N <= {population}")
+        positions = self.positions(population)
+        return (positions, *(None if a is None else a[positions] for a in arrays))
+
+    @property
+    def folder(self) -> str:
+        """Where a shard's files go under the default ``--out``."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def record(self, population: int) -> dict:
+        return {"index": self.index, "count": self.count, "population": int(population)}
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclasses.dataclass
+class Part:
+    """One shard's results of one command: its metrics record and arrays."""
+
+    stem: str
+    record: dict
+    arrays: dict
+    path: Path
+
+    @property
+    def shard(self) -> dict:
+        return self.record["shard"]
+
+    def positions(self) -> np.ndarray:
+        return Shard(self.shard["index"], self.shard["count"]).positions(self.shard["population"])
+
+
+def find_parts(folders) -> dict[str, list[Part]]:
+    """Every shard result in ``folders`` (``<stem>.json`` with a ``shard`` entry, and its ``.npz``), by stem."""
+    parts: dict[str, list[Part]] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InvalidInput(f"expected a folder of shard results, got {folder}")
+        for path in sorted(folder.glob("*.json")):
+            record = fileio.read_json(path)
+            if not isinstance(record, dict) or "shard" not in record or path.stem.endswith("_partial"):
+                continue
+            arrays = fileio.read_npz(path.with_suffix(".npz"), what=f"the arrays of {path}")
+            parts.setdefault(path.stem, []).append(Part(path.stem, record, arrays, path))
+    if not parts:
+        raise InvalidInput("expected shard results (metrics .json files written with --shard) in "
+                           + ", ".join(str(f) for f in folders) + "; found none")
+    return parts
+
+
+def check_complete(stem: str, parts: list[Part]) -> None:
+    """Every shard of one run, once, with the same settings."""
+    first = parts[0]
+    shards = [p.shard for p in parts]
+    count, population = shards[0]["count"], shards[0]["population"]
+    if any(s["count"] != count or s["population"] != population for s in shards):
+        raise InvalidInput(f"{stem}: expected shards of one split (same N and selection), got "
+                           + ", ".join(f"{s['index']}/{s['count']} of {s['population']}" for s in shards))
+    found = sorted(s["index"] for s in shards)
+    if found != list(range(count)):
+        missing = sorted(set(range(count)) - set(found))
+        twice = sorted({k for k in found if found.count(k) > 1})
+        raise InvalidInput(f"{stem}: expected shards 0..{count - 1} once each; "
+                           + (f"missing {', '.join(f'{k}/{count}' for k in missing)}" if missing else "")
+                           + ("; " if missing and twice else "")
+                           + (f"found {', '.join(f'{k}/{count}' for k in twice)} more than once" if twice else ""))
+    for part in parts[1:]:
+        if part.record.get("settings") != first.record.get("settings"):
+            raise InvalidInput(f"{stem}: expected the same settings in every shard; {part.path} and "
+                               f"{first.path} differ")
+
+
+def interleave(parts: list[Part], key: str, axis: int = 0) -> np.ndarray:
+    """``key``'s arrays of every shard, each image put back at its place in the selection."""
+    population = parts[0].shard["population"]
+    first = np.asarray(parts[0].arrays[key])
+    shape = list(first.shape)
+    shape[axis] = population
+    merged = np.empty(shape, first.dtype)
+    for part in parts:
+        index = [slice(None)] * len(shape)
+        index[axis] = part.positions()
+        merged[tuple(index)] = part.arrays[key]
+    return merged
+
+
+def merged_result(parts: list[Part]):
+    """The :class:`~advmnist.attacks.AttackResult` of the whole selection, and its image indices."""
+    from advmnist.attacks import AttackResult
+
+    keys = parts[0].arrays.keys()
+    merged = {key: interleave(parts, key) for key in keys}
+    return AttackResult.from_arrays(merged), merged["indices"]
+
+
+def total_seconds(parts: list[Part], get=lambda record: record["seconds"]) -> float:
+    return round(sum(float(get(p.record)) for p in parts), 2)
+
+
+def _merge_attack(out: Path, stem: str, parts: list[Part]) -> dict:
+    from advmnist import attack, results
+    from advmnist.attacks import make_regularizer
+
+    reg = stem[len("mnist_adv_"):]
+    result, indices = merged_result(parts)
+    settings = parts[0].record["settings"]
+    summary = attack.summarize(result, make_regularizer(reg, settings["weight"]), indices=indices,
+                               seconds=total_seconds(parts))
+    return results.write_attack(out, reg, result, summary, indices, settings)
+
+
+def _merge_minimal(out: Path, stem: str, parts: list[Part]) -> dict:
+    from advmnist import minimal, results
+
+    result, indices = merged_result(parts)
+    settings = parts[0].record["settings"]
+    report = minimal.summarize(result, settings["norm"], indices=indices, seconds=total_seconds(parts))
+    return results.write_minimal(out, stem, result, report, indices, settings)
+
+
+def _merge_matrix(out: Path, stem: str, parts: list[Part]) -> dict:
+    from advmnist import matrix, results
+
+    result, indices = merged_result(parts)
+    settings = parts[0].record["settings"]
+    return results.write_matrix(out, stem, settings["reg"], result, matrix.summarize(result), indices, settings,
+                                total_seconds(parts))
+
+
+def _merge_robustness(out: Path, stem: str, parts: list[Part]) -> dict:
+    from advmnist import results
+    from advmnist.robustness import RobustnessCurve, RobustnessSettings
+
+    recorded = parts[0].record["settings"]
+    settings = RobustnessSettings(**{**recorded, "eps": tuple(recorded["eps"])})
+    indices, labels = interleave(parts, "indices"), interleave(parts, "labels")
+    eps_fooled, adversarial, fools_8bit = (interleave(parts, key, axis=1)
+                                           for key in ("eps_fooled", "adversarial", "fools_8bit"))
+    curves = [RobustnessCurve.from_images(model["model"], settings.eps, eps_fooled[m], adversarial[m], fools_8bit[m],
+                                          total_seconds(parts, lambda record: record["models"][m]["seconds"]))
+              for m, model in enumerate(parts[0].record["models"])]
+    minimal = ({} if settings.target is not None
+               else results.matching_minimal(out, settings.norm, indices, [c.model for c in curves]))
+    return results.write_robustness(out, settings, curves, indices, labels, minimal)
+
+
+#: The commands that can be sharded: the start of their metrics file's name, and their merge.
+MERGERS = {"mnist_adv_": _merge_attack, "minimal_": _merge_minimal, "matrix_": _merge_matrix,
+           "robustness_": _merge_robustness}
+
+
+def merge(folders, out: Path) -> list[dict]:
+    """Merge the shard results found in ``folders`` into ``out``: one record per command run.
+
+    Everything is checked before anything is written.
+    """
+    from advmnist import results
+    from advmnist.attack import AttackSettings
+
+    groups = find_parts(folders)
+    for stem, parts in groups.items():
+        if not stem.startswith(tuple(MERGERS)):
+            raise InvalidInput(f"{parts[0].path}: expected the results of attack, matrix, minimal or robustness")
+        check_complete(stem, parts)
+    merged = {stem: MERGERS[next(p for p in MERGERS if stem.startswith(p))](Path(out), stem, parts)
+              for stem, parts in sorted(groups.items())}
+    # `attack --reg all` shards also wrote a comparison: so does the merge, from the merged runs
+    regs = [reg for reg in AttackSettings(reg="all").regs if AttackSettings.file_stem(reg) in groups]
+    compared = [p for reg in regs for p in groups[AttackSettings.file_stem(reg)]
+                if (p.path.parent / f"{AttackSettings.COMPARISON_STEM}.json").is_file()]
+    records = list(merged.values())
+    if compared:
+        runs = {reg: merged_result(groups[AttackSettings.file_stem(reg)])[0] for reg in regs}
+        records.append(results.write_comparison(Path(out), runs,
+                                                {reg: merged[AttackSettings.file_stem(reg)] for reg in regs}))
+    return records
