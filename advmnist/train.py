@@ -29,6 +29,9 @@ class TrainSettings:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
+    #: ``step``: ``lr`` divided by 3 at half the epochs and by 10 at three quarters; ``linear``: warm-up from
+    #: lr/10 to ``lr`` over the first epoch, then a straight line down to 0 at the last step.
+    schedule: str = "step"
     #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
     average_decay: float = 0.999
 
@@ -47,10 +50,27 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
+SCHEDULES = ("step", "linear")
+
+
 def lr_schedule(settings: TrainSettings) -> list[tuple[int, float]]:
-    """Adam at ``lr``, divided by 3 at half the epochs and by 10 at three quarters."""
+    """``step``: Adam at ``lr``, divided by 3 at half the epochs and by 10 at three quarters (by epoch)."""
     half, late = math.ceil(settings.epochs * 0.5) + 1, math.ceil(settings.epochs * 0.75) + 1
     return [(1, settings.lr), (half, settings.lr / 3), (late, settings.lr / 10)]
+
+
+def lr_setter(settings: TrainSettings, steps_per_epoch: int):
+    """The tensorpack callback that sets the learning rate of ``settings.schedule``."""
+    load_tensorpack()
+    from tensorpack import ScheduledHyperParamSetter
+
+    if settings.schedule == "step":
+        return ScheduledHyperParamSetter("learning_rate", lr_schedule(settings))
+    if settings.schedule == "linear":  # set at every step, interpolated between these (step, value) points
+        last = steps_per_epoch * settings.epochs
+        points = [(0, settings.lr / 10), (steps_per_epoch, settings.lr), (last, 0.0)]
+        return ScheduledHyperParamSetter("learning_rate", points, interp="linear", step_based=True)
+    raise ValueError(f"expected a schedule in {SCHEDULES}, got {settings.schedule!r}")
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int | None):
@@ -91,7 +111,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     tf = tf1()
     load_tensorpack()
     from tensorpack import (AutoResumeTrainConfig, InferenceRunner, ModelSaver, QueueInput, ScalarStats,
-                            ScheduledHyperParamSetter, SimpleTrainer, launch_train_with_config)
+                            SimpleTrainer, launch_train_with_config)
     from tensorpack.tfutils.sesscreate import NewSessionCreator
     from tensorpack.utils import logger
 
@@ -103,15 +123,16 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     logger.set_logger_dir(str(run_dir), action="k")
     if not (resume and (run_dir / "checkpoint").is_file()):
         mark_run(run_dir, dataclasses.asdict(settings))
+    flow = batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed)
     config = AutoResumeTrainConfig(
         always_resume=resume,
         model=make_model(settings.lr, settings.average_decay),
-        data=QueueInput(batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed)),
+        data=QueueInput(flow),
         callbacks=[
             ModelSaver(max_to_keep=3, keep_checkpoint_every_n_hours=1000),
             InferenceRunner(batches(test_split.images, test_split.labels, 500, seed=None),
                             [ScalarStats([COST_NAME, ACCURACY_NAME])]),
-            ScheduledHyperParamSetter("learning_rate", lr_schedule(settings)),
+            lr_setter(settings, steps_per_epoch or len(flow)),
             *callbacks,
         ],
         session_creator=NewSessionCreator(config=session_config(tf)),
@@ -143,7 +164,7 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
         settings = TrainSettings(**{k: v for k, v in read_run_file(run_dir).items() if k in TRAIN_FIELDS})
     if settings is not None:  # a training run: its settings and the epochs it has done
         meta.update(epochs=completed_epochs(run_dir), seed=settings.seed, batch_size=settings.batch_size,
-                    lr=settings.lr)
+                    lr=settings.lr, schedule=settings.schedule)
     stats = read_json(run_dir / "stats.json", list)
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]

@@ -45,12 +45,55 @@ def test_training_run_reaches_useful_accuracy(tiny_run):
     assert result.test_accuracy > 0.80
     stats = json.loads((run_dir / "stats.json").read_text())
     assert stats[-1]["epoch_num"] == 4 and "validation_accuracy" in stats[-1]
-    assert abs(stats[-1]["validation_accuracy"] - result.test_accuracy) < 1e-6
-    assert list(run_dir.glob("events.out.tfevents.*"))
     meta = json.loads((run_dir / "model.json").read_text())
+    # the validation during training measures the weights; model.pb holds their moving average
+    assert meta["average_decay"] == 0.999 and meta["test_accuracy_weights"] > 0.80
+    assert abs(stats[-1]["validation_accuracy"] - meta["test_accuracy_weights"]) < 1e-6
+    assert list(run_dir.glob("events.out.tfevents.*"))
     assert meta["input"] == "input:0" and meta["logits"] == "logits:0" and meta["prob"] == "prob:0"
     assert meta["test_accuracy"] == result.test_accuracy and meta["epochs"] == 4 and meta["seed"] == 0
     assert {"tensorflow", "tensorpack", "numpy"} <= set(meta["versions"])
+
+
+def test_model_pb_holds_the_moving_average_of_the_weights(tiny_run):
+    from tensorflow.python.framework import tensor_util
+
+    from advmnist.export import inference_graph_def
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    checkpoint = tf.train.latest_checkpoint(str(tiny_run[0]))
+    stored = tf.train.load_checkpoint(checkpoint)
+
+    def constants(graph_def):
+        return {n.name: tensor_util.MakeNdarray(n.attr["value"].tensor) for n in graph_def.node if n.op == "Const"}
+
+    averaged, weights = constants(inference_graph_def(checkpoint)), constants(inference_graph_def(checkpoint,
+                                                                                                  averaged=False))
+    for name in ("conv0/W", "conv1/b", "fc0/W", "fc1/b"):
+        np.testing.assert_array_equal(averaged[name], stored.get_tensor(f"{name}/ExponentialMovingAverage"))
+        np.testing.assert_array_equal(weights[name], stored.get_tensor(name))
+        assert not np.array_equal(averaged[name], weights[name])
+
+
+def test_linear_schedule_warms_up_then_ends_at_zero(mnist_small, tmp_path):
+    from advmnist.tfcompat import tf1
+    from advmnist.train import TrainSettings, lr_setter, train
+
+    train_split, test_split = mnist_small
+    settings = TrainSettings(epochs=2, batch_size=32, lr=2e-3, schedule="linear", average_decay=0)
+    result = train(train_split, test_split, tmp_path / "run", settings, steps_per_epoch=6)
+    tf = tf1()
+    stored = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "run")))
+    assert stored.get_tensor("global_step") == 12 and stored.get_tensor("learning_rate") == 0.0
+    assert not any("ExponentialMovingAverage" in name for name in stored.get_variable_to_shape_map())
+    # the values tensorpack's setter takes at these steps: lr/10, the peak after one epoch, half way down, 0
+    setter = lr_setter(settings, 6)
+    values = [setter._get_value_to_set_at_point(step) for step in (0, 3, 6, 9, 12)]
+    assert values == pytest.approx([2e-4, 1.1e-3, 2e-3, 1e-3, 0.0])
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["schedule"] == "linear" and "test_accuracy_weights" not in meta
+    assert meta["test_accuracy"] == result.test_accuracy
 
 
 def test_frozen_graph_has_only_inference_ops(tiny_model):
@@ -62,14 +105,16 @@ def test_frozen_graph_has_only_inference_ops(tiny_model):
 
 
 def test_frozen_graph_matches_checkpoint(tiny_run, tiny_model, mnist_small):
-    """The exported graph gives the same logits as the checkpoint restored into a fresh graph."""
+    """The exported graph gives the same logits as the checkpoint's averaged weights restored into a fresh graph."""
+    from advmnist.model import AVERAGE_SUFFIX
+
     tf = tf1()
     images = mnist_small[1].images[:300]
     graph = tf.Graph()
     with graph.as_default():
         image = tf.placeholder(tf.float32, (None, 28, 28))
         logits = cnn_logits(image, training=False)
-        saver = tf.train.Saver()
+        saver = tf.train.Saver({f"{v.op.name}/{AVERAGE_SUFFIX}": v for v in tf.global_variables()})
     with tf.Session(graph=graph) as sess:
         saver.restore(sess, tf.train.latest_checkpoint(str(tiny_run[0])))
         expected = sess.run(logits, {image: images})

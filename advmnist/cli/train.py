@@ -9,7 +9,7 @@ import click
 from advmnist.cli.options import (SEED_RANGE, Output, config_option, data_dir_option, finite, json_option,
                                   translate_errors, writable_folder)
 from advmnist.frozen import DEFAULT_RUN_DIR
-from advmnist.train import TrainSettings
+from advmnist.train import SCHEDULES, TrainSettings
 
 DEFAULTS = TrainSettings()
 RESUMABLE = "{}; with --resume, the run's own"
@@ -23,7 +23,15 @@ RESUMABLE = "{}; with --resume, the run's own"
               show_default=RESUMABLE.format(DEFAULTS.batch_size), help="Images per training step.")
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=None,
               show_default=RESUMABLE.format(DEFAULTS.lr),
-              help="Adam learning rate; divided by 3 at half the epochs and by 10 at three quarters.")
+              help="Adam's (peak) learning rate; see --schedule.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
+              show_default=RESUMABLE.format(DEFAULTS.schedule),
+              help="step: --lr, divided by 3 at half the epochs and by 10 at three quarters; linear: warm-up "
+                   "from --lr/10 to --lr over the first epoch, then a straight line down to 0 at the end.")
+@click.option("--average-decay", type=click.FloatRange(0, 1, max_open=True), callback=finite, default=None,
+              show_default=RESUMABLE.format(DEFAULTS.average_decay),
+              help="model.pb gets a moving average of the weights with this decay per step (0: the weights "
+                   "themselves); model.json records the test accuracy of both.")
 @click.option("--seed", type=SEED_RANGE, default=None, show_default=RESUMABLE.format(DEFAULTS.seed),
               help="Seeds the initial weights, dropout and the order of the training images.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
@@ -36,7 +44,8 @@ RESUMABLE = "{}; with --resume, the run's own"
 @data_dir_option
 @json_option
 @translate_errors
-def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, json_mode) -> None:
+def train(epochs, batch_size, lr, schedule, average_decay, seed, run_dir, resume, overwrite, data_dir,
+          json_mode) -> None:
     """Train the CNN with tensorpack and freeze it into RUN_DIR/model.pb.
 
     The network: conv 32 3x3, conv 64 3x3, max-pool 2, dropout 0.25, dense 128,
@@ -56,7 +65,8 @@ def train(epochs, batch_size, lr, seed, run_dir, resume, overwrite, data_dir, js
         raise click.UsageError("--resume and --overwrite exclude each other")
     # what the command line leaves open: the run's own settings when resuming, else the defaults
     recorded = read_run_file(run_dir) if resume else {}
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "schedule": schedule,
+             "average_decay": average_decay, "seed": seed}
     settings = TrainSettings(**{name: value if value is not None else recorded.get(name, getattr(DEFAULTS, name))
                                 for name, value in given.items()})
     epochs = settings.epochs
