@@ -78,6 +78,34 @@ def averaging_optimizer(opt, decay: float):
     return AveragingOptimizer(opt, "AveragingOptimizer")
 
 
+def per_tower_optimizer(make):
+    """An optimizer of its own (``make()``) for each tower of a data-parallel trainer.
+
+    tensorpack's replicated trainer applies the averaged gradients once per tower with
+    the model's one optimizer. Adam's step counters (``beta1_power``, ``beta2_power``)
+    belong to the optimizer, not to a variable: shared by two towers they advance twice
+    a step, and the towers' copies of the network drift apart. With one Adam per tower
+    every copy takes the same step. With one tower this is ``make()`` itself.
+    """
+    load_tensorpack()
+    from tensorpack.tfutils.optimizer import ProxyOptimizer
+
+    class PerTowerOptimizer(ProxyOptimizer):
+        def __init__(self):
+            super().__init__(make(), "PerTowerOptimizer")
+            self._towers = {"": self._opt}
+
+        def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+            grads_and_vars = list(grads_and_vars)
+            first = grads_and_vars[0][1].op.name.split("/")[0]
+            tower = first if first.startswith("tower") else ""  # tower 0's variables have no prefix
+            if tower not in self._towers:
+                self._towers[tower] = make()
+            return self._towers[tower].apply_gradients(grads_and_vars, global_step=global_step, name=name)
+
+    return PerTowerOptimizer()
+
+
 def make_model(learning_rate: float = 1e-3, average_decay: float | None = None):
     """Return a tensorpack ``ModelDesc`` instance for the CNN.
 
@@ -110,7 +138,7 @@ def make_model(learning_rate: float = 1e-3, average_decay: float | None = None):
         def optimizer(self):
             lr = tf.get_variable("learning_rate", initializer=float(learning_rate), trainable=False)
             tf.summary.scalar("learning_rate", lr)
-            opt = tf.train.AdamOptimizer(lr)
+            opt = per_tower_optimizer(lambda: tf.train.AdamOptimizer(lr))
             return averaging_optimizer(opt, average_decay) if average_decay else opt
 
     return MnistCNN()

@@ -32,6 +32,8 @@ class TrainSettings:
     #: ``step``: ``lr`` divided by 3 at half the epochs and by 10 at three quarters; ``linear``: warm-up from
     #: lr/10 to ``lr`` over the first epoch, then a straight line down to 0 at the last step.
     schedule: str = "step"
+    #: Towers of tensorpack's data-parallel trainer, one per GPU: each takes ``batch_size`` images per step.
+    gpus: int = 1
     #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
     average_decay: float = 0.999
 
@@ -101,7 +103,12 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
 
 def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, settings: TrainSettings, *,
           resume: bool = False, steps_per_epoch: int | None = None, callbacks: tuple = ()) -> TrainResult:
-    """Train with tensorpack's ``SimpleTrainer``; freeze the final weights to ``run_dir/model.pb``.
+    """Train with tensorpack's ``SimpleTrainer`` (``SyncMultiGPUTrainerReplicated`` with ``gpus`` > 1);
+    freeze the final weights to ``run_dir/model.pb``.
+
+    With ``gpus`` > 1 the towers go to ``/gpu:0``, ``/gpu:1``, ...; on a machine with
+    fewer GPUs TensorFlow places them on the CPU (soft placement), which is how the tests
+    run this path.
 
     Validation on ``test_split`` runs after every epoch (``validation_accuracy`` in
     ``stats.json``). ``steps_per_epoch`` shortens epochs (tests only); ``callbacks`` are
@@ -111,7 +118,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     tf = tf1()
     load_tensorpack()
     from tensorpack import (AutoResumeTrainConfig, InferenceRunner, ModelSaver, QueueInput, ScalarStats,
-                            SimpleTrainer, launch_train_with_config)
+                            SimpleTrainer, SyncMultiGPUTrainerReplicated, launch_train_with_config)
     from tensorpack.tfutils.sesscreate import NewSessionCreator
     from tensorpack.utils import logger
 
@@ -124,6 +131,8 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     if not (resume and (run_dir / "checkpoint").is_file()):
         mark_run(run_dir, dataclasses.asdict(settings))
     flow = batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed)
+    # with several towers a step takes one batch per tower: an epoch stays one pass over the images
+    steps_per_epoch = steps_per_epoch or max(1, len(flow) // settings.gpus)
     config = AutoResumeTrainConfig(
         always_resume=resume,
         model=make_model(settings.lr, settings.average_decay),
@@ -132,7 +141,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
             ModelSaver(max_to_keep=3, keep_checkpoint_every_n_hours=1000),
             InferenceRunner(batches(test_split.images, test_split.labels, 500, seed=None),
                             [ScalarStats([COST_NAME, ACCURACY_NAME])]),
-            lr_setter(settings, steps_per_epoch or len(flow)),
+            lr_setter(settings, steps_per_epoch),
             *callbacks,
         ],
         session_creator=NewSessionCreator(config=session_config(tf)),
@@ -140,7 +149,9 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         max_epoch=settings.epochs,
     )
     if config.starting_epoch <= settings.epochs:
-        launch_train_with_config(config, SimpleTrainer())
+        # replicated: a copy of the network per tower, gradients averaged over the towers at every step
+        trainer = SimpleTrainer() if settings.gpus == 1 else SyncMultiGPUTrainerReplicated(settings.gpus)
+        launch_train_with_config(config, trainer)
     return freeze_run(run_dir, test_split, settings, started=started)
 
 
@@ -164,7 +175,7 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
         settings = TrainSettings(**{k: v for k, v in read_run_file(run_dir).items() if k in TRAIN_FIELDS})
     if settings is not None:  # a training run: its settings and the epochs it has done
         meta.update(epochs=completed_epochs(run_dir), seed=settings.seed, batch_size=settings.batch_size,
-                    lr=settings.lr, schedule=settings.schedule)
+                    lr=settings.lr, schedule=settings.schedule, gpus=settings.gpus)
     stats = read_json(run_dir / "stats.json", list)
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]

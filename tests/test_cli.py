@@ -44,6 +44,10 @@ def test_top_level_help_names_every_command(runner):
 @pytest.mark.parametrize("args, expected", [
     (["train", "--epochs", "0"], "1<=x<=1000"),
     (["train", "--lr", "-1"], "--lr"),
+    (["train", "--schedule", "cosine"], "'step', 'linear'"),
+    (["train", "--average-decay", "1"], "0<=x<1"),
+    (["train", "--gpus", "64", "--run-dir", "/nonexistent-never-made"], "GPUs TensorFlow sees here"),
+    (["merge"], "Missing argument"),
     (["attack", "--reg", "l3"], "'l2', 'l1', 'none', 'all'"),
     (["attack", "--count", "0"], "x>=1"),
     (["attack", "--weight", "-0.5"], "x>=0"),

@@ -179,3 +179,37 @@ def test_constant_weight_gradients_on_small_graphs(padding, channels):
     assert plain_ops  # TensorFlow's own gradient uses Conv2DBackpropInput ...
     covered = padding == "VALID" and channels == 1
     assert bool(our_ops) == (not covered)  # ... ours replaces it only where it applies
+
+
+def test_two_towers_train_in_sync_on_the_cpu(mnist_small, tmp_path):
+    """``gpus=2``: tensorpack's replicated data-parallel trainer, its towers placed on the CPU here."""
+    from tensorpack.callbacks import Callback
+
+    from advmnist.train import TrainSettings, train
+
+    class ReadTowers(Callback):
+        def _setup_graph(self):
+            tf = tf1()
+            self.names = [v.op.name for v in tf.global_variables() + tf.local_variables()]
+            self.pairs = [(v, w) for v in tf.trainable_variables() for w in tf.global_variables()
+                          + tf.local_variables() if w.op.name == f"tower1/{v.op.name}"]
+
+        def _before_train(self):
+            self.initial = [self.trainer.sess.run(pair) for pair in self.pairs]
+
+        def _trigger_step(self):  # mid-epoch: no broadcast from the first tower since the start
+            if self.local_step == 5 and self.epoch_num == 1:
+                self.values = [self.trainer.sess.run(pair) for pair in self.pairs]
+
+    towers = ReadTowers()
+    train_split, test_split = mnist_small
+    settings = TrainSettings(epochs=2, batch_size=32, gpus=2, average_decay=0)
+    result = train(train_split, test_split, tmp_path / "run", settings, callbacks=(towers,))
+    assert len(towers.pairs) == 8  # a copy of every weight and bias on the second tower
+    for (main, copy), (start, _) in zip(towers.values, towers.initial):
+        np.testing.assert_array_equal(main, copy)  # both updated by the same averaged gradients: still equal
+        assert not np.array_equal(main, start)
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert stats[-1]["global_step"] == 2 * (600 // (32 * 2))  # an epoch is one pass: 2 batches per step
+    assert result.test_accuracy > 0.6
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["gpus"] == 2

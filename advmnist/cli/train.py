@@ -32,6 +32,9 @@ RESUMABLE = "{}; with --resume, the run's own"
               show_default=RESUMABLE.format(DEFAULTS.average_decay),
               help="model.pb gets a moving average of the weights with this decay per step (0: the weights "
                    "themselves); model.json records the test accuracy of both.")
+@click.option("--gpus", type=click.IntRange(1, 64), default=None, show_default=RESUMABLE.format(DEFAULTS.gpus),
+              help="Train on N GPUs with tensorpack's replicated data-parallel trainer: each GPU takes --batch-size "
+                   "images per step and the gradients are averaged (an epoch is still one pass over the images).")
 @click.option("--seed", type=SEED_RANGE, default=None, show_default=RESUMABLE.format(DEFAULTS.seed),
               help="Seeds the initial weights, dropout and the order of the training images.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
@@ -44,7 +47,7 @@ RESUMABLE = "{}; with --resume, the run's own"
 @data_dir_option
 @json_option
 @translate_errors
-def train(epochs, batch_size, lr, schedule, average_decay, seed, run_dir, resume, overwrite, data_dir,
+def train(epochs, batch_size, lr, schedule, average_decay, gpus, seed, run_dir, resume, overwrite, data_dir,
           json_mode) -> None:
     """Train the CNN with tensorpack and freeze it into RUN_DIR/model.pb.
 
@@ -66,10 +69,12 @@ def train(epochs, batch_size, lr, schedule, average_decay, seed, run_dir, resume
     # what the command line leaves open: the run's own settings when resuming, else the defaults
     recorded = read_run_file(run_dir) if resume else {}
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "schedule": schedule,
-             "average_decay": average_decay, "seed": seed}
+             "average_decay": average_decay, "gpus": gpus, "seed": seed}
     settings = TrainSettings(**{name: value if value is not None else recorded.get(name, getattr(DEFAULTS, name))
                                 for name, value in given.items()})
     epochs = settings.epochs
+    if settings.gpus > 1:
+        check_gpus(settings.gpus)
     train_split, test_split = load_train_test(data_dir, out.say)
     note = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, epochs=epochs)
     if note:
@@ -82,3 +87,14 @@ def train(epochs, batch_size, lr, schedule, average_decay, seed, run_dir, resume
     out.say(f"test accuracy {result.test_accuracy:.2%} after {result.epochs} epochs "
             f"({result.seconds:.0f} s); frozen model: {result.model}")
     out.result(result.to_dict())
+
+
+def check_gpus(wanted: int) -> None:
+    """--gpus N needs N GPUs that TensorFlow sees."""
+    from advmnist.tfcompat import tf1
+
+    found = len(tf1().config.list_physical_devices("GPU"))
+    if found < wanted:
+        raise click.BadParameter(f"expected at most as many as the GPUs TensorFlow sees here, {found}; got {wanted} "
+                                 "(check with `nvidia-smi` and `advmnist --verbose train`, which logs the devices "
+                                 "TensorFlow found)", param_hint="--gpus")
