@@ -32,6 +32,8 @@ class TrainSettings:
     #: ``step``: ``lr`` divided by 3 at half the epochs and by 10 at three quarters; ``linear``: warm-up from
     #: lr/10 to ``lr`` over the first epoch, then a straight line down to 0 at the last step.
     schedule: str = "step"
+    #: ``bf16``: oneDNN's bfloat16 mixed precision on the CPU (:func:`advmnist.tfcompat.session_config`).
+    precision: str = "fp32"
     #: Towers of tensorpack's data-parallel trainer, one per GPU: each takes ``batch_size`` images per step.
     gpus: int = 1
     #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
@@ -53,6 +55,7 @@ class TrainResult:
 
 
 SCHEDULES = ("step", "linear")
+PRECISIONS = ("fp32", "bf16")
 
 
 def lr_schedule(settings: TrainSettings) -> list[tuple[int, float]]:
@@ -144,7 +147,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
             lr_setter(settings, steps_per_epoch),
             *callbacks,
         ],
-        session_creator=NewSessionCreator(config=session_config(tf)),
+        session_creator=NewSessionCreator(config=session_config(tf, bfloat16=settings.precision == "bf16")),
         steps_per_epoch=steps_per_epoch,
         max_epoch=settings.epochs,
     )
@@ -175,7 +178,7 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
         settings = TrainSettings(**{k: v for k, v in read_run_file(run_dir).items() if k in TRAIN_FIELDS})
     if settings is not None:  # a training run: its settings and the epochs it has done
         meta.update(epochs=completed_epochs(run_dir), seed=settings.seed, batch_size=settings.batch_size,
-                    lr=settings.lr, schedule=settings.schedule, gpus=settings.gpus)
+                    lr=settings.lr, schedule=settings.schedule, gpus=settings.gpus, precision=settings.precision)
     stats = read_json(run_dir / "stats.json", list)
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/train_throughput.py                      # 3 epochs on 60,000 images, one pair
     python benchmarks/train_throughput.py --repeat 3 --json bench-train.json
     python benchmarks/train_throughput.py --limit 2000 --epochs 2   # quick check
+    python benchmarks/train_throughput.py --bf16                    # also ours in bfloat16
 
 What is timed
 -------------
@@ -60,8 +61,9 @@ iterator (shuffle + prefetch) before ``on_epoch_begin`` as well. Ours drops the 
 partial batch (``N // B`` steps), Keras trains on it; images/s counts the images actually
 trained on by each side.
 
-The last line is ``ratio ours/keras = X.XXx (target >= 1.0x)``: our images/s divided by
-Keras' images/s (higher is better for us).
+The last lines are ``ratio ours/keras = X.XXx``: our images/s divided by Keras' images/s
+(higher is better for us), and with ``--bf16`` the same for our training with
+``--precision bf16`` (oneDNN's bfloat16 mixed precision) against Keras in float32.
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ from advmnist.report import format_table
 
 RESULT_MARK = "ADVMNIST_BENCH_RESULT "
 SIDES = ("ours", "keras")
+BF16_SIDE = "ours-bf16"
 EPOCH_LINE = re.compile(r"Epoch (\d+) \(global_step (\d+)\) finished, time:(.+?)\.\s*$")
 UNIT_SECONDS = {"day": 86400.0, "hour": 3600.0, "minute": 60.0, "second": 1.0}
 
@@ -152,7 +155,9 @@ def worker_ours(args) -> None:
     with tempfile.TemporaryDirectory(prefix="advmnist-bench-train-") as tmp:
         run_dir = Path(tmp) / "run"
         started = time.perf_counter()
-        result = train(train_split, test_split, run_dir, TrainSettings(epochs=args.epochs, batch_size=args.batch_size))
+        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
+                                 precision="bf16" if args.worker == BF16_SIDE else "fp32")
+        result = train(train_split, test_split, run_dir, settings)
         wall = time.perf_counter() - started
         logged = parse_epoch_log((run_dir / "log.log").read_text())
     if len(logged) != args.epochs:
@@ -165,7 +170,8 @@ def worker_ours(args) -> None:
         if abs(entry["seconds"] - value) > tolerance:
             raise RuntimeError(f"log.log says {entry['text']!r} for epoch {entry['epoch']}, recorded {value:.3f} s")
     steps = [b["global_step"] - a for a, b in zip([0] + [e["global_step"] for e in logged], logged)]
-    emit({"side": "ours", "epoch_seconds": exact, "epoch_seconds_log": [e["seconds"] for e in logged],
+    emit({"side": args.worker, "precision": settings.precision, "epoch_seconds": exact,
+          "epoch_seconds_log": [e["seconds"] for e in logged],
           "epoch_log_text": [e["text"] for e in logged], "steps_per_epoch": steps,
           "images_per_epoch": [s * args.batch_size for s in steps], "train_images": len(train_split),
           "test_accuracy": result.test_accuracy, "process_wall_seconds_train_call": round(wall, 2),
@@ -236,7 +242,8 @@ def run_worker(side: str, args) -> dict:
                "--batch-size", str(args.batch_size)]
     if args.limit:
         command += ["--limit", str(args.limit)]
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1",
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     load_before = os.getloadavg()
     started = time.perf_counter()
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.PIPE,
@@ -266,17 +273,20 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the ours/keras pair this many times, alternating which goes first; report medians")
     parser.add_argument("--limit", type=int, default=None,
-                        help="train on only the first N training images (quick checks; also cuts the untimed test split)")
+                        help="train on only the first N training images (quick checks; also cuts the untimed test "
+                             "split)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all numbers to this JSON file")
     parser.add_argument("--verbose", action="store_true", help="show the workers' stderr (TF/tensorpack logs)")
-    parser.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time ours with --precision bf16 (oneDNN bfloat16 mixed precision), in the same run")
+    parser.add_argument("--worker", choices=SIDES + (BF16_SIDE,), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.repeat < 1:
         parser.error("expected --epochs, --batch-size and --repeat >= 1")
     if args.limit is not None and not args.batch_size <= args.limit <= 60000:
         parser.error(f"expected --batch-size <= --limit <= 60000, got {args.limit}")
 
-    if args.worker == "ours":
+    if args.worker in ("ours", BF16_SIDE):
         worker_ours(args)
         return 0
     if args.worker == "keras":
@@ -288,9 +298,10 @@ def main(argv=None) -> int:
           f"{args.repeat} pair(s); {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}")
     if args.epochs < 2:
         print("warning: --epochs 1 leaves no warm-up epoch to skip; epoch 1 is timed", file=sys.stderr)
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    sides = SIDES + ((BF16_SIDE,) if args.bf16 else ())
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.repeat):
-        order = SIDES if r % 2 == 0 else tuple(reversed(SIDES))
+        order = sides if r % 2 == 0 else tuple(reversed(sides))
         for side in order:
             print(f"  pair {r + 1}/{args.repeat}: running {side} ...", file=sys.stderr, flush=True)
             record = run_worker(side, args)
@@ -300,7 +311,7 @@ def main(argv=None) -> int:
                   f"({record['seconds_per_epoch']:.2f} s/epoch)", file=sys.stderr, flush=True)
 
     rows = []
-    for side in SIDES:
+    for side in sides:
         for record in runs[side]:
             rows.append([side, f"{record['pair']}/{record['position']}",
                          " ".join(f"{s:.2f}" for s in record["epoch_seconds"]), record["timed_epochs"],
@@ -311,12 +322,12 @@ def main(argv=None) -> int:
                         "load avg"], rows))
     summary = {side: {"seconds_per_epoch": statistics.median(r["seconds_per_epoch"] for r in runs[side]),
                       "images_per_second": statistics.median(r["images_per_second"] for r in runs[side])}
-               for side in SIDES}
+               for side in sides}
     ratio = summary["ours"]["images_per_second"] / summary["keras"]["images_per_second"]
     print()
     print(format_table(["side", "median s/epoch", "median images/s"],
                        [[side, f"{summary[side]['seconds_per_epoch']:.2f}",
-                         f"{summary[side]['images_per_second']:,.0f}"] for side in SIDES]))
+                         f"{summary[side]['images_per_second']:,.0f}"] for side in sides]))
     print("(timed: epochs 2..E, training steps only; ours = tensorpack's logged epoch time, "
           "keras = on_epoch_begin..on_epoch_end)")
     if args.json:
@@ -326,9 +337,14 @@ def main(argv=None) -> int:
                                                           "repeat": args.repeat, "limit": args.limit,
                                                           "images": images},
             "cpu_count": os.cpu_count(), "runs": runs, "median": summary, "ratio_ours_over_keras": ratio,
+            "ratio_ours_bf16_over_keras": (summary[BF16_SIDE]["images_per_second"]
+                                           / summary["keras"]["images_per_second"]) if args.bf16 else None,
         }, indent=2))
         print(f"numbers written to {args.json}")
-    print(f"ratio ours/keras = {ratio:.2f}x (target >= 1.0x)")
+    print(f"ratio ours/keras = {ratio:.2f}x (target >= 1.25x)")
+    if args.bf16:
+        bf16 = summary[BF16_SIDE]["images_per_second"] / summary["keras"]["images_per_second"]
+        print(f"ratio ours-bf16/keras = {bf16:.2f}x (bfloat16 mixed precision; keras in float32)")
     return 0
 
 

@@ -213,3 +213,17 @@ def test_two_towers_train_in_sync_on_the_cpu(mnist_small, tmp_path):
     assert stats[-1]["global_step"] == 2 * (600 // (32 * 2))  # an epoch is one pass: 2 batches per step
     assert result.test_accuracy > 0.6
     assert json.loads((tmp_path / "run" / "model.json").read_text())["gpus"] == 2
+
+
+def test_bfloat16_training_freezes_a_float32_model(mnist_small, tmp_path):
+    from advmnist.frozen import FrozenModel
+    from advmnist.train import TrainSettings, train
+
+    train_split, test_split = mnist_small
+    result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=3, batch_size=32, precision="bf16"))
+    model = FrozenModel.load(tmp_path / "run")
+    assert model.meta["precision"] == "bf16" and result.test_accuracy > 0.6
+    # the rewrite is a training-session option: the frozen graph is the float32 network
+    tf = tf1()
+    types = {n.attr["T"].type for n in model.graph_def.node if "T" in n.attr}
+    assert types == {tf.float32.as_datatype_enum}
