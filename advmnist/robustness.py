@@ -16,7 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from advmnist.attacks import PGD
+from advmnist.attacks import PGD, UNTARGETED, Draws
+from advmnist.attacks.base import check_images, check_labels, check_targets, untargeted
+from advmnist.attacks.pgd import PGDSession
 from advmnist.errors import InvalidInput
 
 DEFAULT_EPS = {"linf": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), "l2": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)}
@@ -103,26 +105,32 @@ def robustness_curve(logits_fn: Callable, images: np.ndarray, labels: np.ndarray
     """
     started = time.time()
     count = len(images)
-    positions = np.arange(count) if positions is None else np.asarray(positions, np.int64)
-    population = count if population is None else population
+    images = check_images(images)
+    labels = check_labels(labels, count, allow_unknown=False)
+    targets = untargeted(count) if targets is None else check_targets(targets, labels)
+    draws = Draws.of(settings.seed, count, positions, population)
     eps_fooled = np.full(count, np.inf)
     adversarial = images.copy()
     fools_8bit = np.zeros(count, bool)
-    # without any change: the images the network already gets wrong (or already reads as their target)
-    clean = PGD(settings.norm, 0.0)(logits_fn, images, labels, targets=targets, seed=settings.seed)
-    eps_fooled[clean.success] = 0.0
-    fools_8bit[clean.success] = clean.success_8bit[clean.success]
-    for eps in sorted(settings.eps):
-        standing = np.flatnonzero(np.isinf(eps_fooled)) if eps > 0 else np.zeros(0, np.int64)
-        if not len(standing):
-            continue
-        attack = PGD(settings.norm, eps, steps=settings.steps, restarts=settings.restarts, rel_step=settings.rel_step)
-        result = attack(logits_fn, images[standing], labels[standing],
-                        targets=None if targets is None else targets[standing], seed=settings.seed,
-                        progress=progress, positions=positions[standing], population=population)
-        hit = result.success
-        eps_fooled[standing[hit]] = eps
-        adversarial[standing[hit]] = result.adversarial[hit]
-        fools_8bit[standing[hit]] = result.success_8bit[hit]
+    # one graph and session for every eps (building them costs as much as a few steps)
+    targeted = bool((targets != UNTARGETED).all())
+    with PGDSession(logits_fn, settings.norm, targeted=targeted) as session:
+        # without any change: the images the network already gets wrong (or already reads as their target)
+        clean = np.flatnonzero(session.loop.fooled(session.sess, images, labels, targets))
+        eps_fooled[clean] = 0.0
+        rounded = session.loop.predict(session.sess, images[clean])[1]
+        fools_8bit[clean] = rounded == targets[clean] if targeted else rounded != labels[clean]
+        for eps in sorted(settings.eps):
+            standing = np.flatnonzero(np.isinf(eps_fooled)) if eps > 0 else np.zeros(0, np.int64)
+            if not len(standing):
+                continue
+            attack = PGD(settings.norm, eps, steps=settings.steps, restarts=settings.restarts,
+                         rel_step=settings.rel_step)
+            result = attack.run_in(session, images[standing], labels[standing], targets[standing],
+                                   draws=draws.take(standing), progress=progress)
+            hit = result.success
+            eps_fooled[standing[hit]] = eps
+            adversarial[standing[hit]] = result.adversarial[hit]
+            fools_8bit[standing[hit]] = result.success_8bit[hit]
     return RobustnessCurve.from_images(model, settings.eps, eps_fooled, adversarial, fools_8bit,
                                        time.time() - started)

@@ -195,6 +195,10 @@ class Draws:
             out[hit] = drawn[rows[hit] - begin]
         return out.reshape((blocks, len(self.positions)) + tuple(shape))
 
+    def take(self, index) -> "Draws":
+        """The draws of a subset of the images (an index array or a slice)."""
+        return Draws(self.seed, self.positions[index], self.population)
+
     def generator(self, index: int, *key: int) -> np.random.Generator:
         """A generator of its own for image ``index`` (seeded by the seed, ``key`` and the image's position)."""
         return np.random.default_rng([self.seed, *key, int(self.positions[index])])

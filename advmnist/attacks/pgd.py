@@ -68,17 +68,22 @@ class PGD(Attack):
         self.chunk_size = chunk_size
 
     def run(self, logits_fn, images, labels, targets, *, draws, progress) -> AttackResult:
+        targeted = bool(len(images)) and bool((targets != UNTARGETED).all())
+        with PGDSession(logits_fn, self.norm, targeted=targeted) as session:
+            return self.run_in(session, images, labels, targets, draws=draws, progress=progress)
+
+    def run_in(self, session: "PGDSession", images, labels, targets, *, draws, progress) -> AttackResult:
+        """The attack in an open :class:`PGDSession` (of this norm; checked inputs): several budgets or
+        batches can share one graph and session."""
+        if session.norm != self.norm:
+            raise InvalidInput(f"expected a {self.norm} PGD session, got {session.norm}")
+        loop, sess = session.loop, session.sess
         count = len(images)
         eps = np.broadcast_to(np.asarray(self.eps, np.float32), (count,)).copy()
         adversarial = images.copy()
         steps_run = np.zeros(count, np.int64)
-        tf = tf1()
-        graph = tf.Graph()
-        with graph.as_default():
-            loop = PGDLoop(logits_fn, self.norm, targeted=bool(count) and bool((targets != UNTARGETED).all()))
-        graph.finalize()
         bar = progress_bar(count, f"PGD {self.norm} (images decided)", progress)
-        with bar, tf.Session(graph=graph, config=session_config(tf)) as sess:
+        with bar:
             # images already fooled without any change need no attack
             fooled = loop.fooled(sess, images, labels, targets)
             bar.update(int(fooled.sum()))
@@ -121,6 +126,25 @@ class PGD(Attack):
                 direction = rng.standard_normal(images.shape[1:])
                 starts[k] = direction / np.linalg.norm(direction) * radius * rng.uniform() ** (1 / pixels)
         return np.clip(images + starts, 0.0, 1.0) - images
+
+
+class PGDSession:
+    """A PGD graph (:class:`PGDLoop`) and its session, for ``with``: one per network, norm and criterion."""
+
+    def __init__(self, logits_fn, norm: str, *, targeted: bool):
+        tf = tf1()
+        self.norm, self.targeted = norm, targeted
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.loop = PGDLoop(logits_fn, norm, targeted=targeted)
+        self.graph.finalize()
+        self.sess = tf.Session(graph=self.graph, config=session_config(tf))
+
+    def __enter__(self) -> "PGDSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sess.close()
 
 
 class PGDLoop:
