@@ -108,7 +108,9 @@ COMMANDS = {
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_merged_shards_equal_one_whole_run(command, small_cli, tiny_run, tmp_path):
     args = COMMANDS[command] + ["--model", tiny_run[0]]
-    small_cli(*args, "--out", tmp_path / "whole")
+    whole = small_cli(*args, "--out", tmp_path / "whole")
+    if command == "robustness":
+        assert "12 images, eps 0, 0.05, 0.15" in whole.output
     for k in range(3):
         small_cli(*args, "--shard", f"{k}/3")  # into assets/shard-K-of-3
     records = [json.loads(p.read_text()) for p in (tmp_path / "assets" / "shard-1-of-3").glob("*.json")]

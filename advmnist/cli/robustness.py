@@ -106,7 +106,7 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
         for model in models:
             name = display_path(model.path)
             output.say(f"{name}: PGD {norm}, {len(images)} images" + (f" (shard {shard})" if shard else "")
-                       + ", eps {', '.join(f'{e:g}' for e in eps)}")
+                       + f", eps {', '.join(f'{e:g}' for e in eps)}")
             curves.append(robustness_lib.robustness_curve(model.logits, images, labels, settings, model=name,
                                                           targets=targets, progress=progress_enabled(),
                                                           positions=positions, population=count))
