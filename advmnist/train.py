@@ -37,7 +37,7 @@ class TrainSettings:
     #: Towers of tensorpack's data-parallel trainer, one per GPU: each takes ``batch_size`` images per step.
     gpus: int = 1
     #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
-    average_decay: float = 0.999
+    average_decay: float = 0.0
 
 
 @dataclasses.dataclass
