@@ -15,12 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from advmnist.data import Split
+from advmnist.errors import InvalidInput
 from advmnist.export import TENSOR_NAMES, inference_graph_def
 from advmnist.fileio import display_path, read_json
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
 from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, write_frozen
 from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, tf1
+
+
+SCHEDULES = ("step", "linear")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,14 @@ class TrainSettings:
     #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
     average_decay: float = 0.0
 
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
+            raise InvalidInput(f"expected a schedule in {SCHEDULES} and a precision in {PRECISIONS}, got "
+                               f"{self.schedule!r} and {self.precision!r}")
+        if self.gpus < 1 or not 0 <= self.average_decay < 1:
+            raise InvalidInput(f"expected gpus >= 1 and 0 <= average_decay < 1, got {self.gpus} and "
+                               f"{self.average_decay}")
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -52,10 +65,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-SCHEDULES = ("step", "linear")
-PRECISIONS = ("fp32", "bf16")
 
 
 def lr_schedule(settings: TrainSettings) -> list[tuple[int, float]]:
@@ -75,7 +84,7 @@ def lr_setter(settings: TrainSettings, steps_per_epoch: int):
         last = steps_per_epoch * settings.epochs
         points = [(0, settings.lr / 10), (steps_per_epoch, settings.lr), (last, 0.0)]
         return ScheduledHyperParamSetter("learning_rate", points, interp="linear", step_based=True)
-    raise ValueError(f"expected a schedule in {SCHEDULES}, got {settings.schedule!r}")
+    raise InvalidInput(f"expected a schedule in {SCHEDULES}, got {settings.schedule!r}")
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int | None):
@@ -178,17 +187,16 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
         settings = TrainSettings(**{k: v for k, v in read_run_file(run_dir).items() if k in TRAIN_FIELDS})
     if settings is not None:  # a training run: its settings and the epochs it has done
         meta.update(epochs=completed_epochs(run_dir), seed=settings.seed, batch_size=settings.batch_size,
-                    lr=settings.lr, schedule=settings.schedule, gpus=settings.gpus, precision=settings.precision)
+                    lr=settings.lr, schedule=settings.schedule, gpus=settings.gpus, precision=settings.precision,
+                    average_decay=settings.average_decay)
     stats = read_json(run_dir / "stats.json", list)
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]
     graph_def = inference_graph_def(checkpoint)
     accuracy = frozen_accuracy(graph_def, test_split, run_dir)
-    if settings is not None:
-        meta.update(average_decay=settings.average_decay)
-        if settings.average_decay:  # the same checkpoint without the average, for comparison
-            meta.update(test_accuracy_weights=frozen_accuracy(inference_graph_def(checkpoint, averaged=False),
-                                                              test_split, run_dir))
+    if settings is not None and settings.average_decay:  # the same checkpoint without the average, for comparison
+        meta.update(test_accuracy_weights=frozen_accuracy(inference_graph_def(checkpoint, averaged=False),
+                                                          test_split, run_dir))
     write_frozen(graph_def, run_dir, checkpoint, test_accuracy=accuracy, **meta)
     return TrainResult(run_dir=display_path(run_dir), model=display_path(run_dir / MODEL_FILE), test_accuracy=accuracy,
                        epochs=meta.get("epochs", 0), seed=meta.get("seed"), seconds=round(time.time() - started, 1),

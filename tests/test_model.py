@@ -233,3 +233,13 @@ def test_bfloat16_training_freezes_a_float32_model(mnist_small, tmp_path):
     tf = tf1()
     types = {n.attr["T"].type for n in model.graph_def.node if "T" in n.attr}
     assert types == {tf.float32.as_datatype_enum}
+
+
+@pytest.mark.parametrize("field, value", [("schedule", "cosine"), ("precision", "fp16"), ("gpus", 0),
+                                          ("average_decay", 1.0)])
+def test_train_settings_are_checked(field, value):
+    from advmnist.errors import InvalidInput
+    from advmnist.train import TrainSettings
+
+    with pytest.raises(InvalidInput, match="expected"):
+        TrainSettings(**{field: value})
