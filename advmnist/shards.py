@@ -152,7 +152,7 @@ def total_seconds(parts: list[Part], get=lambda record: record["seconds"]) -> fl
     return round(sum(float(get(p.record)) for p in parts), 2)
 
 
-def _merge_attack(out: Path, stem: str, parts: list[Part]) -> dict:
+def _merge_attack(out: Path, stem: str, parts: list[Part]):
     from advmnist import attack, results
     from advmnist.attacks import make_regularizer
 
@@ -161,28 +161,28 @@ def _merge_attack(out: Path, stem: str, parts: list[Part]) -> dict:
     settings = parts[0].record["settings"]
     summary = attack.summarize(result, make_regularizer(reg, settings["weight"]), indices=indices,
                                seconds=total_seconds(parts))
-    return results.write_attack(out, reg, result, summary, indices, settings)
+    return results.write_attack(out, reg, result, summary, indices, settings), result
 
 
-def _merge_minimal(out: Path, stem: str, parts: list[Part]) -> dict:
+def _merge_minimal(out: Path, stem: str, parts: list[Part]):
     from advmnist import minimal, results
 
     result, indices = merged_result(parts)
     settings = parts[0].record["settings"]
     report = minimal.summarize(result, settings["norm"], indices=indices, seconds=total_seconds(parts))
-    return results.write_minimal(out, stem, result, report, indices, settings)
+    return results.write_minimal(out, stem, result, report, indices, settings), result
 
 
-def _merge_matrix(out: Path, stem: str, parts: list[Part]) -> dict:
+def _merge_matrix(out: Path, stem: str, parts: list[Part]):
     from advmnist import matrix, results
 
     result, indices = merged_result(parts)
     settings = parts[0].record["settings"]
     return results.write_matrix(out, stem, settings["reg"], result, matrix.summarize(result), indices, settings,
-                                total_seconds(parts))
+                                total_seconds(parts)), result
 
 
-def _merge_robustness(out: Path, stem: str, parts: list[Part]) -> dict:
+def _merge_robustness(out: Path, stem: str, parts: list[Part]):
     from advmnist import results
     from advmnist.robustness import RobustnessCurve, RobustnessSettings
 
@@ -196,10 +196,11 @@ def _merge_robustness(out: Path, stem: str, parts: list[Part]) -> dict:
               for m, model in enumerate(parts[0].record["models"])]
     minimal = ({} if settings.target is not None
                else results.matching_minimal(out, settings.norm, indices, [c.model for c in curves]))
-    return results.write_robustness(out, settings, curves, indices, labels, minimal)
+    return results.write_robustness(out, settings, curves, indices, labels, minimal), None
 
 
-#: The commands that can be sharded: the start of their metrics file's name, and their merge.
+#: The commands that can be sharded: the start of their metrics file's name, and their merge, which writes the
+#: merged files and returns their record and the merged AttackResult (None for robustness's curves).
 MERGERS = {"mnist_adv_": _merge_attack, "minimal_": _merge_minimal, "matrix_": _merge_matrix,
            "robustness_": _merge_robustness}
 
@@ -223,9 +224,9 @@ def merge(folders, out: Path) -> list[dict]:
     regs = [reg for reg in AttackSettings(reg="all").regs if AttackSettings.file_stem(reg) in groups]
     compared = [p for reg in regs for p in groups[AttackSettings.file_stem(reg)]
                 if (p.path.parent / f"{AttackSettings.COMPARISON_STEM}.json").is_file()]
-    records = list(merged.values())
+    records = [record for record, _ in merged.values()]
     if compared:
-        runs = {reg: merged_result(groups[AttackSettings.file_stem(reg)])[0] for reg in regs}
-        records.append(results.write_comparison(Path(out), runs,
-                                                {reg: merged[AttackSettings.file_stem(reg)] for reg in regs}))
+        stems = {reg: AttackSettings.file_stem(reg) for reg in regs}
+        records.append(results.write_comparison(Path(out), {reg: merged[stems[reg]][1] for reg in regs},
+                                                {reg: merged[stems[reg]][0] for reg in regs}))
     return records

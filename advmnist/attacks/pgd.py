@@ -75,10 +75,12 @@ class PGD(Attack):
     def run_in(self, session: "PGDSession", images, labels, targets, *, draws, progress) -> AttackResult:
         """The attack in an open :class:`PGDSession` (of this norm; checked inputs): several budgets or
         batches can share one graph and session."""
-        if session.norm != self.norm:
-            raise InvalidInput(f"expected a {self.norm} PGD session, got {session.norm}")
-        loop, sess = session.loop, session.sess
         count = len(images)
+        targeted = bool(count) and bool((targets != UNTARGETED).all())
+        if session.norm != self.norm or (count and session.targeted != targeted):
+            raise InvalidInput(f"expected a {self.norm} {'targeted' if targeted else 'untargeted'} PGD session, got "
+                               f"a {session.norm} {'targeted' if session.targeted else 'untargeted'} one")
+        loop, sess = session.loop, session.sess
         eps = np.broadcast_to(np.asarray(self.eps, np.float32), (count,)).copy()
         adversarial = images.copy()
         steps_run = np.zeros(count, np.int64)
