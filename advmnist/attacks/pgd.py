@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import UNTARGETED, Attack, AttackResult, progress_bar, rounded_to_8bit
+from advmnist.attacks.base import UNTARGETED, Attack, AttackResult, progress_bar, rounded_to_8bit, row_cross_entropy
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 
@@ -173,7 +173,7 @@ class PGDLoop:
             logits = logits_fn(x + delta)
             hit = tf.logical_or(hit, reached(logits))
             chosen = self.targets if targeted else self.labels
-            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=chosen, logits=logits))
+            loss = tf.reduce_sum(row_cross_entropy(logits, chosen))
             (gradient,) = tf.gradients(-loss if targeted else loss, [delta])
             if norm == "linf":
                 moved = tf.clip_by_value(delta + step * tf.sign(gradient), -radius, radius)

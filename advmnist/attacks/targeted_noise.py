@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import Attack, AttackInterrupted, AttackResult, LogitsFn, progress_bar, rounded_to_8bit
+from advmnist.attacks.base import (Attack, AttackInterrupted, AttackResult, LogitsFn, progress_bar, rounded_to_8bit,
+                                   row_cross_entropy, row_softmax)
 from advmnist.attacks.norms import Regularizer
 from advmnist.data import NUM_CLASSES
 from advmnist.errors import InvalidInput
@@ -21,9 +22,9 @@ from advmnist.tfcompat import session_config, tf1
 #: regularization over the same 16 noises. Each image's objective is kept exactly that,
 #: ``CE_i / 16 + weight * R(noise_i)``, whatever the number of images, so an image's
 #: gradient does not depend on how many others are attacked with it, and Adam updates
-#: every element on its own gradient history. Its noise is the same up to float rounding
-#: (kernels sum in other orders for other batch sizes), which Adam's normalized steps
-#: can enlarge in pixels whose gradient is nearly zero.
+#: every element on its own gradient history. Its noise is the same bit for bit (the
+#: cross-entropy is :func:`~advmnist.attacks.base.row_cross_entropy`), so chunks and
+#: shards reproduce the whole run exactly.
 REFERENCE_BATCH = 16
 
 
@@ -162,7 +163,7 @@ class AdamLoop:
 
         def network(noise):
             logits = logits_fn(tf.clip_by_value(images + noise, 0.0, 1.0))
-            cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+            cross_entropy = row_cross_entropy(logits, targets)
             return logits, cross_entropy
 
         def body(step, beta1_power, beta2_power, _loss):
@@ -195,7 +196,7 @@ class AdamLoop:
         others = logits - 1e9 * tf.one_hot(targets, NUM_CLASSES)
         self.margin = target_logit - tf.reduce_max(others, axis=1)
         self.predictions = tf.argmax(logits, 1, output_type=tf.int32)
-        self.probabilities = tf.nn.softmax(logits)
+        self.probabilities = row_softmax(logits)
 
     def start(self, sess, initial_noise: np.ndarray) -> None:
         """Set the noise and forget Adam's moments."""
