@@ -236,10 +236,21 @@ def test_early_stop_stops_early_once_margin_reached(tiny_model, digits):
     probabilities = tiny_model.predict_proba(images)
     probabilities[np.arange(len(images)), probabilities.argmax(1)] = -1
     targets = probabilities.argmax(1)
-    result = PerImageNoise(L2(1e-3), steps=3000, early_stop_margin=0.1,
-                           check_every=50)(tiny_model.logits, images, None, targets=targets)
-    assert result.info["steps_run"].max() < 3000
+    def run(chunk_size):
+        return PerImageNoise(L2(1e-3), steps=3000, early_stop_margin=0.1, check_every=50,
+                             chunk_size=chunk_size)(tiny_model.logits, images, None, targets=targets)
+
+    result = run(256)
+    steps = result.info["steps_run"]
+    assert steps.max() < 3000 and (steps % 50 == 0).all()
     assert _success(result) == len(images)
+    # each image stops at its own check: a chunk of 3 stops when its slowest image does, yet every
+    # image keeps what it kept in the whole batch
+    chunked = run(3)
+    np.testing.assert_array_equal(chunked.info["steps_run"], steps)
+    assert chunked.noise.tobytes() == result.noise.tobytes()
+    for key in ("target_probability", "cross_entropy"):
+        assert chunked.info[key].tobytes() == result.info[key].tobytes()
 
 
 def test_summary_follows_reference_definitions(tiny_model, digits):

@@ -255,11 +255,10 @@ def test_attack_edge_cases(runner, tiny_run, tmp_path, args):
     assert all(r["target"] != r["label"] for r in rows)
     if "--early-stop" in args:
         # whether every image gets there depends on the tiny model (training is not bit-for-bit
-        # reproducible); what must hold is that the attack only stops early once all have
-        steps = {r["steps"] for r in rows}
-        assert len(steps) == 1  # one chunk stops as a whole
-        if rows[0]["steps"] < 2000:  # stopped early: only at a check (every 100 steps), once all are there
-            assert rows[0]["steps"] % 100 == 0 and payload["summary"]["success"] == len(rows)
+        # reproducible); what must hold is that an image stops early only at a check (every 100
+        # steps), once it has reached its target
+        for row in rows:
+            assert row["steps"] == 2000 or (row["steps"] % 100 == 0 and row["prediction"] == row["target"]), row
     if "--split" in args:
         assert [r["index"] for r in rows] == [9997, 9998, 9999]
 

@@ -41,8 +41,9 @@ class PerImageNoise(Attack):
         steps: Adam steps (6000 in the reference: 30 x 200).
         lr, late_lr: Adam's learning rate for the first two thirds of the steps, and after.
         init_std: standard deviation of the initial noise.
-        early_stop_margin: if set, stop a chunk once every image's target logit beats
-            every other logit by this margin (checked every ``check_every`` steps).
+        early_stop_margin: if set, an image keeps the noise of the first check (every
+            ``check_every`` steps) at which its target logit beats every other logit by
+            this margin, and a chunk stops once all its images have.
         chunk_size: images optimized in one graph; bounds memory for any count.
 
     Example:
@@ -104,6 +105,9 @@ class PerImageNoise(Attack):
             loop.start(sess, initial)
             switch = late_lr_from(self.steps)
             step = 0
+            # with an early stop, each image's noise and step count from the check where it reached the margin
+            kept, steps_run = np.zeros_like(initial), np.zeros(len(images), np.int64)
+            done = np.zeros(len(images), bool)
             while step < self.steps:
                 # one session call runs up to the next check, never across the learning-rate switch
                 end = min(step + self.check_every - step % self.check_every, self.steps)
@@ -115,9 +119,16 @@ class PerImageNoise(Attack):
                 if step % self.check_every == 0 or step == self.steps:
                     reached = int((margins > 0).sum())
                     bar.set_postfix(loss=f"{loss:.4g}", at_target=f"{reached}/{len(images)}", refresh=False)
-                    if self.early_stop_margin is not None and margins.min() >= self.early_stop_margin:
-                        bar.update(len(images) * (self.steps - step))
-                        break
+                    if self.early_stop_margin is not None:
+                        now = ~done & (margins >= self.early_stop_margin)
+                        if now.any():
+                            kept[now], steps_run[now], done[now] = sess.run(loop.noise)[now], step, True
+                        if done.all():
+                            bar.update(len(images) * (self.steps - step))
+                            break
+            steps_run[~done] = step
+            if done.any():  # evaluate each image at the noise it kept
+                loop.start(sess, np.where(done[:, None, None], kept, sess.run(loop.noise)))
             noise, predictions, probabilities, cross_entropy, predictions_8bit = sess.run(
                 [loop.noise, loop.predictions, loop.probabilities, loop.cross_entropy, loop.predictions_8bit])
         return AttackResult(
@@ -125,7 +136,7 @@ class PerImageNoise(Attack):
             targets=targets, predictions=predictions.astype(np.int64),
             predictions_8bit=predictions_8bit.astype(np.int64),
             info={"target_probability": probabilities[np.arange(len(targets)), targets],
-                  "cross_entropy": cross_entropy, "steps_run": np.full(len(images), step, np.int64)})
+                  "cross_entropy": cross_entropy, "steps_run": steps_run})
 
 
 class AdamLoop:

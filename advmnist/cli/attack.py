@@ -25,7 +25,8 @@ DEFAULTS = AttackSettings()
 @steps_option(DEFAULTS.steps, "Adam steps: lr 3e-3 for the first two thirds, 1e-3 after.")
 @seed_option(DEFAULTS.seed, "Seeds the initial noise N(0, 0.01) and random targets.")
 @click.option("--early-stop", is_flag=True,
-              help="Stop once every image's target logit beats all others by --margin (checked every 100 steps).")
+              help="Keep each image's noise from the first check (every 100 steps) at which its target logit beats "
+                   "all others by --margin; stop once every image has.")
 @click.option("--margin", type=click.FloatRange(min=0), callback=finite, default=DEFAULTS.margin, show_default=True,
               help="With --early-stop: how far the target logit must lead.")
 @model_option
