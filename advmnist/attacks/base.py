@@ -53,7 +53,7 @@ class AttackResult:
 
     @property
     def targeted(self) -> bool:
-        return bool(len(self.targets)) and bool((self.targets != UNTARGETED).all())
+        return is_targeted(self.targets)
 
     def reached(self, predictions: np.ndarray) -> np.ndarray:
         """The criterion: the target predicted (targeted), or anything but the label (untargeted)."""
@@ -202,6 +202,11 @@ class Draws:
     def generator(self, index: int, *key: int) -> np.random.Generator:
         """A generator of its own for image ``index`` (seeded by the seed, ``key`` and the image's position)."""
         return np.random.default_rng([self.seed, *key, int(self.positions[index])])
+
+
+def is_targeted(targets: np.ndarray) -> bool:
+    """Whether ``targets`` are those of a targeted attack: some images, each with a target class."""
+    return bool(len(targets)) and bool((targets != UNTARGETED).all())
 
 
 def untargeted(count: int) -> np.ndarray:

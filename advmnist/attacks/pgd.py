@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import UNTARGETED, Attack, AttackResult, progress_bar, rounded_to_8bit, row_cross_entropy
+from advmnist.attacks.base import (Attack, AttackResult, is_targeted, progress_bar, rounded_to_8bit,
+                                   row_cross_entropy)
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 
@@ -68,7 +69,7 @@ class PGD(Attack):
         self.chunk_size = chunk_size
 
     def run(self, logits_fn, images, labels, targets, *, draws, progress) -> AttackResult:
-        targeted = bool(len(images)) and bool((targets != UNTARGETED).all())
+        targeted = is_targeted(targets)
         with PGDSession(logits_fn, self.norm, targeted=targeted) as session:
             return self.run_in(session, images, labels, targets, draws=draws, progress=progress)
 
@@ -76,7 +77,7 @@ class PGD(Attack):
         """The attack in an open :class:`PGDSession` (of this norm; checked inputs): several budgets or
         batches can share one graph and session."""
         count = len(images)
-        targeted = bool(count) and bool((targets != UNTARGETED).all())
+        targeted = is_targeted(targets)
         if session.norm != self.norm or (count and session.targeted != targeted):
             raise InvalidInput(f"expected a {self.norm} {'targeted' if targeted else 'untargeted'} PGD session, got "
                                f"a {session.norm} {'targeted' if session.targeted else 'untargeted'} one")
