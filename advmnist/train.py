@@ -26,6 +26,8 @@ from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, 
 
 SCHEDULES = ("step", "linear")
 PRECISIONS = ("fp32", "bf16")
+#: MNIST's digits sit in a 20x20 box centred in the 28x28 image: 4 pixels of margin.
+MAX_SHIFT = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +45,16 @@ class TrainSettings:
     gpus: int = 1
     #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
     average_decay: float = 0.0
+    #: Data augmentation: each training image moved by up to this many pixels across and up or down (0: off).
+    shift: int = 0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
             raise InvalidInput(f"expected a schedule in {SCHEDULES} and a precision in {PRECISIONS}, got "
                                f"{self.schedule!r} and {self.precision!r}")
-        if self.gpus < 1 or not 0 <= self.average_decay < 1:
-            raise InvalidInput(f"expected gpus >= 1 and 0 <= average_decay < 1, got {self.gpus} and "
-                               f"{self.average_decay}")
+        if self.gpus < 1 or not 0 <= self.average_decay < 1 or not 0 <= self.shift <= MAX_SHIFT:
+            raise InvalidInput(f"expected gpus >= 1, 0 <= average_decay < 1 and 0 <= shift <= {MAX_SHIFT}, got "
+                               f"{self.gpus}, {self.average_decay} and {self.shift}")
 
 
 @dataclasses.dataclass
@@ -87,11 +91,24 @@ def lr_setter(settings: TrainSettings, steps_per_epoch: int):
     raise InvalidInput(f"expected a schedule in {SCHEDULES}, got {settings.schedule!r}")
 
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int | None):
+def shifted(images: np.ndarray, shift: int, rng: np.random.RandomState) -> np.ndarray:
+    """``images`` (N, H, W), each moved by its own random offset of up to ``shift`` pixels
+    across and up or down (uniform over -shift..shift); what moves out is lost, what comes in is 0."""
+    n, height, width = images.shape
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)))
+    down, across = rng.randint(-shift, shift + 1, size=(2, n))
+    rows = (shift - down)[:, None] + np.arange(height)
+    cols = (shift - across)[:, None] + np.arange(width)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int | None, shift: int = 0):
     """A tensorpack DataFlow of whole batches cut from in-memory arrays.
 
     Gathering a batch with one fancy-index is far cheaper than tensorpack's per-sample
-    ``BatchData``; ``seed=None`` means no shuffling and a final partial batch.
+    ``BatchData``; ``seed=None`` means no shuffling and a final partial batch. ``shift``
+    moves every image of a batch by a random offset (:func:`shifted`), drawn from a
+    stream of its own: the order of the images is the same with and without it.
     """
     load_tensorpack()
     from tensorpack.dataflow import DataFlow
@@ -99,6 +116,7 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
     class ArrayBatches(DataFlow):
         def __init__(self):
             self.rng = np.random.RandomState(seed if seed is not None else 0)
+            self.shift_rng = np.random.RandomState([seed if seed is not None else 0, 1])
             self.full = len(images) // batch_size
 
         def __len__(self):
@@ -108,7 +126,8 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
             order = self.rng.permutation(len(images)) if seed is not None else np.arange(len(images))
             for i in range(len(self)):
                 index = np.sort(order[i * batch_size:(i + 1) * batch_size])
-                yield [images[index], labels[index].astype(np.int32)]
+                batch = shifted(images[index], shift, self.shift_rng) if shift else images[index]
+                yield [batch, labels[index].astype(np.int32)]
 
     return ArrayBatches()
 
@@ -142,7 +161,8 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     logger.set_logger_dir(str(run_dir), action="k")
     if not (resume and (run_dir / "checkpoint").is_file()):
         mark_run(run_dir, dataclasses.asdict(settings))
-    flow = batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed)
+    flow = batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed,
+                   shift=settings.shift)
     # with several towers a step takes one batch per tower: an epoch stays one pass over the images
     steps_per_epoch = steps_per_epoch or max(1, len(flow) // settings.gpus)
     config = AutoResumeTrainConfig(
@@ -188,7 +208,7 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
     if settings is not None:  # a training run: its settings and the epochs it has done
         meta.update(epochs=completed_epochs(run_dir), seed=settings.seed, batch_size=settings.batch_size,
                     lr=settings.lr, schedule=settings.schedule, gpus=settings.gpus, precision=settings.precision,
-                    average_decay=settings.average_decay)
+                    average_decay=settings.average_decay, shift=settings.shift)
     stats = read_json(run_dir / "stats.json", list)
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]

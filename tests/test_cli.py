@@ -46,6 +46,7 @@ def test_top_level_help_names_every_command(runner):
     (["train", "--lr", "-1"], "--lr"),
     (["train", "--schedule", "cosine"], "'step', 'linear'"),
     (["train", "--average-decay", "1"], "0<=x<1"),
+    (["train", "--shift", "5"], "0<=x<=4"),
     (["train", "--gpus", "64", "--run-dir", "/nonexistent-never-made"], "GPUs TensorFlow sees here"),
     (["merge"], "Missing argument"),
     (["attack", "--reg", "l3"], "'l2', 'l1', 'none', 'all'"),

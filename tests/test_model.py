@@ -236,10 +236,61 @@ def test_bfloat16_training_freezes_a_float32_model(mnist_small, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("schedule", "cosine"), ("precision", "fp16"), ("gpus", 0),
-                                          ("average_decay", 1.0)])
+                                          ("average_decay", 1.0), ("shift", 5), ("shift", -1)])
 def test_train_settings_are_checked(field, value):
     from advmnist.errors import InvalidInput
     from advmnist.train import TrainSettings
 
     with pytest.raises(InvalidInput, match="expected"):
         TrainSettings(**{field: value})
+
+
+def moved(image, down: int, across: int):
+    """``image`` moved by (down, across) pixels, zeros coming in: the textbook way, one slice at a time."""
+    out = np.zeros_like(image)
+    height, width = image.shape
+    out[max(down, 0):height + min(down, 0), max(across, 0):width + min(across, 0)] = \
+        image[max(-down, 0):height - max(down, 0), max(-across, 0):width - max(across, 0)]
+    return out
+
+
+def test_shifted_moves_each_image_by_its_own_offset_within_the_limit():
+    from advmnist.train import shifted
+
+    images = np.random.RandomState(0).rand(300, 28, 28).astype(np.float32)
+    out = shifted(images, 2, np.random.RandomState(1))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    offsets = []
+    for image, result in zip(images, out):
+        found = [(d, a) for d in range(-2, 3) for a in range(-2, 3) if np.array_equal(moved(image, d, a), result)]
+        assert len(found) == 1
+        offsets.append(found[0])
+    # every one of the 25 offsets occurs, each about 300/25 = 12 times
+    counts = np.array([offsets.count((d, a)) for d in range(-2, 3) for a in range(-2, 3)])
+    assert counts.min() >= 3 and counts.max() <= 30
+
+
+def test_shift_changes_the_images_but_not_their_order(mnist_small):
+    from advmnist.train import batches
+
+    train_split, _ = mnist_small
+    plain = list(batches(train_split.images, train_split.labels, 32, seed=3))
+    moved_batches = list(batches(train_split.images, train_split.labels, 32, seed=3, shift=2))
+    again = list(batches(train_split.images, train_split.labels, 32, seed=3, shift=2))
+    assert len(plain) == len(moved_batches) == 600 // 32
+    for (x, y), (xs, ys), (xa, ya) in zip(plain, moved_batches, again):
+        np.testing.assert_array_equal(y, ys)
+        np.testing.assert_array_equal(xs, xa)  # the same seed draws the same offsets
+        assert not np.array_equal(x, xs)
+        # moving keeps or loses ink at the border, never makes any
+        assert (xs.sum(axis=(1, 2)) <= x.sum(axis=(1, 2)) + 1e-4).all()
+
+
+def test_training_with_shift_records_it(mnist_small, tmp_path):
+    from advmnist.train import TrainSettings, train
+
+    train_split, test_split = mnist_small
+    result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=2, batch_size=32, shift=2),
+                   steps_per_epoch=10)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["shift"] == 2 and meta["test_accuracy"] == result.test_accuracy

@@ -9,7 +9,7 @@ import click
 from advmnist.cli.options import (SEED_RANGE, Output, config_option, data_dir_option, finite, json_option,
                                   translate_errors, writable_folder)
 from advmnist.frozen import DEFAULT_RUN_DIR
-from advmnist.train import PRECISIONS, SCHEDULES, TrainSettings
+from advmnist.train import MAX_SHIFT, PRECISIONS, SCHEDULES, TrainSettings
 
 DEFAULTS = TrainSettings()
 RESUMABLE = "{}; with --resume, the run's own"
@@ -36,6 +36,11 @@ RESUMABLE = "{}; with --resume, the run's own"
               show_default=RESUMABLE.format(DEFAULTS.precision),
               help="bf16: oneDNN's bfloat16 mixed precision for convolutions and matrix products on CPUs with "
                    "AVX-512 BF16 or AMX (variables stay float32); faster there, slower elsewhere.")
+@click.option("--shift", type=click.IntRange(0, MAX_SHIFT), metavar="N", default=None,
+              show_default=RESUMABLE.format(DEFAULTS.shift),
+              help="Data augmentation: move each training image by a random offset of up to N pixels across and up "
+                   "or down, anew every epoch (0: off). Off by default: the attacks' reference numbers assume a "
+                   "network trained without it.")
 @click.option("--gpus", type=click.IntRange(1, 64), default=None, show_default=RESUMABLE.format(DEFAULTS.gpus),
               help="Train on N GPUs with tensorpack's replicated data-parallel trainer: each GPU takes --batch-size "
                    "images per step and the gradients are averaged (an epoch is still one pass over the images).")
@@ -51,8 +56,8 @@ RESUMABLE = "{}; with --resume, the run's own"
 @data_dir_option
 @json_option
 @translate_errors
-def train(epochs, batch_size, lr, schedule, average_decay, precision, gpus, seed, run_dir, resume, overwrite, data_dir,
-          json_mode) -> None:
+def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpus, seed, run_dir, resume, overwrite,
+          data_dir, json_mode) -> None:
     """Train the CNN with tensorpack and freeze it into RUN_DIR/model.pb.
 
     The network: conv 32 3x3, conv 64 3x3, max-pool 2, dropout 0.25, dense 128,
@@ -73,7 +78,7 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, gpus, seed
     # what the command line leaves open: the run's own settings when resuming, else the defaults
     recorded = read_run_file(run_dir) if resume else {}
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "schedule": schedule,
-             "average_decay": average_decay, "precision": precision, "gpus": gpus, "seed": seed}
+             "average_decay": average_decay, "precision": precision, "shift": shift, "gpus": gpus, "seed": seed}
     settings = TrainSettings(**{name: value if value is not None else recorded.get(name, getattr(DEFAULTS, name))
                                 for name, value in given.items()})
     epochs = settings.epochs
