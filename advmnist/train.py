@@ -26,7 +26,7 @@ from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, 
 
 SCHEDULES = ("step", "linear")
 PRECISIONS = ("fp32", "bf16")
-#: MNIST's digits sit in a 20x20 box centred in the 28x28 image: 4 pixels of margin.
+#: MNIST's digits fit a 20x20 box centred (by mass) in the 28x28 image: about 4 pixels of margin.
 MAX_SHIFT = 4
 
 

@@ -45,7 +45,7 @@ RESUMABLE = "{}; with --resume, the run's own"
               help="Train on N GPUs with tensorpack's replicated data-parallel trainer: each GPU takes --batch-size "
                    "images per step and the gradients are averaged (an epoch is still one pass over the images).")
 @click.option("--seed", type=SEED_RANGE, default=None, show_default=RESUMABLE.format(DEFAULTS.seed),
-              help="Seeds the initial weights, dropout and the order of the training images.")
+              help="Seeds the initial weights, dropout, the order of the training images and their --shift.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
               show_default=True, callback=writable_folder,
               help="Where checkpoints, logs and model.pb go; `attack` looks here by default.")
