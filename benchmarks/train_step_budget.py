@@ -53,9 +53,19 @@ def category(node_name: str, op: str) -> str:
     return "other"
 
 
+def started_session(tf, graph, bfloat16: bool):
+    """A session on ``graph`` with advmnist's config (all cores), its variables initialized."""
+    from advmnist.tfcompat import session_config
+
+    with graph.as_default():
+        init = tf.global_variables_initializer()
+    session = tf.Session(graph=graph, config=session_config(tf, bfloat16=bfloat16))
+    session.run(init)
+    return session
+
+
 def build_step(tf, images, labels, *, dropout: bool, bfloat16: bool):
     from advmnist.model import cnn_logits
-    from advmnist.tfcompat import session_config
 
     graph = tf.Graph()
     with graph.as_default():
@@ -64,10 +74,7 @@ def build_step(tf, images, labels, *, dropout: bool, bfloat16: bool):
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.constant(labels),
                                                                               logits=logits))
         step = tf.train.AdamOptimizer(1e-3).minimize(loss)
-        init = tf.global_variables_initializer()
-    session = tf.Session(graph=graph, config=session_config(tf, bfloat16=bfloat16))
-    session.run(init)
-    return session, step
+    return started_session(tf, graph, bfloat16), step
 
 
 def build_kernels(tf, batch: int, *, bfloat16: bool):
@@ -77,8 +84,6 @@ def build_kernels(tf, batch: int, *, bfloat16: bool):
     then 9216->128->10), on fixed random inputs; no bias, ReLU, pooling, dropout, loss or Adam.
     The ops are independent, so TensorFlow may run them side by side: a floor, not a step.
     """
-    from advmnist.tfcompat import session_config
-
     rng = np.random.RandomState(1)
     graph = tf.Graph()
     with graph.as_default():
@@ -102,10 +107,7 @@ def build_kernels(tf, batch: int, *, bfloat16: bool):
         # one element of each result is fetched, so nothing is copied out; every kernel still runs whole
         step = tf.add_n([tf.reshape(tf.reduce_sum(tf.slice(op, [0] * op.shape.ndims, [1] * op.shape.ndims)), [])
                          for op in ops])
-        init = tf.global_variables_initializer()
-    session = tf.Session(graph=graph, config=session_config(tf, bfloat16=bfloat16))
-    session.run(init)
-    return session, step
+    return started_session(tf, graph, bfloat16), step
 
 
 def trace_shares(tf, session, step, steps: int) -> dict[str, float]:
