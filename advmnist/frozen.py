@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from advmnist import gradients
+from advmnist.rowwise import in_blocks
 from advmnist.tfcompat import session_config, tf1
 from advmnist.errors import InvalidInput
 
@@ -103,14 +104,21 @@ class FrozenModel:
     def logits(self, image_tensor, name: str = "net"):
         """Import the graph into the default graph with ``image_tensor`` as its input.
 
-        Its weights are constants, so gradients with respect to the input (the attacks'
-        only gradients) use the faster forms of :mod:`advmnist.gradients`.
+        The network runs on blocks of :data:`~advmnist.rowwise.ROW_BLOCK` images
+        (:func:`advmnist.rowwise.in_blocks`), so an image's logits and gradient are the
+        same bit for bit whatever the images beside it. Its weights are constants, so
+        gradients with respect to the input (the attacks' only gradients) use the faster
+        forms of :mod:`advmnist.gradients`.
         """
         tf = tf1()
-        with gradients.constant_weight_gradients():
-            (logits,) = tf.import_graph_def(self.graph_def, input_map={self.meta["input"]: image_tensor},
-                                            return_elements=[self.meta["logits"]], name=name)
-        return logits
+
+        def network(block):
+            with gradients.constant_weight_gradients():
+                (logits,) = tf.import_graph_def(self.graph_def, input_map={self.meta["input"]: block},
+                                                return_elements=[self.meta["logits"]], name="graph")
+            return logits
+
+        return in_blocks(network, image_tensor, name=name)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Softmax probabilities, shape (N, 10), for images (N, 28, 28) in [0, 1]."""

@@ -27,6 +27,7 @@ import numpy as np
 from advmnist.attacks.norms import NORMS
 from advmnist.data import IMAGE_SIZE, NUM_CLASSES
 from advmnist.errors import InvalidInput
+from advmnist.rowwise import padded_rows
 from advmnist.tfcompat import tf1
 
 LogitsFn = Callable[[object], object]
@@ -246,29 +247,16 @@ def check_targets(targets, labels: np.ndarray, *, may_be_label: bool = False) ->
     return targets
 
 
-#: Rows of logits are padded to a multiple of this many before a softmax (:func:`row_cross_entropy`).
-ROW_BLOCK = 16
-
-
-def _rows_padded(logits, *others):
-    """``logits`` (and per-row ``others``) with zero rows appended up to a multiple of :data:`ROW_BLOCK`."""
-    tf = tf1()
-    pad = tf.math.floormod(-tf.shape(logits)[0], ROW_BLOCK)
-    return [tf.pad(t, [[0, pad]] + [[0, 0]] * (t.shape.rank - 1)) for t in (logits, *others)]
-
-
 def row_cross_entropy(logits, labels):
     """Each row's softmax cross-entropy, its value and gradient independent of the other rows.
 
     TensorFlow's CPU kernel takes the exponentials of the (N, 10) logits as one flat
     buffer, in SIMD packets of up to 16 floats, and the last ``10 N mod 16`` values with
-    scalar code that rounds differently. So an image's loss and gradient moved (by about
-    1e-8) with the number of images beside it, Adam's steps could enlarge that, and a
-    shard (``--shard``) did not compute exactly what the whole run computes for the same
-    image. With the rows padded to a multiple of 16, every value is in a full packet.
+    scalar code that rounds differently; with the rows padded to a multiple of 16
+    (:func:`advmnist.rowwise.padded_rows`), every value is in a full packet.
     """
     tf = tf1()
-    padded, padded_labels = _rows_padded(logits, labels)
+    padded, padded_labels = padded_rows(logits, labels)
     entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=padded_labels, logits=padded)
     return entropy[:tf.shape(logits)[0]]
 
@@ -276,7 +264,7 @@ def row_cross_entropy(logits, labels):
 def row_softmax(logits):
     """``tf.nn.softmax`` with each row independent of the others (see :func:`row_cross_entropy`)."""
     tf = tf1()
-    (padded,) = _rows_padded(logits)
+    (padded,) = padded_rows(logits)
     return tf.nn.softmax(padded)[:tf.shape(logits)[0]]
 
 
