@@ -24,7 +24,8 @@ from advmnist.errors import InvalidInput
 from advmnist.fileio import display_path
 from advmnist.frozen import DEFAULT_RUN_DIR, FrozenModel
 from advmnist.model import cnn_logits, network_variables
-from advmnist.tfcompat import session_config, tf1
+from advmnist.tfcompat import PRECISIONS, resolve_precision, session_config, tf1
+from advmnist.train import MAX_SHIFT, shifted
 from advmnist.universal import NoiseEffect, UniversalSettings, check_targets, noise_effect
 
 SCHEDULES = ("sequential", "interleaved")
@@ -42,6 +43,10 @@ class ImmunizeSettings:
     refresh_steps: int = 50
     replay: bool = True
     noise: UniversalSettings = UniversalSettings()
+    #: training images moved by up to this many pixels (:func:`advmnist.train.shifted`), as ``train`` does
+    shift: int = 2
+    #: ``auto``, ``fp32`` or ``bf16``, as for ``train`` (:func:`advmnist.tfcompat.resolve_precision`)
+    precision: str = "auto"
 
     @property
     def seed(self) -> int:
@@ -66,6 +71,7 @@ class ImmunizeSettings:
             raise InvalidInput(f"expected a clean fraction in [0, 1), got {self.clean_fraction}")
         if self.rounds < 1 or self.train_steps < 0:
             raise InvalidInput(f"expected rounds >= 1 and train steps >= 0, got {self.rounds}, {self.train_steps}")
+        check_training_options(self.shift, self.precision)
         if self.refresh_every < 0 or self.refresh_steps < 0:
             raise InvalidInput(f"expected refresh_every and refresh_steps >= 0, got "
                                f"{self.refresh_every}, {self.refresh_steps}")
@@ -144,11 +150,13 @@ class RestoredNetwork:
     graph = None
     sess = None
 
-    def _open_session(self, init, restore, checkpoint: str) -> None:
-        """Finalize the graph, open its session, initialize every variable, then restore the network's."""
+    def _open_session(self, init, restore, checkpoint: str, precision: str) -> None:
+        """Finalize the graph, open its session (``precision`` as ``train`` takes it), initialize every variable,
+        then restore the network's."""
         tf = tf1()
         self.graph.finalize()
-        self.sess = tf.Session(graph=self.graph, config=session_config(tf))
+        self.precision = resolve_precision(precision)[0]
+        self.sess = tf.Session(graph=self.graph, config=session_config(tf, bfloat16=self.precision == "bf16"))
         try:
             self.sess.run(init)
             restore.restore(self.sess, checkpoint)
@@ -179,6 +187,7 @@ class AdversarialTrainer(RestoredNetwork):
         self.settings, self.train, self.test = settings, train, test
         self.progress, self.log = progress, log
         self.rng = np.random.default_rng(settings.seed)
+        self.augment = Augmenter(settings.shift, settings.seed)
         self.graph = tf.Graph()
         noise = settings.noise
         with self.graph.as_default():
@@ -198,7 +207,7 @@ class AdversarialTrainer(RestoredNetwork):
             #: what the run layer saves (advmnist.runs.save_trained): the network's variables only
             self.saver = tf.train.Saver(network_vars, max_to_keep=1)
             init = tf.global_variables_initializer()
-        self._open_session(init, restore, checkpoint)
+        self._open_session(init, restore, checkpoint, settings.precision)
 
     # ------------------------------------------------------------------ measurements
 
@@ -239,7 +248,7 @@ class AdversarialTrainer(RestoredNetwork):
                     pool[target].append(noise)
                 batch = self.rng.integers(0, len(self.train.images), settings.train_batch_size)
                 self.sess.run(self.train_step, {
-                    self.images: self.train.images[batch], self.labels: self.train.labels[batch].astype(np.int32),
+                    self.images: self.augment(self.train.images[batch]), self.labels: self.train.labels[batch].astype(np.int32),
                     self.noise_batch: _noise_batch(self.rng, settings, noise, pool, scope)})
         return noise
 
@@ -315,6 +324,25 @@ class AdversarialTrainer(RestoredNetwork):
                               given_before=given_before, given_after=given_after)
 
 
+class Augmenter:
+    """``shift`` > 0: each batch's images moved by random offsets (:func:`advmnist.train.shifted`) from a stream
+    of their own (seeded by ``seed``), so the other random draws of a run are those it makes without it."""
+
+    def __init__(self, shift: int, seed: int):
+        self.shift = shift
+        self.rng = np.random.RandomState([seed, 1])
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return shifted(images, self.shift, self.rng) if self.shift else images
+
+
+def check_training_options(shift: int, precision: str) -> None:
+    """The options every training loop shares with ``train``: ``shift`` and ``precision``."""
+    if not 0 <= shift <= MAX_SHIFT or precision not in PRECISIONS:
+        raise InvalidInput(f"expected 0 <= shift <= {MAX_SHIFT} and a precision in {PRECISIONS}, got {shift} "
+                           f"and {precision!r}")
+
+
 def schedule_order(targets: list[int], settings: ImmunizeSettings) -> list[tuple[int, int]]:
     """The training phases as (round, target), in the order of ``settings.schedule``."""
     rounds = range(1, settings.rounds + 1)
@@ -340,8 +368,9 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
     checkpoint = checkpoint_of(model)
     meta = {"immunized_against": targets, "schedule": settings.schedule, "rounds": settings.rounds,
             "train_steps": settings.train_steps, "clean_fraction": settings.clean_fraction,
-            "seed": settings.seed, "base_model": display_path(model.path)}
+            "seed": settings.seed, "shift": settings.shift, "base_model": display_path(model.path)}
     with AdversarialTrainer(checkpoint, test, train, settings, progress=progress, log=log) as trainer:
+        meta["precision"] = trainer.precision
         try:
             result = trainer.run(targets, given_noise)
         except ImmunizeInterrupted as stopped:

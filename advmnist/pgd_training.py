@@ -21,7 +21,7 @@ import numpy as np
 from advmnist.attacks.base import progress_bar
 from advmnist.data import IMAGE_SIZE, Split
 from advmnist.errors import InvalidInput
-from advmnist.immunize import RestoredNetwork
+from advmnist.immunize import Augmenter, RestoredNetwork, check_training_options
 from advmnist.model import cnn_logits, network_variables
 from advmnist.tfcompat import tf1
 
@@ -36,6 +36,10 @@ class PGDTrainingSettings:
     clean_fraction: float = 0.0
     monitor: int = 500
     seed: int = 0
+    #: training images moved by up to this many pixels before the attack, as ``train`` does
+    shift: int = 2
+    #: ``auto``, ``fp32`` or ``bf16``, as for ``train``
+    precision: str = "auto"
 
     def __post_init__(self):
         if not 0 < self.eps <= 1:
@@ -45,6 +49,7 @@ class PGDTrainingSettings:
                                f"{self.lr}, {self.batch_size}, {self.pgd_steps}")
         if not 0 <= self.clean_fraction < 1:
             raise InvalidInput(f"expected a clean fraction in [0, 1), got {self.clean_fraction}")
+        check_training_options(self.shift, self.precision)
 
     def file_stem(self) -> str:
         return f"immunize_pgd_eps{self.eps:g}"
@@ -104,7 +109,7 @@ class PGDTrainer(RestoredNetwork):
             restore = tf.train.Saver(network_vars)
             self.saver = tf.train.Saver(network_vars, max_to_keep=1)
             init = tf.global_variables_initializer()
-        self._open_session(init, restore, checkpoint)
+        self._open_session(init, restore, checkpoint, settings.precision)
 
     def accuracy(self, split: Split, *, attacked: bool, count: int | None = None, batch: int = 500) -> float:
         """Test accuracy, clean or under the training attack, on the first ``count`` images."""
@@ -124,6 +129,7 @@ class PGDTrainer(RestoredNetwork):
         s = self.settings
         started = time.time()
         rng = np.random.default_rng(s.seed)
+        augment = Augmenter(s.shift, s.seed)
         clean_before = self.accuracy(test, attacked=False)
         robust_before = self.accuracy(test, attacked=True, count=s.monitor)
         log(f"before: clean {clean_before:.2%}, under the training PGD (eps {s.eps:g}, {s.pgd_steps} steps, "
@@ -141,7 +147,7 @@ class PGDTrainer(RestoredNetwork):
                     batch = order[k * s.batch_size:(k + 1) * s.batch_size]
                     lr = s.lr * (0.01 + 0.99 * (1 + np.cos(np.pi * step / total)) / 2)
                     self.sess.run(self.train_step, {
-                        self.images: train.images[batch], self.labels: train.labels[batch].astype(np.int32),
+                        self.images: augment(train.images[batch]), self.labels: train.labels[batch].astype(np.int32),
                         self.attacked: rng.random(len(batch)) >= s.clean_fraction, self.learning_rate: lr})
                     step += 1
                     bar.update(1)
@@ -177,8 +183,9 @@ def train_against_pgd(model, train: Split, test: Split, settings: PGDTrainingSet
     checkpoint = checkpoint_of(model)
     meta = {"immunized_against": "pgd", "eps": settings.eps, "epochs": settings.epochs,
             "pgd_steps": settings.pgd_steps, "clean_fraction": settings.clean_fraction, "seed": settings.seed,
-            "base_model": display_path(model.path)}
+            "shift": settings.shift, "base_model": display_path(model.path)}
     with PGDTrainer(checkpoint, settings) as trainer:
+        meta["precision"] = trainer.precision
         try:
             result = trainer.run(train, test, progress=progress, log=log)
         except KeyboardInterrupt:

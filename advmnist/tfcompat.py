@@ -90,6 +90,43 @@ def tensorpack_logs(show: bool) -> None:
     load_tensorpack().utils.logger._logger.setLevel(logging.INFO if show else logging.WARNING)
 
 
+#: ``auto`` picks ``bf16`` where the CPU computes bfloat16 natively, ``fp32`` elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16")
+#: /proc/cpuinfo flags of a native bfloat16 dot product: AVX-512 BF16 (Cooper Lake, Sapphire Rapids, AMD Zen 4)
+#: or AMX (Sapphire Rapids and later).
+BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is not readable, e.g. on macOS)."""
+    try:
+        with open(path) as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, *, flags: set[str] | None = None, gpus: int | None = None) -> tuple[str, str]:
+    """``(fp32 or bf16, why)`` for a requested precision; ``auto`` becomes bf16 only on a CPU-only machine
+    whose CPU has native bfloat16 (oneDNN's bf16 rewrite is slower than float32 elsewhere)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"expected a precision in {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision, "asked for"
+    if gpus is None:
+        gpus = len(tf1().config.list_physical_devices("GPU"))
+    if gpus:
+        return "fp32", "auto: a GPU is present (the bfloat16 rewrite is oneDNN's, for CPUs)"
+    flags = cpu_flags() if flags is None else flags
+    native = sorted(set(BFLOAT16_FLAGS) & flags)
+    if native:
+        return "bf16", f"auto: this CPU has native bfloat16 ({', '.join(native)})"
+    return "fp32", "auto: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo)"
+
+
 def session_config(tf=None, *, bfloat16: bool = False):
     """A session config that uses every core.
 

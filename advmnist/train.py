@@ -21,11 +21,11 @@ from advmnist.fileio import display_path, read_json
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
 from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, write_frozen
-from advmnist.tfcompat import load_tensorpack, session_config, tensorpack_logs, tf1
+from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
+                               tf1)
 
 
 SCHEDULES = ("step", "linear")
-PRECISIONS = ("fp32", "bf16")
 #: MNIST's digits fit a 20x20 box centred (by mass) in the 28x28 image: about 4 pixels of margin.
 MAX_SHIFT = 4
 
@@ -39,14 +39,16 @@ class TrainSettings:
     #: ``step``: ``lr`` divided by 3 at half the epochs and by 10 at three quarters; ``linear``: warm-up from
     #: lr/10 to ``lr`` over the first epoch, then a straight line down to 0 at the last step.
     schedule: str = "step"
-    #: ``bf16``: oneDNN's bfloat16 mixed precision on the CPU (:func:`advmnist.tfcompat.session_config`).
-    precision: str = "fp32"
+    #: ``bf16``: oneDNN's bfloat16 mixed precision on the CPU (:func:`advmnist.tfcompat.session_config`);
+    #: ``auto``: bf16 on a CPU with native bfloat16, else fp32 (:func:`advmnist.tfcompat.resolve_precision`).
+    precision: str = "auto"
     #: Towers of tensorpack's data-parallel trainer, one per GPU: each takes ``batch_size`` images per step.
     gpus: int = 1
     #: Decay of the moving average of the weights that is frozen into model.pb (0: the weights themselves).
     average_decay: float = 0.0
-    #: Data augmentation: each training image moved by up to this many pixels across and up or down (0: off).
-    shift: int = 0
+    #: Data augmentation: each training image moved by up to this many pixels across and up or down (0: off,
+    #: the reference's recipe). 2 took five seeds from a median of 99.24 % to 99.35 % at no cost per epoch.
+    shift: int = 2
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
@@ -155,6 +157,8 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
 
     run_dir = Path(run_dir)
     started = time.time()
+    precision, why = resolve_precision(settings.precision, gpus=None if settings.gpus == 1 else settings.gpus)
+    settings = dataclasses.replace(settings, precision=precision)  # run.json and model.json record the choice
     tf.reset_default_graph()
     tf.set_random_seed(settings.seed)
     tensorpack_logs(True)

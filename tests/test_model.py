@@ -245,6 +245,34 @@ def test_train_settings_are_checked(field, value):
         TrainSettings(**{field: value})
 
 
+def test_precision_auto_is_bf16_only_on_a_cpu_with_native_bfloat16_and_no_gpu():
+    from advmnist.tfcompat import resolve_precision
+
+    assert resolve_precision("auto", flags={"avx512f", "avx512_bf16"}, gpus=0)[0] == "bf16"
+    assert resolve_precision("auto", flags={"avx2", "amx_bf16"}, gpus=0)[0] == "bf16"
+    assert resolve_precision("auto", flags={"avx2", "avx512f", "avx512bw"}, gpus=0)[0] == "fp32"  # AVX-512 alone
+    assert resolve_precision("auto", flags={"avx512_bf16"}, gpus=1)[0] == "fp32"
+    for flags in (set(), {"avx512_bf16"}):
+        assert resolve_precision("fp32", flags=flags, gpus=0) == ("fp32", "asked for")
+        assert resolve_precision("bf16", flags=flags, gpus=0) == ("bf16", "asked for")
+    with pytest.raises(ValueError, match="expected a precision"):
+        resolve_precision("fp16", flags=set(), gpus=0)
+
+
+def test_the_default_training_shifts_and_records_the_precision_it_chose(mnist_small, tmp_path):
+    from advmnist.tfcompat import resolve_precision
+    from advmnist.train import TrainSettings, train
+
+    assert TrainSettings().shift == 2 and TrainSettings().precision == "auto"
+    train_split, test_split = mnist_small
+    train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=1, batch_size=32), steps_per_epoch=5)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    chosen = resolve_precision("auto")[0]  # what this machine's CPU gives
+    assert meta["precision"] == run["precision"] == chosen
+    assert meta["shift"] == run["shift"] == 2
+
+
 def moved(image, down: int, across: int):
     """``image`` moved by (down, across) pixels, zeros coming in: the textbook way, one slice at a time."""
     out = np.zeros_like(image)

@@ -11,6 +11,7 @@ from advmnist import robustness
 from advmnist.attacks import PGD
 from advmnist.cli import main
 from advmnist.errors import InvalidInput
+from advmnist.tfcompat import resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,24 @@ def test_pgd_training_raises_robust_accuracy_on_held_apart_images(tiny_run, mnis
               for name, model in (("before", before_model), ("after", after_model))}
     assert robust["after"] > robust["before"] + 0.1, robust
     assert len(result.history) == 6 and result.robust_after > result.robust_before
+    # the defaults every training loop shares with `train`: shifted images, the precision chosen for this CPU
+    assert after_model.meta["shift"] == 2 and after_model.meta["precision"] == resolve_precision("auto")[0]
+
+
+def test_training_loops_shift_their_images_reproducibly():
+    from advmnist.immunize import Augmenter, ImmunizeSettings
+    from advmnist.pgd_training import PGDTrainingSettings
+
+    images = np.random.RandomState(0).rand(64, 28, 28).astype(np.float32)
+    first, again = Augmenter(2, seed=5)(images), Augmenter(2, seed=5)(images)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, images) and not np.array_equal(first, Augmenter(2, seed=6)(images))
+    assert Augmenter(0, seed=5)(images) is images
+    for settings in (ImmunizeSettings, PGDTrainingSettings):
+        assert settings().shift == 2 and settings().precision == "auto"
+        for bad in ({"shift": 5}, {"precision": "fp16"}):
+            with pytest.raises(InvalidInput, match="expected"):
+                settings(**bad)
 
 
 @pytest.mark.parametrize("args", [["--against", "pgd", "--rounds", "3"], ["--against", "pgd", "--target", "5"],

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from advmnist.cli import main
 from advmnist.fileio import display_path
 from advmnist.immunize import ImmunizeSettings, immunize
+from advmnist.tfcompat import resolve_precision
 from advmnist.universal import UniversalSettings, universal_attack
 
 
@@ -66,6 +67,7 @@ def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, 
     assert {p.name: p.read_bytes() for p in tiny_run[0].iterdir() if p.is_file()} == original
     meta = json.loads((out / "model.json").read_text())
     assert meta["immunized_against"] == [3] and meta["base_model"] == display_path(tiny_model.path)
+    assert meta["shift"] == 2 and meta["precision"] == resolve_precision("auto")[0]
     assert (out / "model.pb").read_bytes() != original["model.pb"]
     assert len(result.history) == 1 and result.history[0]["target"] == 3
     # one phase ends with the fresh noise that measures it: the two numbers are one measurement

@@ -11,6 +11,8 @@ from advmnist.cli.options import (Output, config_option, data_dir_option, finite
 from advmnist.cli.universal import checked_noise, noise_file_option, noise_options
 from advmnist.immunize import SCHEDULES, ImmunizeSettings
 from advmnist.pgd_training import PGDTrainingSettings
+from advmnist.tfcompat import PRECISIONS
+from advmnist.train import MAX_SHIFT
 from advmnist.universal import TARGET_CHOICES, UniversalSettings, target_list
 
 DEFAULTS = ImmunizeSettings()
@@ -54,6 +56,11 @@ PGD_ONLY = ("eps", "epochs", "pgd_steps")
 @click.option("--replay/--no-replay", default=DEFAULTS.replay, show_default=True,
               help="Half of the noisy images get an earlier noise (of the targets being trained), "
                    "so the network does not forget them.")
+@click.option("--shift", type=click.IntRange(0, MAX_SHIFT), metavar="N", default=DEFAULTS.shift, show_default=True,
+              help="Training images moved by a random offset of up to N pixels, as `train --shift` (0: off, the "
+                   "reference's recipe).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision, show_default=True,
+              help="As `train --precision`: auto is bf16 on a CPU with native bfloat16 and no GPU, else fp32.")
 @noise_options("--noise-steps")
 @seed_option(DEFAULTS.seed, "Seeds the noises, the training batches and dropout.")
 @noise_file_option("Start from a saved noise (.npy of `advmnist universal`, one per target) instead of a fresh "
@@ -68,7 +75,7 @@ PGD_ONLY = ("eps", "epochs", "pgd_steps")
 @json_option
 @translate_errors
 def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_steps, clean_fraction, refresh_every,
-             refresh_steps, replay, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify,
+             refresh_steps, replay, shift, precision, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify,
              run_dir, overwrite, out, data_dir, json_mode) -> None:
     """Adversarial training against universal noise (or PGD): make the network immune to it.
 
@@ -112,12 +119,12 @@ def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_st
         if context.get_parameter_source("clean_fraction").name in ("DEFAULT", "DEFAULT_MAP"):
             clean_fraction = PGD_DEFAULTS.clean_fraction
         pgd = PGDTrainingSettings(eps=eps, epochs=epochs, pgd_steps=pgd_steps, clean_fraction=clean_fraction,
-                                  seed=seed)
+                                  seed=seed, shift=shift, precision=precision)
         return immunize_pgd(pgd, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
     targets = target_list(target)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
-                                replay=replay, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
+                                replay=replay, shift=shift, precision=precision, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
                                                                        l2_weight=l2_weight, seed=seed))
     run_dir = run_dir or settings.default_run_dir(target)
     fileio.check_writable_dir(run_dir, "--run-dir")
