@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from advmnist import fileio
@@ -31,12 +32,70 @@ class RunDirError(InvalidInput):
     """The run folder's state does not allow what was asked; the message says what to do."""
 
 
+STATS_FILE = "stats.json"
+
+
 def completed_epochs(run_dir: Path) -> int:
-    """Epochs whose end tensorpack recorded in ``stats.json`` (its own notion, used to resume)."""
+    """Epochs the run's last checkpoint holds (:func:`checkpoint_epoch`), else those ``stats.json`` records."""
+    found = checkpoint_epoch(run_dir)
+    return found[1] if found else _stats_epoch(_stats(run_dir))
+
+
+def _stats(run_dir: Path) -> list:
     try:
-        return int(read_json(run_dir / "stats.json", list)[-1]["epoch_num"])
-    except (ValueError, IndexError, KeyError, TypeError):
+        stats = read_json(Path(run_dir) / STATS_FILE, list)
+    except ValueError:  # damaged (e.g. cut short by a full disk): what it says cannot be trusted
+        return []
+    return [s for s in stats if isinstance(s, dict) and isinstance(s.get("epoch_num"), int)]
+
+
+def _stats_epoch(stats: list) -> int:
+    return stats[-1]["epoch_num"] if stats else 0
+
+
+def checkpoint_epoch(run_dir: Path) -> tuple[int, int] | None:
+    """``(global step, epochs done)`` of the run's last checkpoint, or None without one.
+
+    tensorpack writes the checkpoint at the end of an epoch, then validates (several
+    seconds), then appends the epoch to ``stats.json``: the checkpoint is the truth about
+    how far training got. Its epoch is its step over the steps per epoch that ``run.json``
+    records (older runs: that ``stats.json`` implies).
+    """
+    run_dir = Path(run_dir)
+    try:
+        text = (run_dir / "checkpoint").read_text()
+        step = int(re.search(r'^model_checkpoint_path: "[^"]*-(\d+)"', text, re.M).group(1))
+    except (OSError, AttributeError, ValueError):
+        return None
+    per_epoch = read_json(run_dir / RUN_FILE).get("steps_per_epoch")
+    if not isinstance(per_epoch, int) or per_epoch < 1:
+        recorded = [s for s in _stats(run_dir) if s.get("global_step") and s["epoch_num"] > 0]
+        if not recorded:
+            return None
+        per_epoch = recorded[-1]["global_step"] // recorded[-1]["epoch_num"]
+    return step, step // per_epoch
+
+
+def reconcile_stats(run_dir: Path) -> int:
+    """Make ``stats.json`` end at the epoch of the last checkpoint, so that tensorpack resumes right after it;
+    return that epoch.
+
+    A kill between the checkpoint and the validation leaves the epoch out of ``stats.json``:
+    it gets an entry of its own saying it was not validated. Entries past the checkpoint
+    (none in practice) are dropped, so no finished epoch is trained twice and none is skipped.
+    """
+    found = checkpoint_epoch(run_dir)
+    if found is None:
         return 0
+    step, epoch = found
+    stats = _stats(run_dir)
+    kept = [s for s in stats if s["epoch_num"] <= epoch]
+    if _stats_epoch(kept) < epoch:
+        kept.append({"epoch_num": epoch, "global_step": step,
+                     "note": "interrupted after this epoch's checkpoint, before its validation"})
+    if kept != stats or not (Path(run_dir) / STATS_FILE).is_file():
+        fileio.write_json(Path(run_dir) / STATS_FILE, kept)
+    return epoch
 
 
 def read_run_file(run_dir: Path) -> dict:
@@ -58,7 +117,7 @@ class RunState:
     is_run: bool           # written by advmnist (run.json, a checkpoint or a model)
     has_checkpoint: bool
     has_model: bool
-    epochs_done: int       # finished epochs according to stats.json
+    epochs_done: int       # finished epochs: those of the last checkpoint (completed_epochs)
     epochs_planned: int | None  # from run.json, when the run recorded it
 
 
@@ -151,6 +210,9 @@ def interrupt_message(run_dir: Path, epochs: int) -> str:
     frozen_epochs = read_json(Path(run_dir) / META_FILE).get("epochs") if state.has_model else None
     if state.has_model and isinstance(frozen_epochs, int) and frozen_epochs >= epochs:
         return f"Interrupted after training and freezing had finished: {run_dir / MODEL_FILE} is complete."
+    if not state.is_run:
+        return (f"Interrupted before training began: nothing was written to {run_dir}. Start again with "
+                f"`{train_command(run_dir, epochs)}`.")
     if not state.has_checkpoint:
         return (f"Interrupted in epoch 1, before the first checkpoint: {run_dir} holds no weights yet. "
                 f"Start again with `{train_command(run_dir, epochs, '--resume')}` (from scratch, same folder) "

@@ -20,7 +20,7 @@ from advmnist.export import TENSOR_NAMES, inference_graph_def
 from advmnist.fileio import display_path, read_json
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, write_frozen
+from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, reconcile_stats, write_frozen
 from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
                                tf1)
 
@@ -163,12 +163,14 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     tf.set_random_seed(settings.seed)
     tensorpack_logs(True)
     logger.set_logger_dir(str(run_dir), action="k")
-    if not (resume and (run_dir / "checkpoint").is_file()):
-        mark_run(run_dir, dataclasses.asdict(settings))
     flow = batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed,
                    shift=settings.shift)
     # with several towers a step takes one batch per tower: an epoch stays one pass over the images
     steps_per_epoch = steps_per_epoch or max(1, len(flow) // settings.gpus)
+    if resume and (run_dir / "checkpoint").is_file():
+        reconcile_stats(run_dir)  # tensorpack then starts right after the last checkpoint's epoch
+    else:
+        mark_run(run_dir, {**dataclasses.asdict(settings), "steps_per_epoch": steps_per_epoch})
     config = AutoResumeTrainConfig(
         always_resume=resume,
         model=make_model(settings.lr, settings.average_decay),

@@ -61,6 +61,25 @@ def short_training(monkeypatch, mnist_small):
     return interrupt
 
 
+def test_ctrl_c_before_training_began_advises_the_command_that_works(runner, short_training, monkeypatch, tmp_path):
+    import advmnist.train
+
+    run = tmp_path / "run"
+    training = advmnist.train.train
+
+    def interrupted_at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(advmnist.train, "train", interrupted_at_once)
+    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "2", "--batch-size", "32"])
+    assert result.exit_code == 130, result.output
+    command = f"advmnist train --run-dir {run} --epochs 2"
+    assert "nothing was written" in result.stderr and f"`{command}`" in result.stderr
+    monkeypatch.setattr(advmnist.train, "train", training)
+    again = runner.invoke(main, command.split()[1:] + ["--batch-size", "32"])
+    assert again.exit_code == 0, again.output
+
+
 def test_ctrl_c_before_the_first_checkpoint_can_be_resumed_from_scratch(runner, short_training, tmp_path):
     run = tmp_path / "run"
     short_training(epoch=1, step=2)

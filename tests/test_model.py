@@ -153,6 +153,35 @@ def test_resume_continues_from_last_checkpoint(tmp_path, mnist_small):
     assert result.epochs == 2
 
 
+@pytest.mark.parametrize("damage", ["epoch missing", "stats cut short", "no stats"])
+def test_resume_after_a_kill_between_checkpoint_and_validation(tmp_path, mnist_small, damage):
+    """A kill after an epoch's checkpoint but before stats.json records it: --resume goes on right after that
+    epoch (neither failing nor training it twice), and the epoch is marked as not validated."""
+    from advmnist.frozen import FrozenModel
+    from advmnist.train import TrainSettings, train
+
+    train_split, test_split = mnist_small
+    run_dir = tmp_path / "run"
+    train(train_split, test_split, run_dir, TrainSettings(epochs=2, batch_size=64), steps_per_epoch=5)
+    stats_file = run_dir / "stats.json"
+    stats = json.loads(stats_file.read_text())
+    for name in ("model.pb", "model.json"):
+        (run_dir / name).unlink()  # killed before the freeze
+    if damage == "epoch missing":
+        stats_file.write_text(json.dumps(stats[:1]))
+    elif damage == "stats cut short":
+        stats_file.write_text(stats_file.read_text()[:40])
+    else:
+        stats_file.unlink()
+    result = train(train_split, test_split, run_dir, TrainSettings(epochs=3, batch_size=64), resume=True,
+                   steps_per_epoch=5)
+    stats = json.loads(stats_file.read_text())
+    assert [s["epoch_num"] for s in stats][-2:] == [2, 3]
+    assert stats[-1]["global_step"] == 15  # epoch 3 continued from step 10: nothing trained twice
+    assert result.epochs == 3 and FrozenModel.load(run_dir).meta["epochs"] == 3
+    assert "before its validation" in stats[-2]["note"]
+
+
 @pytest.mark.parametrize("padding, channels", [("VALID", 1), ("SAME", 1), ("VALID", 3)])
 def test_constant_weight_gradients_on_small_graphs(padding, channels):
     """Each override equals TensorFlow's gradient; the cases it does not cover fall back to it."""
