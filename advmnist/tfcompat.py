@@ -43,6 +43,11 @@ def _quiet_stderr():
         os.close(devnull)
 
 
+def verbose() -> bool:
+    """Whether ``--verbose`` asked for TensorFlow's and tensorpack's own logs."""
+    return _verbose
+
+
 def tf1():
     """Return ``tf.compat.v1`` with v2 behaviour disabled (graph mode), for the whole process.
 
@@ -86,8 +91,25 @@ def load_tensorpack():
 
 
 def tensorpack_logs(show: bool) -> None:
-    """tensorpack's INFO lines: wanted while training (epochs, validation), noise elsewhere."""
-    load_tensorpack().utils.logger._logger.setLevel(logging.INFO if show else logging.WARNING)
+    """tensorpack's INFO lines on the terminal: only with ``--verbose`` (training prints its own line per
+    epoch); a run folder's ``log.log`` gets them all."""
+    logger = load_tensorpack().utils.logger._logger
+    logger.setLevel(logging.INFO)
+    for handler in logger.handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.INFO if show else logging.WARNING)
+            if not show and not any(isinstance(f, _GPUAdvice) for f in handler.filters):
+                handler.addFilter(_GPUAdvice())
+
+
+class _GPUAdvice(logging.Filter):
+    """tensorpack warns, whenever a session gets a config, that GPU options may come too late; it is about
+    GPUs initialized earlier, not a problem here (on a machine without a GPU, not even a subject)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("User-provided custom session config")
+                    or message.startswith("To workaround this issue"))
 
 
 #: ``auto`` picks ``bf16`` where the CPU computes bfloat16 natively, ``fp32`` elsewhere.

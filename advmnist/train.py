@@ -11,6 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
 from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, reconcile_stats, write_frozen
 from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
-                               tf1)
+                               tf1, verbose)
 
 
 SCHEDULES = ("step", "linear")
@@ -135,7 +136,8 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
 
 
 def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, settings: TrainSettings, *,
-          resume: bool = False, steps_per_epoch: int | None = None, callbacks: tuple = ()) -> TrainResult:
+          resume: bool = False, steps_per_epoch: int | None = None, callbacks: tuple = (),
+          log: Callable[[str], None] = lambda message: None) -> TrainResult:
     """Train with tensorpack's ``SimpleTrainer`` (``SyncMultiGPUTrainerReplicated`` with ``gpus`` > 1);
     freeze the final weights to ``run_dir/model.pb``.
 
@@ -145,7 +147,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
 
     Validation on ``test_split`` runs after every epoch (``validation_accuracy`` in
     ``stats.json``). ``steps_per_epoch`` shortens epochs (tests only); ``callbacks`` are
-    extra tensorpack callbacks. With ``resume``, a run whose checkpoints already cover
+    extra tensorpack callbacks; ``log`` gets one line per epoch. With ``resume``, a run whose checkpoints already cover
     ``settings.epochs`` is only frozen; a run with no checkpoint yet starts from scratch.
     """
     tf = tf1()
@@ -161,8 +163,8 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     settings = dataclasses.replace(settings, precision=precision)  # run.json and model.json record the choice
     tf.reset_default_graph()
     tf.set_random_seed(settings.seed)
-    tensorpack_logs(True)
     logger.set_logger_dir(str(run_dir), action="k")
+    tensorpack_logs(verbose())
     flow = batches(train_split.images, train_split.labels, settings.batch_size, seed=settings.seed,
                    shift=settings.shift)
     # with several towers a step takes one batch per tower: an epoch stays one pass over the images
@@ -180,6 +182,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
             InferenceRunner(batches(test_split.images, test_split.labels, 500, seed=None),
                             [ScalarStats([COST_NAME, ACCURACY_NAME])]),
             lr_setter(settings, steps_per_epoch),
+            epoch_line(settings.epochs, log),
             *callbacks,
         ],
         session_creator=NewSessionCreator(config=session_config(tf, bfloat16=settings.precision == "bf16")),
@@ -191,6 +194,24 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         trainer = SimpleTrainer() if settings.gpus == 1 else SyncMultiGPUTrainerReplicated(settings.gpus)
         launch_train_with_config(config, trainer)
     return freeze_run(run_dir, test_split, settings, started=started)
+
+
+def epoch_line(epochs: int, log: Callable[[str], None]):
+    """A tensorpack callback that logs each epoch's validation (after the validation ran) and its time."""
+    from tensorpack import Callback
+
+    class EpochLine(Callback):
+        def _before_epoch(self):
+            self.started = time.time()
+
+        def _trigger_epoch(self):
+            monitors = self.trainer.monitors
+            accuracy = monitors.get_latest(f"validation_{ACCURACY_NAME}")
+            loss = monitors.get_latest(f"validation_{COST_NAME}")
+            log(f"epoch {self.epoch_num}/{epochs}: validation accuracy {accuracy:.2%}, loss {loss:.4f} "
+                f"({time.time() - self.started:.0f} s)")
+
+    return EpochLine()
 
 
 def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSettings | None = None, *,

@@ -95,7 +95,7 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpu
     if note:
         out.say(note)
     try:
-        result = train_model(train_split, test_split, run_dir, settings, resume=resume)
+        result = train_model(train_split, test_split, run_dir, settings, resume=resume, log=out.say)
     except KeyboardInterrupt:
         click.echo("\n" + interrupt_message(run_dir, epochs), err=True)
         sys.exit(130)
