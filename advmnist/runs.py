@@ -11,6 +11,7 @@ holds besides tensorpack's own files: ``run.json``, ``model.pb`` + ``model.json`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -131,6 +132,44 @@ def inspect_run(run_dir: Path) -> RunState:
     return RunState(exists=exists, is_run=bool(record) or has_checkpoint or has_model,
                     has_checkpoint=has_checkpoint, has_model=has_model, epochs_done=completed_epochs(run_dir),
                     epochs_planned=planned if isinstance(planned, int) else None)
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: os.PathLike | str):
+    """Hold ``run_dir`` for this process: a second process that asks for it meanwhile gets a RunDirError.
+
+    The lock is an advisory ``flock`` on a file named after the folder's absolute path in
+    the system's temporary folder (so nothing is written beside the run, which may not exist
+    yet or be moved aside by ``--overwrite``); the system releases it when the process ends,
+    however it ends. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not on Linux or macOS)
+        yield
+        return
+    import tempfile
+
+    run_dir = Path(run_dir)
+    folder = Path(tempfile.gettempdir()) / "advmnist-locks"
+    folder.mkdir(exist_ok=True)
+    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:24]
+    with open(folder / f"{key}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise RunDirError(f"{run_dir} is in use by another advmnist process{' (' + holder + ')' if holder else ''};"
+                              " wait for it to finish, or pass another --run-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def train_command(run_dir: Path, epochs: int, *extra: str) -> str:

@@ -72,6 +72,35 @@ def test_train_is_quiet_but_for_a_line_per_epoch_unless_verbose(runner, short_tr
     assert "Start Epoch 2" in (tmp_path / "run" / "log.log").read_text()
 
 
+HOLD_LOCK = """
+import sys, time
+from advmnist.runs import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["immunize", "--train-steps", "1"],
+                                     ["immunize", "--against", "pgd"]])
+def test_a_second_process_on_the_same_run_folder_is_refused(runner, short_training, tmp_path, command):
+    import subprocess
+    import sys
+
+    run = tmp_path / "runs" / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = runner.invoke(main, command + ["--run-dir", str(run), "--out", str(tmp_path / "out")]
+                               if command[0] == "immunize" else command + ["--run-dir", str(run)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 2, result.output
+    assert f"{run} is in use by another advmnist process (pid {holder.pid})" in result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()  # nothing written
+
+
 def test_ctrl_c_before_training_began_advises_the_command_that_works(runner, short_training, monkeypatch, tmp_path):
     import advmnist.train
 

@@ -24,7 +24,7 @@ def export(run_dir, data_dir, json_mode) -> None:
     test accuracy is measured on the frozen graph. RUN_DIR defaults to runs/cnn.
     """
     from advmnist.data import load_split
-    from advmnist.runs import RunDirError, inspect_run
+    from advmnist.runs import RunDirError, inspect_run, run_dir_lock
     from advmnist.train import freeze_run
 
     out = Output(json_mode)
@@ -33,7 +33,8 @@ def export(run_dir, data_dir, json_mode) -> None:
                           f"`advmnist train --run-dir {run_dir}`")
     test_split = load_split("test", data_dir, log=out.say)
     try:
-        result = freeze_run(run_dir, test_split)
+        with run_dir_lock(run_dir):  # not while a training writes its checkpoints
+            result = freeze_run(run_dir, test_split)
     except KeyboardInterrupt:
         click.echo(f"\nInterrupted while freezing; run `advmnist export {run_dir}` again.", err=True)
         sys.exit(130)

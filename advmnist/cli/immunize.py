@@ -104,8 +104,8 @@ def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_st
                     (PGD: clean and robust accuracy after every epoch)
       <name>.json   every measurement
     """
-    from advmnist import fileio, report, results
-    from advmnist.immunize import ImmunizeInterrupted, immunize as immunize_network
+    from advmnist import fileio
+    from advmnist.runs import run_dir_lock
 
     output = Output(json_mode)
     context = click.get_current_context()
@@ -120,15 +120,29 @@ def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_st
             clean_fraction = PGD_DEFAULTS.clean_fraction
         pgd = PGDTrainingSettings(eps=eps, epochs=epochs, pgd_steps=pgd_steps, clean_fraction=clean_fraction,
                                   seed=seed, shift=shift, precision=precision)
-        return immunize_pgd(pgd, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
-    targets = target_list(target)
+        run_dir = run_dir or Path("runs") / f"cnn-pgd-eps{pgd.eps:g}"
+        with run_dir_lock(run_dir):  # a second process on the same folder is refused until this one ends
+            return immunize_pgd(pgd, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
-                                replay=replay, shift=shift, precision=precision, noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
-                                                                       l2_weight=l2_weight, seed=seed))
+                                replay=replay, shift=shift, precision=precision,
+                                noise=UniversalSettings(steps=noise_steps, noise_limit=noise_limit,
+                                                        l2_weight=l2_weight, seed=seed))
     run_dir = run_dir or settings.default_run_dir(target)
     fileio.check_writable_dir(run_dir, "--run-dir")
-    given = checked_noise(noise_file, len(targets), noise_limit) if noise_file else None
+    given = checked_noise(noise_file, len(target_list(target)), noise_limit) if noise_file else None
+    with run_dir_lock(run_dir):
+        immunize_universal(settings, target, given, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
+
+
+def immunize_universal(settings: ImmunizeSettings, target: str, given, model_path, no_verify, run_dir, overwrite, out,
+                       data_dir, output: Output) -> None:
+    """``immunize`` (against universal noise): rounds of noise and training, saved as a new run."""
+    from advmnist import report, results
+    from advmnist.immunize import ImmunizeInterrupted, immunize as immunize_network
+
+    targets = target_list(target)
+    schedule, rounds = settings.schedule, settings.rounds
     model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output)
     stem = settings.file_stem(target)
     try:
@@ -164,7 +178,6 @@ def immunize_pgd(settings: PGDTrainingSettings, model_path, no_verify, run_dir, 
     from advmnist import fileio, results
     from advmnist.pgd_training import PGDTrainingInterrupted, train_against_pgd
 
-    run_dir = run_dir or Path("runs") / f"cnn-pgd-eps{settings.eps:g}"
     fileio.check_writable_dir(run_dir, "--run-dir")
     model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output)
     try:

@@ -72,7 +72,7 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpu
     Ctrl-C keeps the checkpoints of the finished epochs and says how to go on.
     """
     from advmnist.data import load_train_test
-    from advmnist.runs import interrupt_message, prepare_run_dir, read_run_file
+    from advmnist.runs import interrupt_message, prepare_run_dir, read_run_file, run_dir_lock
     from advmnist.train import train as train_model
 
     out = Output(json_mode)
@@ -90,15 +90,16 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpu
     precision, why = resolve_precision(settings.precision, gpus=None if settings.gpus == 1 else settings.gpus)
     settings = dataclasses.replace(settings, precision=precision)
     out.say(f"precision: {precision} ({why})")
-    train_split, test_split = load_train_test(data_dir, out.say)
-    note = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, epochs=epochs)
-    if note:
-        out.say(note)
-    try:
-        result = train_model(train_split, test_split, run_dir, settings, resume=resume, log=out.say)
-    except KeyboardInterrupt:
-        click.echo("\n" + interrupt_message(run_dir, epochs), err=True)
-        sys.exit(130)
+    with run_dir_lock(run_dir):  # a second process on the same folder is refused until this one ends
+        train_split, test_split = load_train_test(data_dir, out.say)
+        note = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, epochs=epochs)
+        if note:
+            out.say(note)
+        try:
+            result = train_model(train_split, test_split, run_dir, settings, resume=resume, log=out.say)
+        except KeyboardInterrupt:
+            click.echo("\n" + interrupt_message(run_dir, epochs), err=True)
+            sys.exit(130)
     out.say(f"test accuracy {result.test_accuracy:.2%} after {result.epochs} epochs "
             f"({result.seconds:.0f} s); frozen model: {result.model}")
     out.result(result.to_dict())
