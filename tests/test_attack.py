@@ -265,8 +265,11 @@ def test_summary_follows_reference_definitions(tiny_model, digits):
     assert report.summary["regularize_cost"] == pytest.approx(1e-2 * np.abs(result.noise).sum(), rel=1e-5)
     assert report.summary["train_error"] == pytest.approx(1 - _success(result) / count)
     assert [r["index"] for r in report.rows] == list(range(16, 24))
-    # effective perturbation is at most the noise (clipping only shrinks it)
-    assert all(r["l1"] <= np.abs(result.noise[i]).sum() + 1e-4 for i, r in enumerate(report.rows))
+    # each row's norms are those of the effective perturbation (after clipping to [0, 1]), not of the noise
+    effective = (np.clip(images + result.noise, 0, 1) - images).reshape(count, -1).astype(np.float64)
+    assert [r["l1"] for r in report.rows] == pytest.approx(np.abs(effective).sum(1), rel=1e-5)
+    assert [r["linf"] for r in report.rows] == pytest.approx(np.abs(effective).max(1), rel=1e-5)
+    assert any(r["l1"] < np.abs(result.noise[i]).sum() - 1e-3 for i, r in enumerate(report.rows))  # clipping bit
 
 
 def test_8bit_predictions_are_those_of_the_rounded_images(tiny_model, digits):

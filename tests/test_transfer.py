@@ -24,13 +24,20 @@ def second_model(tmp_path_factory, mnist_small):
     return FrozenModel.load(run_dir)
 
 
-def test_the_diagonal_is_each_networks_own_success(tiny_model, second_model, mnist_small):
+def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_examples(tiny_model, second_model, mnist_small):
     _, test = mnist_small
     images, labels = test.images[:40], test.labels[:40]
     targets = choose_targets(labels, "d+1")
     settings = TransferSettings(attack="pgd", eps=0.2, steps=10)
     models = {"a": tiny_model, "b": second_model}
     matrix, examples = transfer_matrix(models, ["a", "b"], images, labels, targets, settings)
+    # every cell, recomputed by a plain forward pass of the evaluated model on the source's 8-bit examples: rows are
+    # sources, columns the models evaluated (the two networks differ, so a swap would show)
+    for i, source in enumerate(["a", "b"]):
+        for j, name in enumerate(["a", "b"]):
+            predictions = models[name].predict_proba(examples[source]).argmax(1)
+            assert matrix.reached[i, j] == pytest.approx((predictions == targets).mean())
+            assert matrix.misclassified[i, j] == pytest.approx((predictions != labels).mean())
     # the diagonal, measured on the saved 8-bit examples, is the attack's own success after 8-bit rounding
     assert np.diag(matrix.reached).tolist() == pytest.approx(matrix.own)
     for name, model in models.items():

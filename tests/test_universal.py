@@ -23,7 +23,7 @@ def test_universal_noise_pushes_images_to_the_target(tiny_model, mnist_small):
     assert effect.fooled > share_of_threes + 0.3
     assert effect.accuracy < result.clean_accuracy - 0.2
     assert np.abs(result.noise).max() <= 0.35 + 1e-6
-    assert effect.confusion.sum() == len(test) and effect.confusion[:, 3].sum() == int(effect.fooled * len(test))
+    assert effect.confusion.sum() == len(test) and effect.confusion[:, 3].sum() == round(effect.fooled * len(test))
 
 
 def test_smaller_noise_limit_fools_less(tiny_model, mnist_small):
