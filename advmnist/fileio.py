@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import hashlib
 import json
 import os
 import tempfile
@@ -74,6 +75,15 @@ def read_toml(path: os.PathLike | str) -> dict:
         return tomllib.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise InvalidInput(f"expected a readable TOML file, got {path} ({err})") from err
+
+
+def sha256_file(path: os.PathLike | str) -> str:
+    """The SHA-256 of a file's bytes, read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(path: os.PathLike | str, data: bytes) -> None:

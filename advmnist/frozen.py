@@ -46,11 +46,13 @@ def _missing_model_message(given, pb: Path) -> str:
 
 
 class FrozenModel:
-    def __init__(self, graph_def, meta: dict, path: Path, notes: tuple[str, ...] = ()):
+    def __init__(self, graph_def, meta: dict, path: Path, notes: tuple[str, ...] = (), sha256: str | None = None):
         self.graph_def = graph_def
         self.meta = meta
         self.path = path
         self.notes = notes  # what the user should know about how it was loaded
+        #: SHA-256 of model.pb's bytes: results record it, so a merge can tell models apart at the same path
+        self.sha256 = sha256 or hashlib.sha256(graph_def.SerializeToString()).hexdigest()
 
     @classmethod
     def load(cls, path: os.PathLike | str | None = None, *, verify: bool = True) -> "FrozenModel":
@@ -99,7 +101,7 @@ class FrozenModel:
                 raise ModelError(f"{meta_path} names the {key} tensor {meta[key]!r}, which {pb.name} does not "
                                  f"have (its graph has {len(names)} nodes); expected a name from the same "
                                  "run, such as those `advmnist train` writes (input:0, logits:0, prob:0)")
-        return cls(graph_def, meta, pb, tuple(notes))
+        return cls(graph_def, meta, pb, tuple(notes), hashlib.sha256(blob).hexdigest())
 
     def logits(self, image_tensor, name: str = "net"):
         """Import the graph into the default graph with ``image_tensor`` as its input.

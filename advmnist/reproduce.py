@@ -26,7 +26,7 @@ from typing import Callable
 import advmnist
 from advmnist import reference
 from advmnist.errors import InvalidInput
-from advmnist.fileio import display_path, read_json, read_toml
+from advmnist.fileio import display_path, read_json, read_toml, sha256_file
 from advmnist.frozen import resolve_model_path
 from advmnist.runs import inspect_run
 
@@ -99,14 +99,6 @@ def config_table(config: Path | None, command: str) -> dict:
     if not isinstance(table, dict):
         raise InvalidInput(f"{config}: expected a [{command}] table, got {table!r}")
     return dict(table)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_digest(step: Step) -> str | None:

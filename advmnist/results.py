@@ -21,6 +21,32 @@ def _paths(files: dict) -> dict:
     return {key: _paths(value) if isinstance(value, dict) else display_path(value) for key, value in files.items()}
 
 
+def _files(files: dict) -> dict:
+    """A record's ``files`` (paths) and ``sha256`` (of each file): the metrics ``.json``, written last, is the
+    manifest of its result set, so a reader can tell a file beside it from another run's (:func:`check_files`)."""
+    def digests(entry):
+        return {key: digests(value) if isinstance(value, dict) else fileio.sha256_file(value)
+                for key, value in entry.items()}
+
+    return {"files": _paths(files), "sha256": digests(files)}
+
+
+def check_files(record: dict, record_path: Path, key: str = "arrays") -> None:
+    """The file ``record`` names under ``key`` is the one it was written with (records without checksums, of
+    older versions, are taken as they are).
+
+    Raises:
+        InvalidInput: the file was replaced, changed or cut short since.
+    """
+    from advmnist.errors import InvalidInput
+
+    expected = record.get("sha256", {}).get(key)
+    path = Path(record_path).with_suffix(".npz") if key == "arrays" else Path(record["files"][key])
+    if expected is not None and (not path.is_file() or fileio.sha256_file(path) != expected):
+        raise InvalidInput(f"{path} is not the file {record_path} was written with (its SHA-256 differs): it was "
+                           "replaced or changed since; run that command again")
+
+
 def _write_arrays(out: Path, stem: str, result, indices: np.ndarray) -> Path:
     """``<stem>.npz``: every attacked image's arrays and its index in the split."""
     arrays = out / f"{stem}.npz"
@@ -42,7 +68,7 @@ def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, set
     stem = AttackSettings.file_stem(name)
     files = report.attack_figures(result, name, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
-    record = {**summary.to_dict(), "files": _paths(files), "settings": settings, **_shard(shard)}
+    record = {**summary.to_dict(), **_files(files), "settings": settings, **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -62,7 +88,7 @@ def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, se
     """``minimal``: the grids and the curve, the arrays, the metrics; returns the record."""
     files = report_robustness.minimal_figures(result, report_, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
-    record = {**report_.to_dict(), "files": _paths(files), "settings": settings, **_shard(shard)}
+    record = {**report_.to_dict(), **_files(files), "settings": settings, **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -101,7 +127,7 @@ def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: n
                      adversarial=np.stack([c.adversarial for c in curves]),
                      fools_8bit=np.stack([c.fools_8bit for c in curves]))
     record = {"settings": dataclasses.asdict(settings), "models": [c.summary() for c in curves],
-              "minimal": minimal, "files": _paths({"figure": figure, "arrays": arrays}), **_shard(shard)}
+              "minimal": minimal, **_files({"figure": figure, "arrays": arrays}), **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -117,7 +143,7 @@ def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndar
                      targets=targets if targets is not None else np.full(len(labels), -1),
                      examples=np.stack([examples[s] for s in matrix.sources]))
     record = {"settings": dataclasses.asdict(settings), **matrix.to_dict(),
-              "files": _paths({"figure": figure, "arrays": arrays})}
+              **_files({"figure": figure, "arrays": arrays})}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -128,7 +154,7 @@ def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndar
     files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {"settings": settings, **cells.to_dict(), "success_overall": float(result.success.mean()),
               "hardest": cells.hardest(), "easiest": cells.easiest(), "seconds": round(seconds, 2),
-              "files": _paths(files), **_shard(shard)}
+              **_files(files), **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 
@@ -156,7 +182,7 @@ def write_universal(out: Path, stem: str, result, targets: list[int], test, sett
             fileio.write_npy(out / f"universal_noise_{t}.npy", noise)
         if target == "all":
             fileio.write_npy(out / "universal_noise_all.npy", result.noise)
-    record = {**result.to_dict(), "model": display_path(model_path), "target": target, "files": _paths(files),
+    record = {**result.to_dict(), "model": display_path(model_path), "target": target, **_files(files),
               "settings": {**dataclasses.asdict(settings),
                            "noise_file": display_path(noise_file) if noise_file else None}}
     fileio.write_json(out / f"{stem}.json", record)

@@ -85,22 +85,49 @@ class Part:
 
 
 def find_parts(folders) -> dict[str, list[Part]]:
-    """Every shard result in ``folders`` (``<stem>.json`` with a ``shard`` entry, and its ``.npz``), by stem."""
+    """Every shard result in ``folders`` (``<stem>.json`` with a ``shard`` entry, and its ``.npz``), by stem.
+
+    Temporary files of an interrupted write (``.<stem>.*.tmp.json``) are not results. Each
+    ``.npz`` must be the one its ``.json`` was written with, and hold that shard's images.
+    """
+    from advmnist.results import check_files
+
     parts: dict[str, list[Part]] = {}
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             raise InvalidInput(f"expected a folder of shard results, got {folder}")
         for path in sorted(folder.glob("*.json")):
+            if path.name.startswith("."):
+                continue
             record = fileio.read_json(path)
             if not isinstance(record, dict) or "shard" not in record or path.stem.endswith("_partial"):
                 continue
+            check_shard_entry(record["shard"], path)
+            check_files(record, path)
             arrays = fileio.read_npz(path.with_suffix(".npz"), what=f"the arrays of {path}")
-            parts.setdefault(path.stem, []).append(Part(path.stem, record, arrays, path))
+            part = Part(path.stem, record, arrays, path)
+            held = len(np.asarray(arrays.get("indices", ())).reshape(-1)) if "indices" in arrays else None
+            if held is not None and held != len(part.positions()):
+                raise InvalidInput(f"{path.with_suffix('.npz')}: expected the {len(part.positions())} images of shard "
+                                   f"{part.shard['index']}/{part.shard['count']}, got {held}")
+            parts.setdefault(path.stem, []).append(part)
     if not parts:
         raise InvalidInput("expected shard results (metrics .json files written with --shard) in "
                            + ", ".join(str(f) for f in folders) + "; found none")
     return parts
+
+
+def check_shard_entry(shard, path: Path) -> None:
+    """A metrics record's ``shard`` entry: whole numbers with 0 <= index < count <= population."""
+    try:
+        index, count, population = (shard[key] for key in ("index", "count", "population"))
+        valid = all(type(v) is int for v in (index, count, population)) and 0 <= index < count <= population
+    except (KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise InvalidInput(f"{path}: expected a shard entry with whole numbers 0 <= index < count <= population "
+                           f"(as --shard writes it), got {shard!r}")
 
 
 def check_complete(stem: str, parts: list[Part]) -> None:
@@ -120,6 +147,10 @@ def check_complete(stem: str, parts: list[Part]) -> None:
                            + ("; " if missing and twice else "")
                            + (f"found {', '.join(f'{k}/{count}' for k in twice)} more than once" if twice else ""))
     for part in parts[1:]:
+        models = [p.record.get("settings", {}).get("model_sha256") for p in (first, part)]
+        if isinstance(first.record.get("settings"), dict) and models[0] != models[1]:
+            raise InvalidInput(f"{stem}: expected shards made on one model; {part.path} and {first.path} were made on "
+                               "different models (their model.pb differ)")
         if part.record.get("settings") != first.record.get("settings"):
             raise InvalidInput(f"{stem}: expected the same settings in every shard; {part.path} and "
                                f"{first.path} differ")

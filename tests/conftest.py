@@ -68,7 +68,9 @@ def tiny_run(tmp_path_factory, mnist_small):
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train_split, test_split = mnist_small
-    result = train(train_split, test_split, run_dir, TrainSettings(epochs=4, batch_size=32, seed=0))
+    # shift=0 (no augmentation, the reference's recipe): on 600 digits, 4 epochs of the default --shift 2 reach
+    # about 69 % instead of 85 %, and the attack tests want a network that reads digits well
+    result = train(train_split, test_split, run_dir, TrainSettings(epochs=4, batch_size=32, seed=0, shift=0))
     return run_dir, result
 
 

@@ -62,7 +62,7 @@ def test_model_pb_holds_the_moving_average_of_the_weights(mnist_small, tmp_path)
     from advmnist.train import TrainSettings, train
 
     train_split, test_split = mnist_small
-    result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=2, batch_size=32,
+    result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=2, batch_size=32, shift=0,
                                                                             average_decay=0.999))
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
@@ -89,7 +89,7 @@ def test_linear_schedule_warms_up_then_ends_at_zero(mnist_small, tmp_path):
     from advmnist.train import TrainSettings, lr_setter, train
 
     train_split, test_split = mnist_small
-    settings = TrainSettings(epochs=2, batch_size=32, lr=2e-3, schedule="linear", average_decay=0)
+    settings = TrainSettings(epochs=2, batch_size=32, lr=2e-3, schedule="linear", average_decay=0, shift=0)
     result = train(train_split, test_split, tmp_path / "run", settings, steps_per_epoch=6)
     tf = tf1()
     stored = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "run")))
@@ -238,7 +238,7 @@ def test_two_towers_train_in_sync_on_the_cpu(mnist_small, tmp_path):
 
     towers = ReadTowers()
     train_split, test_split = mnist_small
-    settings = TrainSettings(epochs=2, batch_size=32, gpus=2, average_decay=0)
+    settings = TrainSettings(epochs=2, batch_size=32, gpus=2, average_decay=0, shift=0)
     result = train(train_split, test_split, tmp_path / "run", settings, callbacks=(towers,))
     assert len(towers.pairs) == 8  # a copy of every weight and bias on the second tower
     for (main, copy), (start, _) in zip(towers.values, towers.initial):
@@ -255,7 +255,7 @@ def test_bfloat16_training_freezes_a_float32_model(mnist_small, tmp_path):
     from advmnist.train import TrainSettings, train
 
     train_split, test_split = mnist_small
-    result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=3, batch_size=32, precision="bf16"))
+    result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=3, batch_size=32, precision="bf16", shift=0))
     model = FrozenModel.load(tmp_path / "run")
     assert model.meta["precision"] == "bf16" and result.test_accuracy > 0.6
     # the rewrite is a training-session option: the frozen graph is the float32 network

@@ -1,7 +1,9 @@
 """--shard K/N and `advmnist merge`: shards of a per-image run merge into what one whole run writes."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -81,7 +83,8 @@ def assert_same_json(a, b, where):
     if isinstance(a, dict):
         assert isinstance(b, dict) and sorted(a) == sorted(b), (where, sorted(a), b)
         for key in a:
-            if key not in ("seconds", "files", "figure", "file"):  # times differ, and so do the folders
+            # times differ, and so do the folders (and the checksums of figures that show times)
+            if key not in ("seconds", "files", "figure", "file", "sha256"):
                 assert_same_json(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), where
@@ -136,6 +139,43 @@ def test_merge_refuses_incomplete_or_mixed_shards(small_cli, tiny_run, tmp_path)
     result = runner.invoke(main, ["merge", str(tmp_path / "whole-nothing"), "--out", str(out)])
     assert result.exit_code == 2 and "expected a folder" in result.output
     assert [p.name for p in out.iterdir()] == ["earlier.txt"]
+
+
+def test_merge_refuses_other_models_misplaced_arrays_and_damaged_records(small_cli, tiny_run, tmp_path):
+    args = COMMANDS["minimal"] + ["--model", tiny_run[0]]
+    for k in range(3):
+        small_cli(*args, "--shard", f"{k}/3")
+    assets = tmp_path / "assets"
+    shards = sorted(assets.glob("shard-*"))
+    runner = CliRunner()
+
+    def merge():
+        out = tmp_path / "merged"
+        result = runner.invoke(main, ["merge", *map(str, shards), "--out", str(out)])
+        return result, out
+
+    # a leftover temporary file of an interrupted write is not a result
+    (shards[0] / ".minimal_l1.abc123.tmp.json").write_text("{")
+    result, out = merge()
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(out)
+    # one shard's arrays in another's folder
+    saved = (shards[1] / "minimal_l1.npz").read_bytes()
+    shutil.copy(shards[0] / "minimal_l1.npz", shards[1] / "minimal_l1.npz")
+    result, out = merge()
+    assert result.exit_code == 2 and "is not the file" in result.output and not out.exists()
+    (shards[1] / "minimal_l1.npz").write_bytes(saved)
+    # an edited shard entry
+    record_path = shards[2] / "minimal_l1.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "shard": {"index": "2", "count": 3}}))
+    result, out = merge()
+    assert result.exit_code == 2 and "expected a shard entry" in result.output and not out.exists()
+    # a shard made on another model that was at the same path: only the model's checksum tells
+    assert record["settings"]["model_sha256"] == hashlib.sha256((tiny_run[0] / "model.pb").read_bytes()).hexdigest()
+    record_path.write_text(json.dumps({**record, "settings": {**record["settings"], "model_sha256": "0" * 64}}))
+    result, out = merge()
+    assert result.exit_code == 2 and "different models" in result.output and not out.exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -75,7 +75,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     shard_record = shard.record(count) if shard else None
     settings = AttackSettings(reg=reg, weight=weight, count=count, offset=offset, split=split, target=rule,
                               steps=steps, seed=seed, early_stop=early_stop, margin=margin)
-    record = {"model": display_path(model.path), **{k: v for k, v in vars(settings).items() if k != "reg"}}
+    record = {"model": display_path(model.path), "model_sha256": model.sha256, **{k: v for k, v in vars(settings).items() if k != "reg"}}
     report.import_in_background()
     runs, records = {}, {}
     for name in settings.regs:

@@ -80,7 +80,8 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
     seconds = time.time() - started
     cells = matrix_lib.summarize(result)
     record = results.write_matrix(out, settings.file_stem, reg, result, cells, indices,
-                                  {"model": display_path(model.path), **dataclasses.asdict(settings)}, seconds,
+                                  {"model": display_path(model.path), "model_sha256": model.sha256,
+                                   **dataclasses.asdict(settings)}, seconds,
                                   shard=shard.record(population) if shard else None)
     output.say(f"reached the target: {record['success_overall']:.1%} of {len(indices)} ({seconds:.0f} s)")
     output.say("mean L2 of the successful perturbations, rows: source digit, columns: target class")

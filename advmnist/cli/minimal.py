@@ -76,7 +76,7 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     out = shard_out(out, shard)
     settings = MinimalSettings(norm=norm, count=count, offset=offset, split=split, target=rule, steps=steps,
                                starts=starts, seed=seed)
-    record = {"model": display_path(model.path), **vars(settings)}
+    record = {"model": display_path(model.path), "model_sha256": model.sha256, **vars(settings)}
     report.import_in_background()
     attack = settings.attack()
     output.say(f"minimal {norm}: {len(images)} image(s), {starts} start(s) x {steps} steps each"
