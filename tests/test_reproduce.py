@@ -159,6 +159,29 @@ def test_a_bad_reproduce_config_is_an_error(tmp_path, text, expected):
     assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("old, new, expected", [
+    ("weights =", "wieghts =", "step tradeoff (`advmnist tradeoff`): "),   # a typo in the last step's table
+    ("[attack]", "[atack]", "table(s) [atack] match no step"),
+    ("per-class = 1", "per-class = 0", "step matrix (`advmnist matrix`): "),
+])
+def test_every_steps_config_is_checked_before_the_first_step_runs(tiny_run, tmp_path, old, new, expected):
+    config = tmp_path / "late-typo.toml"
+    assert old in QUICK
+    config.write_text(QUICK.replace(old, new))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["reproduce", "--model", str(tiny_run[0]), "--out", str(out), "--config",
+                                       str(config)])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert not (out / "steps").exists()  # no step ran, none was even marked running
+
+
+def test_a_step_list_with_nothing_to_run_is_an_error(tiny_run, tmp_path):
+    result = CliRunner().invoke(main, ["reproduce", "--model", str(tiny_run[0]), "--steps", "train", "--out",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 2 and "nothing to run" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):

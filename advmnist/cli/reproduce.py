@@ -25,6 +25,36 @@ def _run_in_process(args: list[str]) -> None:
             raise InputError(f"`advmnist {' '.join(args)}` failed: {err.format_message()}") from err
 
 
+def check_before_running(steps, config: Path | None) -> None:
+    """Every step's options, config table and folders, checked as the step itself will check them, before the
+    first step runs: a typo in a late step's table fails now, not an hour in. Tables that match no step's
+    command are refused."""
+    from advmnist import reproduce as lib
+    from advmnist.cli import main
+    from advmnist.fileio import read_toml
+
+    if not steps:
+        raise click.BadParameter("nothing to run: `train` runs only without --model (the model is given); "
+                                 f"expected some of {list(lib.STEPS)}", param_hint="--steps")
+    if config is not None:
+        commands = {"reproduce", *(step.command for step in lib.plan(Path("."), None))}
+        unknown = sorted(key for key, value in read_toml(config).items() if isinstance(value, dict)
+                         and key not in commands)
+        if unknown:
+            raise click.BadParameter(f"{config}: table(s) {', '.join(f'[{t}]' for t in unknown)} match no step; "
+                                     f"expected tables of {sorted(commands)}", param_hint="--config")
+    for step in steps:
+        args = [*step.args, *step.extra]
+        if config is not None and lib.config_table(config, step.command):
+            args += ["--config", str(config)]
+        command = main.commands[step.command]
+        try:
+            command.make_context(step.command, args)  # parses and checks, runs nothing
+        except click.ClickException as err:
+            raise click.BadParameter(f"step {step.name} (`advmnist {step.command}`): {err.format_message()}",
+                                     param_hint="--config" if config is not None else "--steps") from err
+
+
 @click.command(short_help="Both reference experiments into one report.")
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="A trained run folder (or model.pb) to use; without it the first step trains one into OUT/run.")
@@ -69,6 +99,7 @@ def reproduce(model_path, out, config, step_names, json_mode) -> None:
             raise click.BadParameter(f"unknown step(s) {unknown}; expected some of {list(lib.STEPS)}",
                                      param_hint="--steps")
     steps = lib.plan(out, model_path, names)
+    check_before_running(steps, config)
     try:
         lib.run_steps(steps, out, config, _run_in_process, log=output.say if not json_mode else
                       (lambda message: click.echo(message, err=True)))
