@@ -218,6 +218,41 @@ def test_chunks_cover_every_image_in_order(tiny_model, digits):
         np.testing.assert_array_equal(chunked.info[key], whole.info[key], err_msg=key)
 
 
+def test_session_calls_of_any_length_give_the_same_noise_and_move_the_bar(tiny_model, digits, monkeypatch):
+    """Steps are split into session calls of about ``call_seconds`` (so the bar moves and Ctrl-C takes effect
+    within a second); how they are split changes nothing, bit for bit."""
+    import advmnist.attacks.targeted_noise as module
+
+    images, labels, targets = digits
+    updates = []
+
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, count):
+            updates.append(count)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(module, "progress_bar", lambda *args, **kwargs: Bar())
+    attack = PerImageNoise(L1(1e-2), steps=120, check_every=50)
+    monkeypatch.setattr(PerImageNoise, "call_seconds", 1e9)  # calls as long as the checks allow
+    one_call_per_check = attack(tiny_model.logits, images, labels, targets=targets, seed=2)
+    # a first step alone (to time one), then up to each check, never across the learning-rate switch at 80
+    assert [u // len(images) for u in updates] == [1, 49, 30, 20, 20]
+    updates.clear()
+    monkeypatch.setattr(PerImageNoise, "call_seconds", 1e-9)  # one step per call
+    step_by_step = attack(tiny_model.logits, images, labels, targets=targets, seed=2)
+    assert len(updates) == 120 and sum(updates) == 120 * len(images)
+    assert step_by_step.noise.tobytes() == one_call_per_check.noise.tobytes()
+    np.testing.assert_array_equal(step_by_step.info["steps_run"], one_call_per_check.info["steps_run"])
+
+
 def test_same_seed_same_noise_other_seed_other_noise(tiny_model, digits):
     images, labels, targets = digits
     def run(seed):

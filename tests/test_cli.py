@@ -309,7 +309,8 @@ def test_interrupt_in_the_first_chunk_writes_nothing(runner, tiny_run, tmp_path,
     monkeypatch.setattr(PerImageNoise, "_run_chunk", interrupted)
     result = runner.invoke(main, ["attack", "--count", "3", "--steps", "2", "--model", str(tiny_run[0]),
                                   "--out", str(tmp_path / "out")])
-    assert result.exit_code == 130 and "Interrupted" in result.output
+    assert result.exit_code == 130 and "Interrupted during l2 before its first 3 images" in result.output
+    assert "nothing of l2 was written" in result.output and "Run the same command again" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

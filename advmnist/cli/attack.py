@@ -93,6 +93,12 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
             click.echo(f"\nInterrupted during {name}: the first {done} of {len(images)} images were done; their "
                        f"results are in {partial['files']['arrays']} and beside it.", err=True)
             sys.exit(130)
+        except KeyboardInterrupt:
+            kept = f" The finished regularizers' results are in {out}." if records else ""
+            click.echo(f"\nInterrupted during {name} before its first {min(len(images), attack.chunk_size)} images "
+                       f"(optimized together) were finished: nothing of {name} was written.{kept} Run the same "
+                       "command again; a smaller --count or --steps finishes sooner.", err=True)
+            sys.exit(130)
         summary = attack_lib.summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
         runs[name] = result
         records[name] = results.write_attack(out, name, result, summary, indices, record, shard=shard_record)
