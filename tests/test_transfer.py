@@ -55,8 +55,11 @@ def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_exam
     (["--attack", "fgsm"], "Invalid value"),
     (["--eps", "2"], "Invalid value"),
     (["--count", "20000"], "expected --offset + --count"),
+    (["--attack", "minimal", "--eps", "0.1", "--to", "{model}.pb"], "--eps only applies to --attack pgd"),
+    (["--to", "{model}/model.pb"], "expected at least two different networks"),
 ])
 def test_transfer_bad_input_is_a_clear_error(tiny_run, bad_input, args, message):
+    args = [a.replace("{model}", str(tiny_run[0])) for a in args]
     bad_input(["transfer", "--from", str(tiny_run[0])] + args, "transfer_pgd.png", message)
 
 

@@ -197,6 +197,10 @@ def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
     np.savez(archive, noise=np.zeros((28, 28)))
     refused = runner.invoke(main, ["universal", "--noise", str(archive), "--model", str(tiny_run[0])])
     assert refused.exit_code == 2 and "archive" in refused.output
+    not_numbers = tmp_path / "nan.npy"
+    np.save(not_numbers, np.full((28, 28), np.nan, np.float32))
+    refused = runner.invoke(main, ["universal", "--noise", str(not_numbers), "--model", str(tiny_run[0])])
+    assert refused.exit_code == 2 and "expected finite numbers, got 784 NaN" in refused.output
 
 
 @pytest.mark.slow

@@ -70,6 +70,10 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
     from advmnist.fileio import display_path
 
     output = Output(json_mode)
+    if attack != "pgd" and click.get_current_context().get_parameter_source("eps").name not in ("DEFAULT",
+                                                                                               "DEFAULT_MAP"):
+        raise click.BadParameter(f"--eps only applies to --attack pgd (--attack {attack} has no budget)",
+                                 param_hint="--eps")
     if target == "untargeted" and attack not in ("pgd", "minimal"):
         raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: pgd and minimal only)",
                                  param_hint="--target")
@@ -84,6 +88,9 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
         if k < len(sources) and name not in source_names:
             source_names.append(name)
     check_same_input_shape(models.values(), "--to")
+    if len(models) < 2:
+        raise click.BadParameter(f"expected at least two different networks in --from and --to, got only {name}: "
+                                 "a transfer matrix compares the networks", param_hint="--to")
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     targets = None

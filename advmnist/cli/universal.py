@@ -119,4 +119,7 @@ def _load_noise(path: Path, count: int) -> np.ndarray:
     if noise.shape != (count, 28, 28):
         raise InputError(f"{path}: expected a noise of shape {(28, 28) if count == 1 else (count, 28, 28)}, "
                          f"got {noise.shape}")
+    if not np.isfinite(noise).all():
+        raise InputError(f"{path}: expected finite numbers, got {int((~np.isfinite(noise)).sum())} NaN or infinite "
+                         "values")
     return noise.astype(np.float32)
