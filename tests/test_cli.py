@@ -405,6 +405,14 @@ def test_verbose_is_accepted_after_the_command(runner, monkeypatch):
         assert tfcompat._verbose is ("--verbose" in args)
 
 
+def test_json_is_accepted_before_the_command(runner, tmp_path):
+    for args in (["--json", "data", "--data-dir", str(tmp_path / "none")],
+                 ["data", "--json", "--data-dir", str(tmp_path / "none")]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert json.loads(result.stdout)["exit_code"] == 2  # the error as one JSON object on stdout
+
+
 def test_data_dir_that_does_not_exist_is_an_error(runner, tmp_path):
     result = runner.invoke(main, ["data", "--data-dir", str(tmp_path / "no" / "such")])
     assert result.exit_code == 2 and "is not a folder" in result.output

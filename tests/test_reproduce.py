@@ -117,7 +117,7 @@ def test_ctrl_c_keeps_the_finished_steps_for_the_next_run(tiny_run, tmp_path, mo
 
     monkeypatch.setattr(command, "_run_in_process", second_step_interrupted)
     args = ["reproduce", "--model", str(tiny_run[0]), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--steps", "attack,matrix"]
+            "--only", "attack,matrix"]
     stopped = CliRunner().invoke(main, args)
     assert stopped.exit_code == 130 and "finished steps are kept" in stopped.output
     steps = tmp_path / "out" / "steps"
@@ -133,7 +133,7 @@ def test_reproduce_never_deletes_a_folder_it_did_not_write(tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     result = CliRunner().invoke(main, ["reproduce", "--model", str(tmp_path), "--out", str(tmp_path),
-                                       "--steps", "attack"])
+                                       "--only", "attack"])
     assert result.exit_code == 2 and "did not write" in result.output
     assert (mine / "notes.txt").read_text() == "mine"
 
@@ -144,8 +144,12 @@ def test_report_of_a_folder_without_steps_is_an_error(tmp_path):
 
 
 def test_unknown_step_is_an_error(tmp_path):
+    result = CliRunner().invoke(main, ["reproduce", "--only", "attack,fly", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown step(s) ['fly']" in result.output
+    # the old spelling still works for one release, with a note
     result = CliRunner().invoke(main, ["reproduce", "--steps", "attack,fly", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown step(s) ['fly']" in result.output
+    assert "`reproduce --steps` is now `--only`" in result.output
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -176,7 +180,7 @@ def test_every_steps_config_is_checked_before_the_first_step_runs(tiny_run, tmp_
 
 
 def test_a_step_list_with_nothing_to_run_is_an_error(tiny_run, tmp_path):
-    result = CliRunner().invoke(main, ["reproduce", "--model", str(tiny_run[0]), "--steps", "train", "--out",
+    result = CliRunner().invoke(main, ["reproduce", "--model", str(tiny_run[0]), "--only", "train", "--out",
                                        str(tmp_path / "out")])
     assert result.exit_code == 2 and "nothing to run" in result.output
     assert not (tmp_path / "out").exists()
@@ -223,7 +227,7 @@ def test_without_a_model_the_first_step_trains_one(tmp_path):
     config = tmp_path / "train.toml"
     config.write_text("[train]\nepochs = 1\nbatch-size = 256\n")
     out = tmp_path / "report"
-    args = ["reproduce", "--out", str(out), "--config", str(config), "--steps", "train"]
+    args = ["reproduce", "--out", str(out), "--config", str(config), "--only", "train"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     meta = json.loads((out / "run" / "model.json").read_text())

@@ -35,6 +35,12 @@ class AdvmnistGroup(click.Group):
         end = args.index("--") if "--" in args else len(args)
         verbose = [a for a in args[:end] if a in VERBOSE_FLAGS]
         args = verbose[:1] + [a for a in args[:end] if a not in VERBOSE_FLAGS] + args[end:]
+        # `advmnist --json attack` means what `advmnist attack --json` does
+        before = 0
+        while before < len(args) and args[before].startswith("-") and args[before] != "--":
+            before += 1
+        if "--json" in args[:before] and before < len(args):
+            args = [a for a in args[:before] if a != "--json"] + [args[before], "--json"] + args[before + 1:]
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):

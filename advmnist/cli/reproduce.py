@@ -35,7 +35,7 @@ def check_before_running(steps, config: Path | None) -> None:
 
     if not steps:
         raise click.BadParameter("nothing to run: `train` runs only without --model (the model is given); "
-                                 f"expected some of {list(lib.STEPS)}", param_hint="--steps")
+                                 f"expected some of {list(lib.STEPS)}", param_hint="--only")
     if config is not None:
         commands = {"reproduce", *(step.command for step in lib.plan(Path("."), None))}
         unknown = sorted(key for key, value in read_toml(config).items() if isinstance(value, dict)
@@ -63,11 +63,13 @@ def check_before_running(steps, config: Path | None) -> None:
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="TOML file: its [COMMAND] tables set each step's options (e.g. [attack] steps = 2000), its "
                    "[reproduce] table may list the steps to run; e.g. configs/reproduce.toml.")
-@click.option("--steps", "step_names", default=None,
+@click.option("--only", "step_names", default=None,
               help=f"Comma-separated steps to run, in their fixed order: {STEP_HELP}.  [default: all]")
+@click.option("--steps", "old_step_names", default=None, hidden=True,
+              help="The old name of --only (every other command's --steps counts iterations).")
 @json_option
 @translate_errors
-def reproduce(model_path, out, config, step_names, json_mode) -> None:
+def reproduce(model_path, out, config, step_names, old_step_names, json_mode) -> None:
     """Run both reference experiments end to end and write one report.
 
     Trains the CNN (unless --model is given), then runs the per-image attack under the
@@ -86,6 +88,10 @@ def reproduce(model_path, out, config, step_names, json_mode) -> None:
     from advmnist import pages, reproduce as lib
 
     output = Output(json_mode)
+    if old_step_names is not None:
+        click.echo("note: `reproduce --steps` is now `--only` (in every other command --steps counts iterations); "
+                   "--steps will be removed in the next release", err=True)
+        step_names = step_names or old_step_names
     names = lib.STEPS
     table = lib.config_table(config, "reproduce")
     if not step_names and "steps" in table and (not isinstance(table["steps"], list)
@@ -97,7 +103,7 @@ def reproduce(model_path, out, config, step_names, json_mode) -> None:
         unknown = sorted(set(names) - set(lib.STEPS))
         if unknown:
             raise click.BadParameter(f"unknown step(s) {unknown}; expected some of {list(lib.STEPS)}",
-                                     param_hint="--steps")
+                                     param_hint="--only")
     steps = lib.plan(out, model_path, names)
     check_before_running(steps, config)
     try:
