@@ -77,9 +77,8 @@ class Loaded:
     own_shape: tuple | None = None
 
 
-
-def load_keras(path: Path):
-    """(callable, input shape, input dtype, reader) of a .keras / .h5 file: Keras 3 first, then tf-keras."""
+def load_keras(path: Path) -> Loaded:
+    """A .keras / .h5 file, read by Keras 3 or, if Keras 3 cannot, by tf-keras."""
     tried = []
     for reader in ("keras", "tf_keras"):
         try:
@@ -88,9 +87,10 @@ def load_keras(path: Path):
         except Exception as err:  # each reader raises its own types for files it cannot read
             tried.append(f"{'Keras 3' if reader == 'keras' else 'tf-keras'}: {_first_line(err)}")
             continue
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise ConversionError(f"expected a model with one input and one output, got {len(model.inputs)} "
-                                  f"inputs and {len(model.outputs)} outputs")
+        inputs, outputs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ConversionError(f"expected a Keras model with one input and one output of known shapes (a "
+                                  f"Sequential or functional model), got {len(inputs)} and {len(outputs)}")
         shape = tuple(_tf().TensorShape(model.inputs[0].shape).as_list())
         name = f"{'Keras' if reader == 'keras' else 'tf-keras'} {module.__version__}"
         dtype = _tf().as_dtype(model.inputs[0].dtype).name
@@ -129,7 +129,7 @@ def load_savedmodel(path: Path, key: str | None = None, shown: Path | None = Non
     return Loaded(call, tuple(spec.shape.as_list()), spec.dtype.name, f"TensorFlow {tf.__version__} SavedModel")
 
 
-def load_onnx(path: Path, workdir: Path):
+def load_onnx(path: Path, workdir: Path) -> Loaded:
     """An ONNX file through onnx2tf (the ``[onnx]`` extra), converted to a SavedModel first."""
     try:
         import onnx2tf
@@ -305,76 +305,9 @@ def run_import(args, workdir: Path) -> dict:
     graph_def, kind = with_logits(graph_def, input_name, output_name, args.output, raw)
     Path(args.out_pb).write_bytes(graph_def.SerializeToString(deterministic=True))
     np.save(args.out_reference, raw if kind in ("Softmax", "probabilities") else softmax(raw))
-    return {"reader": loaded.reader, "model_input_shape": list(loaded.own_shape or loaded.shape),
-            "layout": LAYOUTS[match_layout(loaded.own_shape or loaded.shape)], "input_dtype": loaded.dtype, "outputs": kind}
-
-
-# ---------------------------------------------------------------------------- export
-
-def graph_outputs(graph_def, meta: dict, images: np.ndarray) -> np.ndarray:
-    """The frozen graph's probabilities on ``images``, in a TensorFlow 1 session."""
-    tf = _tf()
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=graph) as sess:
-        return sess.run(meta["prob"], {meta["input"]: images})
-
-
-def save_savedmodel(graph_def, meta: dict, out: str):
-    """A SavedModel whose ``serving_default`` takes ``image`` (N, 28, 28) in [0, 1]; returns a reloading callable."""
-    tf = _tf()
-    names = [meta["logits"], meta["prob"]]
-
-    class Classifier(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE], tf.float32, name="image")])
-        def __call__(self, image):
-            logits, prob = tf.graph_util.import_graph_def(graph_def, input_map={meta["input"]: image},
-                                                          return_elements=names, name="advmnist")
-            return {"logits": logits, "probabilities": prob}
-
-    module = Classifier()
-    tf.saved_model.save(module, out, signatures={"serving_default": module.__call__})
-    serve = tf.saved_model.load(out).signatures["serving_default"]
-    return lambda images: serve(image=tf.constant(images))["probabilities"].numpy()
-
-
-def save_onnx(graph_def, meta: dict, out: str, opset: int):
-    """An ONNX file (tf2onnx) with input ``image`` and outputs ``logits``, ``probabilities``."""
-    try:
-        import onnxruntime
-        import tf2onnx
-    except ImportError as err:
-        raise ConversionError("expected the [onnx] extra for --format onnx: pip install 'advmnist[onnx]' "
-                              f"({_first_line(err)})") from err
-    tf = _tf()
-    graph = tf.Graph()  # rename the tensors to what other tools will show
-    with graph.as_default():
-        image = tf.compat.v1.placeholder(tf.float32, [None, SIZE, SIZE], name="image")
-        logits, prob = tf.compat.v1.import_graph_def(graph_def, input_map={meta["input"]: image},
-                                                     return_elements=[meta["logits"], meta["prob"]], name="net")
-        tf.identity(logits, name="logits"), tf.identity(prob, name="probabilities")
-    tf2onnx.convert.from_graph_def(graph.as_graph_def(), input_names=["image:0"],
-                                   output_names=["logits:0", "probabilities:0"], opset=opset, output_path=out)
-    session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
-    return lambda images: session.run(["probabilities:0"], {"image:0": images})[0]
-
-
-def run_export(args, workdir: Path) -> dict:
-    """A run's model.pb as a SavedModel or an ONNX file, reloaded and checked against the graph."""
-    tf = _tf()
-    meta = json.loads(Path(args.meta).read_text())
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(Path(args.model_pb).read_bytes())
-    images = np.load(args.check)["images"].astype(np.float32)
-    if args.format == "onnx":
-        reload = save_onnx(graph_def, meta, args.out, args.opset)
-        import tf2onnx
-        writer = f"tf2onnx {tf2onnx.__version__}, opset {args.opset}"
-    else:
-        reload, writer = save_savedmodel(graph_def, meta, args.out), f"TensorFlow {tf.__version__}"
-    difference = np.abs(reload(images) - graph_outputs(graph_def, meta, images)).max()
-    return {"writer": writer, "largest_difference": float(difference)}
+    own_shape = loaded.own_shape or loaded.shape
+    return {"reader": loaded.reader, "model_input_shape": list(own_shape), "layout": LAYOUTS[match_layout(own_shape)],
+            "input_dtype": loaded.dtype, "outputs": kind}
 
 
 def parse_args(argv):
@@ -406,7 +339,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="advmnist-convert-") as workdir:
         try:
-            report = (run_import if args.command == "import" else run_export)(args, Path(workdir))
+            if args.command == "import":
+                report = run_import(args, Path(workdir))
+            else:
+                from advmnist.convert_export import run_export
+
+                report = run_export(args, Path(workdir))
             status = 0
         except ConversionError as err:
             report, status = {"error": str(err)}, 2

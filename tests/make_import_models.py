@@ -65,7 +65,7 @@ def train(module, layout: tuple, scale: str, last: str, digits, classes: int = 1
     if layout[-1] == 3:  # only its shape matters: it must be refused
         return model
     x = model_input(digits["train_images"], layout, scale)  # trained in its own convention
-    model.fit(x, digits["train_labels"] % classes, epochs=3, batch_size=32, verbose=0)
+    model.fit(x, digits["train_labels"] % classes, epochs=2, batch_size=32, verbose=0)
     return model
 
 

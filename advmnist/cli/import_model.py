@@ -60,7 +60,7 @@ def import_model(source, out, input_range, mean, std, output, data_dir, json_mod
     """
     from advmnist.data import load_split
     from advmnist.export import TENSOR_NAMES
-    from advmnist.fileio import display_path
+    from advmnist.fileio import check_writable_dir, display_path
     from advmnist.frozen import MODEL_FILE, FrozenModel
     from advmnist.importing import ImportSettings, import_model as convert
     from advmnist.runs import write_frozen
@@ -68,7 +68,9 @@ def import_model(source, out, input_range, mean, std, output, data_dir, json_mod
     if input_range != "mean-std" and (mean is not None or std is not None):
         raise click.BadParameter("--mean and --std only apply to --input-range mean-std",
                                  param_hint="--mean" if mean is not None else "--std")
-    out = out if out is not None else Path("runs") / source.stem
+    if out is None:
+        out = Path("runs") / source.stem
+        check_writable_dir(out, "--out")
     _check_out(out)
     settings = ImportSettings(input_range, MNIST_MEAN if mean is None else mean, MNIST_STD if std is None else std,
                               output)
