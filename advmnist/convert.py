@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -137,8 +138,10 @@ def load_onnx(path: Path, workdir: Path) -> Loaded:
         raise ConversionError("expected the [onnx] extra for an ONNX model: pip install 'advmnist[onnx]' "
                               f"(onnx2tf could not be imported: {_first_line(err)})") from err
     out = workdir / "onnx2tf"
+    copy = workdir / "model.onnx"  # onnx2tf rewrites the file it is given (measured: 55,619 -> 55,864 bytes)
+    shutil.copyfile(path, copy)
     try:
-        onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=str(out), non_verbose=True,
+        onnx2tf.convert(input_onnx_file_path=str(copy), output_folder_path=str(out), non_verbose=True,
                         output_signaturedefs=True, disable_model_save=False)
     except (Exception, SystemExit) as err:  # onnx2tf exits on some models it cannot convert
         raise ConversionError(f"expected an ONNX model that onnx2tf {onnx2tf.__version__} can convert, "

@@ -148,6 +148,7 @@ def import_model(source: os.PathLike | str, settings: ImportSettings = ImportSet
 
     source = Path(source)
     fmt = model_format(source)
+    digest = source_sha256(source)  # before the conversion, which must leave the file as it was
     images = check_images()
     with tempfile.TemporaryDirectory(prefix="advmnist-import-") as tmp:
         workdir = Path(tmp)
@@ -159,6 +160,8 @@ def import_model(source: os.PathLike | str, settings: ImportSettings = ImportSet
                                 "--out-reference", str(workdir / "reference.npy")], workdir)
         blob = (workdir / "model.pb").read_bytes()
         reference = np.load(workdir / "reference.npy")
+    if source_sha256(source) != digest:
+        raise RuntimeError(f"the conversion changed {source}: a bug in advmnist or its converter")
     graph_def = tf1().GraphDef()
     graph_def.ParseFromString(blob)
     ours = FrozenModel(graph_def, TENSOR_NAMES, source).predict_proba(images)
@@ -168,7 +171,7 @@ def import_model(source: os.PathLike | str, settings: ImportSettings = ImportSet
                            f"(probabilities differ by up to {difference:.3g}, expected at most "
                            f"{PROBABILITY_TOLERANCE}); the model may have state or randomness at inference")
     meta = {"source": {"path": str(source), "format": fmt, "reader": report["reader"],
-                       "sha256": source_sha256(source), "input_shape": report["model_input_shape"],
+                       "sha256": digest, "input_shape": report["model_input_shape"],
                        "input_dtype": report["input_dtype"]},
             "input_convention": {"layout": report["layout"], **settings.convention()},
             "outputs": report["outputs"], "logits_from": OUTPUT_KINDS[report["outputs"]],

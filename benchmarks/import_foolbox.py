@@ -3,7 +3,7 @@
 Usage (Foolbox 3.3.4 with Keras 3 in some Python: ``pip install '.[peer]'``, or a venv of its own)::
 
     python benchmarks/import_foolbox.py [--keras my_mnist.keras] [--count 500] [--eps 0.1] \\
-        [--peer-python /path/to/venv/bin/python]
+        [--steps 40 100] [--peer-python /path/to/venv/bin/python]
 
 Without ``--keras``, a Keras 3 convnet with advmnist's architecture (conv 32 3x3, conv 64
 3x3, max-pool 2, dropout, dense 128, dropout, dense 10, logits; input (28, 28, 1) in [0, 1]) is
@@ -12,13 +12,14 @@ trained for ``--epochs`` on the 60,000 training images, in its own process.
 Then, one after the other in the same run: ``advmnist import`` of the Keras file,
 ``advmnist robustness --norm linf --eps 0,EPS`` on the imported run (40 steps of 0.1 eps,
 one random start), and, in the peer's process, Foolbox's ``LinfPGD`` with its defaults
-(40 steps of 0.01/0.3 eps, a random start; more steps with ``--peer-steps``) on the Keras
-model, called by Foolbox directly (``benchmarks/peer_foolbox.py --model FILE.keras``). Both
-attack the first ``--count`` test images, untargeted; robust accuracy is the share still
-classified correctly (an image wrong without any change counts as fooled), on the
-float images as each attack returns them. The clean accuracies must agree: it is the
-same network. The last line says whether ours is at least as strong (a lower or equal
-robust accuracy).
+(40 steps of 0.01/0.3 eps, a random start) on the Keras model, called by Foolbox directly
+(``benchmarks/peer_foolbox.py --model FILE.keras``). Both attack the first ``--count``
+test images, untargeted; robust accuracy is the share still classified correctly (an
+image wrong without any change counts as fooled), on the float images as each attack
+returns them. The clean accuracies must agree: it is the
+same network. ``--steps 40 100`` runs both sides with 40, then 100 steps (step sizes
+unchanged). The last lines say, for each number of steps, whether ours is at least as
+strong (a lower or equal robust accuracy).
 """
 from __future__ import annotations
 
@@ -78,14 +79,13 @@ def train_worker(out: Path, epochs: int, seed: int) -> None:
     model.save(out)
 
 
-def ours(keras_file: Path, eps: float, count: int, work: Path) -> dict:
-    run = work / "imported"
-    seconds_import, _ = timed(["advmnist", "import", str(keras_file), "--out", str(run)])
+def ours(run: Path, eps: float, steps: int, count: int, work: Path) -> dict:
     seconds, stdout = timed(["advmnist", "robustness", "--model", str(run), "--norm", "linf", "--eps", f"0,{eps}",
-                             "--count", str(count), "--out", str(work / "ours"), "--json"])
+                             "--steps", str(steps), "--count", str(count), "--out", str(work / f"ours_{steps}"),
+                             "--json"])
     (curve,) = json.loads(stdout)["models"]
-    return {"method": "advmnist import + robustness (PGD, 40 steps of 0.1 eps)", "clean": curve["robust_accuracy"][0],
-            "robust": curve["robust_accuracy"][1], "seconds": seconds, "import_seconds": seconds_import}
+    return {"method": f"advmnist robustness on the imported run ({steps} steps of 0.1 eps)", "steps": steps,
+            "clean": curve["robust_accuracy"][0], "robust": curve["robust_accuracy"][1], "seconds": seconds}
 
 
 def foolbox(keras_file: Path, eps: float, steps: int, count: int, peer_python: str, work: Path) -> dict:
@@ -100,7 +100,7 @@ def foolbox(keras_file: Path, eps: float, steps: int, count: int, peer_python: s
                         "--out", str(result)], env=eager_env())
     predictions = np.load(result)["predictions"]   # (2, N): at eps 0 and at eps
     clean, robust = (predictions == test.labels).mean(1)
-    return {"method": f"Foolbox 3.3.4 LinfPGD on the Keras model ({steps} steps of 0.033 eps)",
+    return {"method": f"Foolbox 3.3.4 LinfPGD on the Keras model ({steps} steps of 0.033 eps)", "steps": steps,
             "clean": float(clean), "robust": float(robust), "seconds": seconds}
 
 
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="without --keras: epochs of the Keras model")
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--peer-steps", type=int, nargs="+", default=[40])
+    parser.add_argument("--steps", type=int, nargs="+", default=[40], help="PGD steps, on both sides (40: "
+                        "both defaults)")
     parser.add_argument("--peer-python", default=sys.executable, help="a Python with Foolbox 3.3.4 and Keras 3")
     parser.add_argument("--worker", choices=["train"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -124,16 +125,20 @@ def main() -> None:
             keras_file = work / "keras_mnist.keras"
             timed([sys.executable, __file__, "--worker", "train", "--epochs", str(args.epochs), "--out",
                    str(keras_file)], env=eager_env())
-        rows = [ours(keras_file, args.eps, args.count, work)]
-        rows += [foolbox(keras_file, args.eps, steps, args.count, args.peer_python, work)
-                 for steps in args.peer_steps]
-    print(f"\nLinf eps {args.eps}, first {args.count} test images, untargeted:")
+        run = work / "imported"
+        import_seconds, _ = timed(["advmnist", "import", str(keras_file), "--out", str(run)])
+        rows = []
+        for steps in args.steps:
+            rows += [ours(run, args.eps, steps, args.count, work),
+                     foolbox(keras_file, args.eps, steps, args.count, args.peer_python, work)]
+    print(f"\nLinf eps {args.eps}, first {args.count} test images, untargeted (advmnist import: "
+          f"{import_seconds:.1f} s):")
     for row in rows:
         print(f"  {row['method']}: clean {row['clean']:.1%}, robust {row['robust']:.1%}, {row['seconds']:.1f} s")
-    print(f"  (advmnist import took {rows[0]['import_seconds']:.1f} s)")
-    weakest_peer = min(row["robust"] for row in rows[1:])
-    verdict = "at least as strong" if rows[0]["robust"] <= weakest_peer else "WEAKER"
-    print(f"ours {rows[0]['robust']:.1%} vs Foolbox's best {weakest_peer:.1%}: advmnist is {verdict}")
+    for mine, peer in zip(rows[::2], rows[1::2]):
+        verdict = "at least as strong" if mine["robust"] <= peer["robust"] else "WEAKER"
+        print(f"{mine['steps']} steps: ours {mine['robust']:.1%} vs Foolbox {peer['robust']:.1%}: advmnist is "
+              f"{verdict}")
 
 
 if __name__ == "__main__":
