@@ -271,8 +271,10 @@ def interrupt_message(run_dir: Path, epochs: int) -> str:
             f"Continue with `{train_command(run_dir, epochs, '--resume')}`.")
 
 
-def write_frozen(graph_def, out_dir: os.PathLike | str, checkpoint: os.PathLike | str, **meta) -> Path:
+def write_frozen(graph_def, out_dir: os.PathLike | str, checkpoint: os.PathLike | str | None, **meta) -> Path:
     """Write ``model.pb`` and ``model.json`` (tensor names, SHA-256 of model.pb, versions, ``meta``).
+
+    ``checkpoint`` is the one frozen, or None for a network imported from elsewhere.
 
     ``model.json`` is written last: a folder with ``model.pb`` but no ``model.json`` was
     interrupted while freezing.
@@ -284,9 +286,10 @@ def write_frozen(graph_def, out_dir: os.PathLike | str, checkpoint: os.PathLike 
                   model_sha256=hashlib.sha256(blob).hexdigest(),
                   input_shape=[None, IMAGE_SIZE, IMAGE_SIZE],
                   input_range=[0.0, 1.0],
-                  checkpoint=os.path.relpath(str(checkpoint), str(out_dir)),
                   versions=library_versions(),
                   created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if checkpoint is not None:
+        record["checkpoint"] = os.path.relpath(str(checkpoint), str(out_dir))
     record.update(meta)
     fileio.write_json(out_dir / META_FILE, record)
     return out_dir / MODEL_FILE

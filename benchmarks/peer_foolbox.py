@@ -6,8 +6,10 @@ this script in a subprocess (installed with ``pip install '.[peer]'``)::
     python benchmarks/peer_foolbox.py --model runs/cnn/model.pb --inputs images.npz \\
         --attack DDNAttack --steps 1000 --out foolbox_ddn.npz
 
-``--inputs`` is an ``.npz`` with ``images`` (N, 28, 28) in [0, 1], ``labels`` and ``targets``
-(all -1: untargeted). The frozen graph becomes a Foolbox model through
+``--model`` may also be a Keras 3 model file (``.keras``, ``.h5``) whose input is pixels in
+[0, 1] of any MNIST layout: Foolbox then attacks the Keras model itself (Keras 3 needs
+``TF_USE_LEGACY_KERAS`` unset). ``--inputs`` is an ``.npz`` with ``images`` (N, 28, 28) in
+[0, 1], ``labels`` and ``targets`` (all -1: untargeted). The frozen graph becomes a Foolbox model through
 ``tf.compat.v1.wrap_function`` (import the GraphDef) and ``.prune(input, logits)``.
 ``--out`` receives the adversarial images exactly as Foolbox returns them (float32), the
 network's predictions for them and for their 8-bit rounding, and the attack's own seconds.
@@ -36,8 +38,15 @@ ATTACKS = {
 
 
 def load_model(path: Path):
+    """The logits of a frozen advmnist model.pb, or of a Keras model (.keras / .h5) taking pixels in [0, 1]."""
     import tensorflow as tf
 
+    if path.suffix in (".keras", ".h5"):
+        import keras
+
+        model = keras.models.load_model(path, compile=False)
+        shape = tuple(model.inputs[0].shape[1:])
+        return lambda x: model(tf.reshape(x, (-1, *shape)), training=False)
     meta = json.loads(path.with_name("model.json").read_text())
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(path.read_bytes())
@@ -52,7 +61,8 @@ def load_model(path: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="the frozen model.pb (model.json beside it)")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="the frozen model.pb (model.json beside it), or a Keras .keras / .h5 model")
     parser.add_argument("--inputs", type=Path, required=True, help=".npz with images, labels, targets")
     parser.add_argument("--attack", choices=sorted(ATTACKS), required=True)
     parser.add_argument("--steps", type=int, default=None, help="the attack's steps (Foolbox's default if absent)")

@@ -13,8 +13,8 @@ import sys
 import click
 
 from advmnist import tfcompat
-from advmnist.cli import (attack, data, evaluate, export, immunize, matrix, merge, minimal, reproduce,
-                          robustness, tradeoff, train, transfer, universal)
+from advmnist.cli import (attack, data, evaluate, export, immunize, import_model, matrix, merge, minimal,
+                          reproduce, robustness, tradeoff, train, transfer, universal)
 from advmnist.cli.options import CONTEXT_SETTINGS, json_error
 
 
@@ -76,6 +76,7 @@ def main(verbose: bool) -> None:
     \b
     Start with:
       advmnist train --epochs 12     # ~5 min on 2 CPU cores; writes runs/cnn/model.pb
+      advmnist import MODEL.keras    # or a SavedModel / ONNX classifier trained elsewhere, into runs/MODEL
       advmnist evaluate              # test accuracy and confusion matrix
       advmnist attack --reg l1       # per-image targeted noise, grids in assets/
       advmnist matrix                # every digit into every other: success and cost
@@ -96,6 +97,7 @@ for _module in (data, train, export, evaluate, attack, matrix, tradeoff, minimal
                 immunize, merge, reproduce):
     main.add_command(getattr(_module, _module.__name__.rsplit(".", 1)[1]))
 main.add_command(reproduce.report)
+main.add_command(import_model.import_model, name="import")
 
 
 def entry() -> None:
