@@ -42,10 +42,16 @@ class PGD(Attack):
         check_every: steps per session call; fooled images leave the batch between calls.
         chunk_size: images in one session call at most; bounds memory for any count.
 
+    ``info``: ``steps_run`` (steps spent on each image) and ``broken_at`` (the step, counted over
+    all its starts, after which it was first fooled; 0 if already misclassified or fooled by a
+    random start, -1 if never).
+
     Example:
         >>> result = PGD("linf", 0.1)(model.logits, images, labels, seed=0)
         >>> 1 - result.success.mean()   # robust accuracy at Linf eps = 0.1
     """
+
+    NORMS = PGD_NORMS
 
     def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 0.1,
                  check_every: int = 10, chunk_size: int = 1024):
@@ -85,10 +91,12 @@ class PGD(Attack):
         eps = np.broadcast_to(np.asarray(self.eps, np.float32), (count,)).copy()
         adversarial = images.copy()
         steps_run = np.zeros(count, np.int64)
+        broken_at = np.full(count, -1, np.int64)
         bar = progress_bar(count, f"PGD {self.norm} (images decided)", progress)
         with bar:
             # images already fooled without any change need no attack
             fooled = loop.fooled(sess, images, labels, targets)
+            broken_at[fooled] = 0
             bar.update(int(fooled.sum()))
             for start in range(0, count, self.chunk_size):
                 chunk = np.arange(start, min(start + self.chunk_size, count))
@@ -101,8 +109,9 @@ class PGD(Attack):
                         if not len(standing):
                             break
                         todo = min(self.check_every, self.steps - begin)
-                        delta, hit = loop.run(sess, images[standing], delta, eps[standing], labels[standing],
-                                              targets[standing], todo, self.rel_step)
+                        delta, hit, at = loop.run(sess, images[standing], delta, eps[standing], labels[standing],
+                                                  targets[standing], todo, self.rel_step)
+                        broken_at[standing[hit]] = steps_run[standing[hit]] + at[hit]
                         steps_run[standing] += todo
                         adversarial[standing[hit]] = images[standing[hit]] + delta[hit]
                         fooled[standing[hit]] = True
@@ -115,7 +124,7 @@ class PGD(Attack):
             predictions, predictions_8bit = loop.predict(sess, adversarial)
         return AttackResult(originals=images, adversarial=adversarial, noise=adversarial - images, labels=labels,
                             targets=targets, predictions=predictions, predictions_8bit=predictions_8bit,
-                            info={"steps_run": steps_run})
+                            info={"steps_run": steps_run, "broken_at": broken_at})
 
     def _random_start(self, images, eps, draws, restart: int, indices) -> np.ndarray:
         """A uniform point of each image's ball (then clipped to valid pixels), seeded per image."""
@@ -170,9 +179,11 @@ class PGDLoop:
             predictions = tf.argmax(logits, 1, output_type=tf.int32)
             return tf.equal(predictions, self.targets) if targeted else tf.not_equal(predictions, self.labels)
 
-        def body(i, delta, hit):
+        def body(i, delta, hit, hit_at):
             logits = logits_fn(x + delta)
-            hit = tf.logical_or(hit, reached(logits))
+            now = reached(logits)
+            hit_at = tf.where(tf.logical_and(now, tf.logical_not(hit)), tf.fill(tf.shape(hit_at), i), hit_at)
+            hit = tf.logical_or(hit, now)
             chosen = self.targets if targeted else self.labels
             loss = tf.reduce_sum(row_cross_entropy(logits, chosen))
             (gradient,) = tf.gradients(-loss if targeted else loss, [delta])
@@ -185,13 +196,17 @@ class PGDLoop:
                 moved = moved * tf.minimum(1.0, radius / tf.maximum(size, 1e-12))
             moved = tf.clip_by_value(x + moved, 0.0, 1.0) - x
             # a fooled image stays where it was fooled
-            return i + 1, tf.where(tf.broadcast_to(hit[:, None, None], tf.shape(delta)), delta, moved), hit
+            return i + 1, tf.where(tf.broadcast_to(hit[:, None, None], tf.shape(delta)), delta, moved), hit, hit_at
 
-        start = [tf.constant(0), self.delta, tf.zeros(tf.shape(self.eps), tf.bool)]
-        _, delta, hit = tf.while_loop(lambda i, *_: i < self.steps, body, start, parallel_iterations=1,
+        no_hit = tf.zeros(tf.shape(self.eps), tf.bool)
+        start = [tf.constant(0), self.delta, no_hit, tf.fill(tf.shape(self.eps), -1)]
+        _, delta, hit, hit_at = tf.while_loop(lambda i, *_: i < self.steps, body, start, parallel_iterations=1,
                                       name="pgd_steps")
         self.final_delta = delta
         self.final_hit = tf.logical_or(hit, reached(logits_fn(x + delta)))
+        # the step after which each image was first fooled (``steps`` if only the last one fooled it)
+        self.final_hit_at = tf.where(tf.logical_and(self.final_hit, tf.logical_not(hit)),
+                                     tf.fill(tf.shape(hit_at), self.steps), hit_at)
         logits = logits_fn(x)
         self.reached_now = reached(logits)
         self.predictions = tf.argmax(logits, 1, output_type=tf.int32)
@@ -206,8 +221,9 @@ class PGDLoop:
         return sess.run(self.reached_now, self._feed(images, labels, targets))
 
     def run(self, sess, images, delta, eps, labels, targets, steps: int, rel_step: float):
-        """``steps`` steps; the new perturbations and which images are fooled (those keep their perturbation)."""
-        return sess.run([self.final_delta, self.final_hit],
+        """``steps`` steps; the new perturbations, which images are fooled (those keep their perturbation) and
+        after how many of these steps (-1: not fooled)."""
+        return sess.run([self.final_delta, self.final_hit, self.final_hit_at],
                         {**self._feed(images, labels, targets), self.delta: delta, self.eps: eps, self.steps: steps,
                          self.rel_step: rel_step})
 
