@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from advmnist.attacks.base import Attack
+from advmnist.attacks.fab import FAB
 from advmnist.attacks.pgd import PGD
 from advmnist.errors import InvalidInput
 
@@ -101,6 +102,8 @@ def names() -> list[str]:
 
 register("pgd", PGD, "projected gradient descent with random starts on the cross-entropy (Madry et al. 2018)",
          targeted=True)
+register("fab-t", FAB, "FAB-T: steps to the linearized boundary of each of the 9 next classes in turn "
+         "(Croce & Hein 2020)", options={"targeted": True})
 
 # the ensemble of the attacks above (it looks its members up here when it is built)
 from advmnist.attacks.autoattack import AutoAttack  # noqa: E402

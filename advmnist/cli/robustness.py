@@ -37,7 +37,9 @@ DEFAULTS = RobustnessSettings()
                    "[default: the attack's own: " + ", ".join(f"{name} {entry.default_budget}"
                                                               for name, entry in REGISTRY.items()) + "]")
 @click.option("--restarts", type=click.IntRange(1, 100), default=None,
-              help="PGD only: random starts per image while it is still classified correctly.  [default: 1]")
+              help="Random starts per image while it is still classified correctly (FAB-T: per target class), "
+                   "for the attacks that take them: " + ", ".join(n for n, e in REGISTRY.items()
+                                                                  if e.accepts("restarts")) + ".  [default: 1]")
 @click.option("--targeted", "target", type=click.Choice(TARGET_RULE_CHOICES), default=None,
               help="Attack towards a target (9-d, d+1, random or a class) instead of any wrong class (PGD only); "
                    "the curve is then the share not read as the target.")
