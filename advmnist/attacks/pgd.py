@@ -55,12 +55,7 @@ class PGD(Attack):
 
     def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 0.1,
                  check_every: int = 10, chunk_size: int = 1024):
-        if norm not in PGD_NORMS:
-            raise InvalidInput(f"expected a PGD norm in {list(PGD_NORMS)}, got {norm!r}")
-        eps_values = np.atleast_1d(np.asarray(eps, np.float64))
-        if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
-                norm == "linf" and eps_values.max(initial=0) > 1):
-            raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
+        check_budget("PGD", PGD_NORMS, norm, eps)
         if steps < 1 or restarts < 1 or check_every < 1 or chunk_size < 1:
             raise InvalidInput(f"expected steps, restarts, check_every and chunk_size >= 1, got {steps}, {restarts}, "
                                f"{check_every}, {chunk_size}")
@@ -127,36 +122,59 @@ class PGD(Attack):
                             info={"steps_run": steps_run, "broken_at": broken_at})
 
     def _random_start(self, images, eps, draws, restart: int, indices) -> np.ndarray:
-        """A uniform point of each image's ball (then clipped to valid pixels), seeded per image."""
-        pixels = images[0].size
-        starts = np.empty(images.shape, np.float32)
-        for k, (index, radius) in enumerate(zip(indices, eps)):
-            rng = draws.generator(index, restart)
-            if self.norm == "linf":
-                starts[k] = rng.uniform(-radius, radius, images.shape[1:])
-            else:
-                direction = rng.standard_normal(images.shape[1:])
-                starts[k] = direction / np.linalg.norm(direction) * radius * rng.uniform() ** (1 / pixels)
-        return np.clip(images + starts, 0.0, 1.0) - images
+        return random_start(self.norm, images, eps, draws, indices, restart)
 
 
-class PGDSession:
-    """A PGD graph (:class:`PGDLoop`) and its session, for ``with``: one per network, norm and criterion."""
+def check_budget(attack: str, norms: tuple[str, ...], norm: str, eps) -> None:
+    """Refuse a norm outside ``norms`` and an eps (a number or one per image) that is not finite, is
+    negative, or (L-infinity) is above 1."""
+    if norm not in norms:
+        raise InvalidInput(f"expected a {attack} norm in {list(norms)}, got {norm!r}")
+    eps_values = np.atleast_1d(np.asarray(eps, np.float64))
+    if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
+            norm == "linf" and eps_values.max(initial=0) > 1):
+        raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
 
-    def __init__(self, logits_fn, norm: str, *, targeted: bool):
+
+def random_start(norm: str, images, eps, draws, indices, *key: int) -> np.ndarray:
+    """A uniform point of each image's ball (then clipped to valid pixels), drawn from
+    ``draws.generator(index, *key)`` for each image ``indices[k]``: the perturbations (N, 28, 28)."""
+    pixels = images[0].size if len(images) else 0
+    starts = np.empty(images.shape, np.float32)
+    for k, (index, radius) in enumerate(zip(indices, eps)):
+        rng = draws.generator(index, *key)
+        if norm == "linf":
+            starts[k] = rng.uniform(-radius, radius, images.shape[1:])
+        else:
+            direction = rng.standard_normal(images.shape[1:])
+            starts[k] = direction / np.linalg.norm(direction) * radius * rng.uniform() ** (1 / pixels)
+    return np.clip(images + starts, 0.0, 1.0) - images
+
+
+class GraphSession:
+    """A graph (``loop = build()``, built into a graph of its own and finalized) and its session, for ``with``."""
+
+    def __init__(self, build):
         tf = tf1()
-        self.norm, self.targeted = norm, targeted
         self.graph = tf.Graph()
         with self.graph.as_default():
-            self.loop = PGDLoop(logits_fn, norm, targeted=targeted)
+            self.loop = build()
         self.graph.finalize()
         self.sess = tf.Session(graph=self.graph, config=session_config(tf))
 
-    def __enter__(self) -> "PGDSession":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.sess.close()
+
+
+class PGDSession(GraphSession):
+    """A PGD graph (:class:`PGDLoop`) and its session, for ``with``: one per network, norm and criterion."""
+
+    def __init__(self, logits_fn, norm: str, *, targeted: bool):
+        self.norm, self.targeted = norm, targeted
+        super().__init__(lambda: PGDLoop(logits_fn, norm, targeted=targeted))
 
 
 class PGDLoop:
@@ -207,10 +225,8 @@ class PGDLoop:
         # the step after which each image was first fooled (``steps`` if only the last one fooled it)
         self.final_hit_at = tf.where(tf.logical_and(self.final_hit, tf.logical_not(hit)),
                                      tf.fill(tf.shape(hit_at), self.steps), hit_at)
-        logits = logits_fn(x)
-        self.reached_now = reached(logits)
-        self.predictions = tf.argmax(logits, 1, output_type=tf.int32)
-        self.predictions_8bit = tf.argmax(logits_fn(rounded_to_8bit(x)), 1, output_type=tf.int32)
+        self.clean = Predictions(logits_fn, x)
+        self.reached_now = reached(self.clean.logits)
 
     def _feed(self, images, labels, targets) -> dict:
         return {self.images: images, self.labels: np.maximum(labels, 0), self.targets: np.maximum(targets, 0)}
@@ -228,8 +244,29 @@ class PGDLoop:
                          self.rel_step: rel_step})
 
     def predict(self, sess, images, batch: int = 2000):
+        return self.clean.predict(sess, images, batch)
+
+
+class Predictions:
+    """Graph ops for a batch of images fed to ``images``: the logits, and the predicted classes as given and
+    rounded to 8-bit pixels (what a saved PNG holds)."""
+
+    def __init__(self, logits_fn, images):
+        tf = tf1()
+        self.images = images
+        self.logits = logits_fn(images)
+        self.predictions = tf.argmax(self.logits, 1, output_type=tf.int32)
+        self.predictions_8bit = tf.argmax(logits_fn(rounded_to_8bit(images)), 1, output_type=tf.int32)
+
+    def predict(self, sess, images, batch: int = 2000):
+        """The predictions (as given, rounded to 8 bits) of ``images``, ``batch`` per session call (int64)."""
         outs = [sess.run([self.predictions, self.predictions_8bit], {self.images: images[i:i + batch]})
                 for i in range(0, len(images), batch)]
         if not outs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return tuple(np.concatenate([o[k] for o in outs]).astype(np.int64) for k in (0, 1))
+
+    def logits_of(self, sess, images, batch: int = 2000) -> np.ndarray:
+        """The logits of ``images`` (N, classes), ``batch`` per session call."""
+        outs = [sess.run(self.logits, {self.images: images[i:i + batch]}) for i in range(0, len(images), batch)]
+        return np.concatenate(outs) if outs else np.zeros((0, self.logits.shape[-1]), np.float32)

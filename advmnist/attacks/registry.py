@@ -15,6 +15,7 @@ import inspect
 from types import MappingProxyType
 from typing import Mapping
 
+from advmnist.attacks.apgd import APGD
 from advmnist.attacks.base import Attack
 from advmnist.attacks.fab import FAB
 from advmnist.attacks.pgd import PGD
@@ -102,6 +103,10 @@ def names() -> list[str]:
 
 register("pgd", PGD, "projected gradient descent with random starts on the cross-entropy (Madry et al. 2018)",
          targeted=True)
+register("apgd-ce", APGD, "APGD on the cross-entropy: PGD with a step size that adapts at checkpoints "
+         "(Croce & Hein 2020)", options={"loss": "ce"})
+register("apgd-t", APGD, "APGD-T: APGD on the targeted DLR loss towards each of the 9 next classes in turn "
+         "(Croce & Hein 2020)", options={"loss": "dlr-targeted"})
 register("fab-t", FAB, "FAB-T: steps to the linearized boundary of each of the 9 next classes in turn "
          "(Croce & Hein 2020)", options={"targeted": True})
 
