@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import (Attack, AttackResult, is_targeted, progress_bar, rounded_to_8bit,
+from advmnist.attacks.base import (Attack, AttackResult, check_eps, is_targeted, progress_bar, rounded_to_8bit,
                                    row_cross_entropy)
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
@@ -51,10 +51,7 @@ class PGD(Attack):
                  check_every: int = 10, chunk_size: int = 1024):
         if norm not in PGD_NORMS:
             raise InvalidInput(f"expected a PGD norm in {list(PGD_NORMS)}, got {norm!r}")
-        eps_values = np.atleast_1d(np.asarray(eps, np.float64))
-        if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
-                norm == "linf" and eps_values.max(initial=0) > 1):
-            raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
+        check_eps(norm, eps)
         if steps < 1 or restarts < 1 or check_every < 1 or chunk_size < 1:
             raise InvalidInput(f"expected steps, restarts, check_every and chunk_size >= 1, got {steps}, {restarts}, "
                                f"{check_every}, {chunk_size}")
