@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import (Attack, AttackResult, is_targeted, progress_bar, rounded_to_8bit,
+from advmnist.attacks.base import (Attack, AttackResult, check_eps, is_targeted, progress_bar, rounded_to_8bit,
                                    row_cross_entropy)
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
@@ -127,13 +127,10 @@ class PGD(Attack):
 
 def check_budget(attack: str, norms: tuple[str, ...], norm: str, eps) -> None:
     """Refuse a norm outside ``norms`` and an eps (a number or one per image) that is not finite, is
-    negative, or (L-infinity) is above 1."""
+    negative, or (L-infinity) is above 1 (:func:`~advmnist.attacks.base.check_eps`)."""
     if norm not in norms:
         raise InvalidInput(f"expected a {attack} norm in {list(norms)}, got {norm!r}")
-    eps_values = np.atleast_1d(np.asarray(eps, np.float64))
-    if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
-            norm == "linf" and eps_values.max(initial=0) > 1):
-        raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
+    check_eps(norm, eps)
 
 
 def random_start(norm: str, images, eps, draws, indices, *key: int) -> np.ndarray:
@@ -227,6 +224,8 @@ class PGDLoop:
                                      tf.fill(tf.shape(hit_at), self.steps), hit_at)
         self.clean = Predictions(logits_fn, x)
         self.reached_now = reached(self.clean.logits)
+        # main's names, which :meth:`predict` reads (Square's loop borrows it with its own ops of these names)
+        self.predictions, self.predictions_8bit = self.clean.predictions, self.clean.predictions_8bit
 
     def _feed(self, images, labels, targets) -> dict:
         return {self.images: images, self.labels: np.maximum(labels, 0), self.targets: np.maximum(targets, 0)}
@@ -244,7 +243,9 @@ class PGDLoop:
                          self.rel_step: rel_step})
 
     def predict(self, sess, images, batch: int = 2000):
-        return self.clean.predict(sess, images, batch)
+        """The predictions (as given, rounded to 8 bits) of ``images`` (int64): :meth:`Predictions.predict`,
+        which needs only ``images``, ``predictions`` and ``predictions_8bit`` of the loop it is called on."""
+        return Predictions.predict(self, sess, images, batch)
 
 
 class Predictions:

@@ -19,6 +19,7 @@ from advmnist.attacks.apgd import APGD
 from advmnist.attacks.base import Attack
 from advmnist.attacks.fab import FAB
 from advmnist.attacks.pgd import PGD
+from advmnist.attacks.square import Square
 from advmnist.errors import InvalidInput
 
 
@@ -109,6 +110,8 @@ register("apgd-t", APGD, "APGD-T: APGD on the targeted DLR loss towards each of 
          "(Croce & Hein 2020)", options={"loss": "dlr-targeted"})
 register("fab-t", FAB, "FAB-T: steps to the linearized boundary of each of the 9 next classes in turn "
          "(Croce & Hein 2020)", options={"targeted": True})
+register("square", Square, "Square Attack: random square-shaped changes kept when they lower the margin, no "
+         "gradient (Andriushchenko et al. 2020)", gradient_free=True, budget="queries")
 
 # the ensemble of the attacks above (it looks its members up here when it is built)
 from advmnist.attacks.autoattack import AutoAttack  # noqa: E402
