@@ -2,14 +2,15 @@
 
 Usage::
 
-    python benchmarks/autoattack.py --model runs/cnn --count 100
-    python benchmarks/autoattack.py --model runs/cnn --norm l2 --eps 0.5 1 1.5 2 --json bench-auto.json
+    python benchmarks/robustness_attacks.py --model runs/cnn --count 100
+    python benchmarks/robustness_attacks.py --model runs/cnn --norm l2 --eps 0.5 1 1.5 2 --json bench-auto.json
 
 Every attack is one whole ``advmnist robustness --attack NAME`` command on the same test
 images ``0 .. count-1``, eps list and seed, timed from process start to exit, one after
 the other: ``pgd`` (its defaults: 40 steps of 0.1 eps, one start), every registered
 member of the ensemble alone (its standard budget) and ``auto`` (AutoAttack's standard
-version). The table gives the robust accuracy per eps and the wall time; ``auto -
+version). The table gives the robust accuracy per eps, the wall time and the CPU time
+of the command (user + system, the same whatever else the machine runs); ``auto -
 best`` is the ensemble's robust accuracy minus that of the strongest single attack, in
 points (at most 0 by construction of the ensemble; how far below 0 is what the ensemble
 adds). The ensemble's robust accuracy after each member, its per-member seconds and its
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -44,14 +45,17 @@ def main() -> None:
     model = resolve_model_path(args.model)
     attacks = ["pgd", *AutoAttack(args.norm, max(args.eps)).members, "auto"]
     eps_text = ",".join(f"{e:g}" for e in args.eps)
-    records, seconds = {}, {}
+    records, seconds, cpu = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="advmnist-autoattack-bench-") as work:
         for attack in attacks:
             out = Path(work) / attack
             command = ["advmnist", "robustness", "--attack", attack, "--norm", args.norm, "--eps", eps_text,
                        "--split", "test", "--offset", "0", "--count", str(args.count), "--seed", str(args.seed),
                        "--model", str(model), "--out", str(out)]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             seconds[attack] = timed(command)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[attack] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             stem = f"robustness_{args.norm}" + ("" if attack == "pgd" else f"_{attack}")
             records[attack] = json.loads((out / f"{stem}.json").read_text())
     curves = {attack: records[attack]["models"][0]["robust_accuracy"] for attack in attacks}
@@ -59,6 +63,7 @@ def main() -> None:
     rows = [[f"{e:g}"] + [f"{100 * curves[a][k]:.1f} %" for a in attacks]
             + [f"{100 * (curves['auto'][k] - best[k]):+.1f}"] for k, e in enumerate(args.eps)]
     rows.append(["wall s"] + [f"{seconds[a]:.1f}" for a in attacks] + [""])
+    rows.append(["CPU s"] + [f"{cpu[a]:.1f}" for a in attacks] + [""])
     print(f"\n{args.count} test images, {args.norm}, robust accuracy (seed {args.seed}):")
     print(format_table(["eps", *attacks, "auto - best (points)"], rows))
     auto = records["auto"]["models"][0]
@@ -70,7 +75,7 @@ def main() -> None:
     print(f"unconfirmed verdicts: {auto['unconfirmed']}; warnings: {records['auto']['warnings'] or 'none'}")
     if args.json:
         args.json.write_text(json.dumps({"eps": args.eps, "count": args.count, "norm": args.norm,
-                                         "robust_accuracy": curves, "seconds": seconds,
+                                         "robust_accuracy": curves, "seconds": seconds, "cpu_seconds": cpu,
                                          "auto": auto, "warnings": records["auto"]["warnings"]}, indent=2))
 
 
