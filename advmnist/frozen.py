@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from advmnist import gradients
-from advmnist.rowwise import in_blocks
+from advmnist.rowwise import in_blocks, padded_rows
 from advmnist.tfcompat import session_config, tf1
 from advmnist.errors import InvalidInput
 
@@ -123,12 +123,17 @@ class FrozenModel:
         return in_blocks(network, image_tensor, name=name)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Softmax probabilities, shape (N, 10), for images (N, 28, 28) in [0, 1]."""
+        """Softmax probabilities, shape (N, 10), for images (N, 28, 28) in [0, 1].
+
+        The softmax runs on rows padded to a multiple of 16 (:func:`advmnist.rowwise.padded_rows`), so an
+        image's probabilities, as its logits, do not depend on the images beside it.
+        """
         tf = tf1()
         graph = tf.Graph()
         with graph.as_default():
             image = tf.placeholder(tf.float32, (None,) + images.shape[1:], name="image")
-            prob = tf.nn.softmax(self.logits(image))
+            (padded,) = padded_rows(self.logits(image))
+            prob = tf.nn.softmax(padded)[:tf.shape(image)[0]]
         with tf.Session(graph=graph, config=session_config(tf)) as sess:
             out = [sess.run(prob, {image: images[i:i + batch_size]})
                    for i in range(0, len(images), batch_size)]

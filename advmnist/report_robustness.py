@@ -56,12 +56,22 @@ def minimal_curve_figure(report, path, *, targeted: bool) -> None:
     save_figure(fig, path)
 
 
-def robustness_figure(curves, path, *, norm: str, targeted: bool, minimal: dict) -> None:
-    """Robust accuracy against eps, one line per model; a model's minimal-norm curve dashed beside it."""
-    fig, ax = _subplots(figsize=(6.5, 4.2))
+def attack_label(name: str) -> str:
+    """How a figure names an attack of the registry: PGD, APGD-CE, ..., AutoAttack."""
+    return "AutoAttack" if name == "auto" else name.upper()
+
+
+def robustness_figure(curves, path, *, norm: str, targeted: bool, minimal: dict, attack: str = "pgd") -> None:
+    """Robust accuracy against eps, one line per model (a model's minimal-norm curve dashed beside it); for an
+    ensemble, beside it one panel per model: what each member broke at each eps."""
+    ensemble = len(curves[0].members) > 1
+    panels = 1 + (len(curves) if ensemble else 0)
+    fig, axes = _subplots(1, panels, figsize=(6.5 + 5.0 * (panels - 1), 4.2), squeeze=False)
+    ax = axes[0][0]
+    label = attack_label(attack)
     for curve in curves:
         name = curve.model.replace("/model.pb", "")
-        line, = ax.plot(curve.eps, [100 * r for r in curve.robust_accuracy], marker="o", label=f"{name} (PGD)")
+        line, = ax.plot(curve.eps, [100 * r for r in curve.robust_accuracy], marker="o", label=f"{name} ({label})")
         if curve.model in minimal:
             m = minimal[curve.model]
             ax.plot(m["eps"], [100 * r for r in m["robust_accuracy"]], drawstyle="steps-post", linestyle="--",
@@ -72,9 +82,35 @@ def robustness_figure(curves, path, *, norm: str, targeted: bool, minimal: dict)
     ax.set_ylabel("not read as the target (%)" if targeted else "robust accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(f"PGD, {len(curves[0].eps_fooled)} images", fontsize=10)
+    ax.set_title(f"{label}, {len(curves[0].eps_fooled)} images", fontsize=10)
+    if ensemble:
+        for bar_ax, curve in zip(axes[0][1:], curves):
+            member_bars(bar_ax, curve)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def member_bars(ax, curve) -> None:
+    """One stacked bar per eps: robust (bottom), what each member broke there, what fell at a smaller eps."""
+    table = np.asarray(curve.robust_accuracy_after()) * 100  # per eps: entering, after each member
+    where = np.arange(len(curve.eps))
+    colors = ["tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive"]
+    ax.bar(where, table[:, -1], color="tab:green", label="robust")
+    bottom = table[:, -1].copy()
+    for k in reversed(range(len(curve.members))):
+        added = table[:, k] - table[:, k + 1]
+        ax.bar(where, added, bottom=bottom, color=colors[k % len(colors)], label=f"broken by {curve.members[k]}")
+        bottom += added
+    ax.bar(where, 100 - bottom, bottom=bottom, color="0.85", label="fooled at a smaller eps or misclassified")
+    for x, robust in zip(where, table[:, -1]):
+        ax.text(x, min(robust, 88) + 2, f"{robust:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(where, [f"{e:g}" for e in curve.eps])
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("eps")
+    ax.set_ylabel("share of the images (%)")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"{curve.model.replace('/model.pb', '')}: who broke what at each eps", fontsize=10)
 
 
 def pgd_training_figure(result, path, *, eps: float) -> None:

@@ -111,23 +111,36 @@ def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str
 
 
 def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: np.ndarray, minimal: dict, *,
-                     suffix: str = "", shard=None) -> dict:
-    """``robustness``: the figure, each image's smallest fooling eps and example per model, the table."""
+                     suffix: str = "", shard=None, notes: list[str] = ()) -> dict:
+    """``robustness``: the figure; per model and image the smallest fooling eps, its example, the member of
+    the attack that found it and at which step, the plain forward pass's verdict; the table.
+
+    ``notes``: warnings about the run itself (:func:`advmnist.robustness.run_notes`); each model's own
+    warnings (:meth:`~advmnist.robustness.RobustnessCurve.warnings`) are added to them.
+    """
     stem = settings.file_stem + suffix
     figure = out / f"{stem}.png"
     report_robustness.robustness_figure(curves, figure, norm=settings.norm, targeted=settings.target is not None,
-                             minimal=minimal)
+                                        minimal=minimal, attack=settings.attack)
     for curve in curves:
         if curve.model in minimal:
             minimal[curve.model]["pgd_below_minimal"] = curve.below_minimal(minimal[curve.model]["norms"])
     minimal = {model: {k: v for k, v in entry.items() if k != "norms"} for model, entry in minimal.items()}
     arrays = out / f"{stem}.npz"
+    # the plain forward pass's verdicts, when every curve was re-checked
+    checked = {} if any(c.confirmed is None for c in curves) else {"confirmed": np.stack([c.confirmed
+                                                                                         for c in curves])}
     fileio.write_npz(arrays, indices=indices, labels=labels, eps=np.asarray(curves[0].eps),
                      eps_fooled=np.stack([c.eps_fooled for c in curves]),
                      adversarial=np.stack([c.adversarial for c in curves]),
-                     fools_8bit=np.stack([c.fools_8bit for c in curves]))
-    record = {"settings": dataclasses.asdict(settings), "models": [c.summary() for c in curves],
-              "minimal": minimal, **_files({"figure": figure, "arrays": arrays}), **_shard(shard)}
+                     fools_8bit=np.stack([c.fools_8bit for c in curves]),
+                     members=np.asarray(curves[0].members, dtype=str),
+                     broken_by=np.stack([c.broken_by for c in curves]),
+                     broken_at=np.stack([c.broken_at for c in curves]), **checked)
+    models = [c.summary() for c in curves]
+    warnings = list(notes) + [f"{m['model']}: {w}" for m in models for w in m["warnings"]]
+    record = {"settings": dataclasses.asdict(settings), "models": models, "minimal": minimal,
+              "warnings": warnings, **_files({"figure": figure, "arrays": arrays}), **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 

@@ -151,6 +151,10 @@ def check_complete(stem: str, parts: list[Part]) -> None:
         if isinstance(first.record.get("settings"), dict) and models[0] != models[1]:
             raise InvalidInput(f"{stem}: expected shards made on one model; {part.path} and {first.path} were made on "
                                "different models (their model.pb differ)")
+        attacks = [(p.record.get("settings") or {}).get("attack") for p in (first, part)]
+        if attacks[0] != attacks[1]:
+            raise InvalidInput(f"{stem}: expected one attack in every shard; {part.path} was made by {attacks[1]}, "
+                               f"{first.path} by {attacks[0]}")
         if part.record.get("settings") != first.record.get("settings"):
             raise InvalidInput(f"{stem}: expected the same settings in every shard; {part.path} and "
                                f"{first.path} differ")
@@ -215,19 +219,32 @@ def _merge_matrix(out: Path, stem: str, parts: list[Part]):
 
 def _merge_robustness(out: Path, stem: str, parts: list[Part]):
     from advmnist import results
-    from advmnist.robustness import RobustnessCurve, RobustnessSettings
+    from advmnist.robustness import RobustnessCurve, RobustnessSettings, run_notes
 
     recorded = parts[0].record["settings"]
     settings = RobustnessSettings(**{**recorded, "eps": tuple(recorded["eps"])})
+    keys = ("eps_fooled", "adversarial", "fools_8bit", "broken_by", "broken_at")
+    missing = [key for key in keys + ("members",) if key not in parts[0].arrays]
+    if missing:
+        raise InvalidInput(f"{parts[0].path}: expected the arrays {', '.join(missing)} (written by this version of "
+                           "advmnist robustness); run the shards again")
     indices, labels = interleave(parts, "indices"), interleave(parts, "labels")
-    eps_fooled, adversarial, fools_8bit = (interleave(parts, key, axis=1)
-                                           for key in ("eps_fooled", "adversarial", "fools_8bit"))
-    curves = [RobustnessCurve.from_images(model["model"], settings.eps, eps_fooled[m], adversarial[m], fools_8bit[m],
-                                          total_seconds(parts, lambda record: record["models"][m]["seconds"]))
-              for m, model in enumerate(parts[0].record["models"])]
+    per_model = {key: interleave(parts, key, axis=1) for key in keys}
+    confirmed = interleave(parts, "confirmed", axis=1) if "confirmed" in parts[0].arrays else None
+    members = [str(m) for m in parts[0].arrays["members"]]
+    curves = []
+    for m, model in enumerate(parts[0].record["models"]):
+        member_seconds = [total_seconds(parts, lambda record: record["models"][m]["member_seconds"][k])
+                          for k in range(len(members))]
+        curves.append(RobustnessCurve.from_images(
+            model["model"], settings.eps, per_model["eps_fooled"][m], per_model["adversarial"][m],
+            per_model["fools_8bit"][m], total_seconds(parts, lambda record: record["models"][m]["seconds"]),
+            members=members, broken_by=per_model["broken_by"][m], broken_at=per_model["broken_at"][m],
+            member_seconds=member_seconds, confirmed=None if confirmed is None else confirmed[m]))
     minimal = ({} if settings.target is not None
                else results.matching_minimal(out, settings.norm, indices, [c.model for c in curves]))
-    return results.write_robustness(out, settings, curves, indices, labels, minimal), None
+    return results.write_robustness(out, settings, curves, indices, labels, minimal,
+                                    notes=run_notes(settings, members)), None
 
 
 #: The commands that can be sharded: the start of their metrics file's name, and their merge, which writes the

@@ -215,6 +215,13 @@ def untargeted(count: int) -> np.ndarray:
     return np.full(count, UNTARGETED, np.int64)
 
 
+def check_eps(norm: str, eps) -> None:
+    """A budget: a number or one per image, finite, >= 0, and <= 1 for L-infinity (pixels are in [0, 1])."""
+    values = np.atleast_1d(np.asarray(eps, np.float64))
+    if not np.all(np.isfinite(values)) or values.min(initial=0) < 0 or (norm == "linf" and values.max(initial=0) > 1):
+        raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
+
+
 def check_images(images) -> np.ndarray:
     images = np.asarray(images, np.float32)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import (Attack, AttackResult, is_targeted, progress_bar, rounded_to_8bit,
+from advmnist.attacks.base import (Attack, AttackResult, check_eps, is_targeted, progress_bar, rounded_to_8bit,
                                    row_cross_entropy)
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
@@ -42,19 +42,20 @@ class PGD(Attack):
         check_every: steps per session call; fooled images leave the batch between calls.
         chunk_size: images in one session call at most; bounds memory for any count.
 
+    ``info``: ``steps_run`` (steps spent on each image) and ``broken_at`` (the step, counted over
+    all its starts, after which it was first fooled; 0 if already misclassified or fooled by a
+    random start, -1 if never).
+
     Example:
         >>> result = PGD("linf", 0.1)(model.logits, images, labels, seed=0)
         >>> 1 - result.success.mean()   # robust accuracy at Linf eps = 0.1
     """
 
+    NORMS = PGD_NORMS
+
     def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 0.1,
                  check_every: int = 10, chunk_size: int = 1024):
-        if norm not in PGD_NORMS:
-            raise InvalidInput(f"expected a PGD norm in {list(PGD_NORMS)}, got {norm!r}")
-        eps_values = np.atleast_1d(np.asarray(eps, np.float64))
-        if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
-                norm == "linf" and eps_values.max(initial=0) > 1):
-            raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
+        check_budget("PGD", PGD_NORMS, norm, eps)
         if steps < 1 or restarts < 1 or check_every < 1 or chunk_size < 1:
             raise InvalidInput(f"expected steps, restarts, check_every and chunk_size >= 1, got {steps}, {restarts}, "
                                f"{check_every}, {chunk_size}")
@@ -85,10 +86,12 @@ class PGD(Attack):
         eps = np.broadcast_to(np.asarray(self.eps, np.float32), (count,)).copy()
         adversarial = images.copy()
         steps_run = np.zeros(count, np.int64)
+        broken_at = np.full(count, -1, np.int64)
         bar = progress_bar(count, f"PGD {self.norm} (images decided)", progress)
         with bar:
             # images already fooled without any change need no attack
             fooled = loop.fooled(sess, images, labels, targets)
+            broken_at[fooled] = 0
             bar.update(int(fooled.sum()))
             for start in range(0, count, self.chunk_size):
                 chunk = np.arange(start, min(start + self.chunk_size, count))
@@ -101,8 +104,9 @@ class PGD(Attack):
                         if not len(standing):
                             break
                         todo = min(self.check_every, self.steps - begin)
-                        delta, hit = loop.run(sess, images[standing], delta, eps[standing], labels[standing],
-                                              targets[standing], todo, self.rel_step)
+                        delta, hit, at = loop.run(sess, images[standing], delta, eps[standing], labels[standing],
+                                                  targets[standing], todo, self.rel_step)
+                        broken_at[standing[hit]] = steps_run[standing[hit]] + at[hit]
                         steps_run[standing] += todo
                         adversarial[standing[hit]] = images[standing[hit]] + delta[hit]
                         fooled[standing[hit]] = True
@@ -115,39 +119,59 @@ class PGD(Attack):
             predictions, predictions_8bit = loop.predict(sess, adversarial)
         return AttackResult(originals=images, adversarial=adversarial, noise=adversarial - images, labels=labels,
                             targets=targets, predictions=predictions, predictions_8bit=predictions_8bit,
-                            info={"steps_run": steps_run})
+                            info={"steps_run": steps_run, "broken_at": broken_at})
 
     def _random_start(self, images, eps, draws, restart: int, indices) -> np.ndarray:
-        """A uniform point of each image's ball (then clipped to valid pixels), seeded per image."""
-        pixels = images[0].size
-        starts = np.empty(images.shape, np.float32)
-        for k, (index, radius) in enumerate(zip(indices, eps)):
-            rng = draws.generator(index, restart)
-            if self.norm == "linf":
-                starts[k] = rng.uniform(-radius, radius, images.shape[1:])
-            else:
-                direction = rng.standard_normal(images.shape[1:])
-                starts[k] = direction / np.linalg.norm(direction) * radius * rng.uniform() ** (1 / pixels)
-        return np.clip(images + starts, 0.0, 1.0) - images
+        return random_start(self.norm, images, eps, draws, indices, restart)
 
 
-class PGDSession:
-    """A PGD graph (:class:`PGDLoop`) and its session, for ``with``: one per network, norm and criterion."""
+def check_budget(attack: str, norms: tuple[str, ...], norm: str, eps) -> None:
+    """Refuse a norm outside ``norms`` and an eps (a number or one per image) that is not finite, is
+    negative, or (L-infinity) is above 1 (:func:`~advmnist.attacks.base.check_eps`)."""
+    if norm not in norms:
+        raise InvalidInput(f"expected a {attack} norm in {list(norms)}, got {norm!r}")
+    check_eps(norm, eps)
 
-    def __init__(self, logits_fn, norm: str, *, targeted: bool):
+
+def random_start(norm: str, images, eps, draws, indices, *key: int) -> np.ndarray:
+    """A uniform point of each image's ball (then clipped to valid pixels), drawn from
+    ``draws.generator(index, *key)`` for each image ``indices[k]``: the perturbations (N, 28, 28)."""
+    pixels = images[0].size if len(images) else 0
+    starts = np.empty(images.shape, np.float32)
+    for k, (index, radius) in enumerate(zip(indices, eps)):
+        rng = draws.generator(index, *key)
+        if norm == "linf":
+            starts[k] = rng.uniform(-radius, radius, images.shape[1:])
+        else:
+            direction = rng.standard_normal(images.shape[1:])
+            starts[k] = direction / np.linalg.norm(direction) * radius * rng.uniform() ** (1 / pixels)
+    return np.clip(images + starts, 0.0, 1.0) - images
+
+
+class GraphSession:
+    """A graph (``loop = build()``, built into a graph of its own and finalized) and its session, for ``with``."""
+
+    def __init__(self, build):
         tf = tf1()
-        self.norm, self.targeted = norm, targeted
         self.graph = tf.Graph()
         with self.graph.as_default():
-            self.loop = PGDLoop(logits_fn, norm, targeted=targeted)
+            self.loop = build()
         self.graph.finalize()
         self.sess = tf.Session(graph=self.graph, config=session_config(tf))
 
-    def __enter__(self) -> "PGDSession":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.sess.close()
+
+
+class PGDSession(GraphSession):
+    """A PGD graph (:class:`PGDLoop`) and its session, for ``with``: one per network, norm and criterion."""
+
+    def __init__(self, logits_fn, norm: str, *, targeted: bool):
+        self.norm, self.targeted = norm, targeted
+        super().__init__(lambda: PGDLoop(logits_fn, norm, targeted=targeted))
 
 
 class PGDLoop:
@@ -170,9 +194,11 @@ class PGDLoop:
             predictions = tf.argmax(logits, 1, output_type=tf.int32)
             return tf.equal(predictions, self.targets) if targeted else tf.not_equal(predictions, self.labels)
 
-        def body(i, delta, hit):
+        def body(i, delta, hit, hit_at):
             logits = logits_fn(x + delta)
-            hit = tf.logical_or(hit, reached(logits))
+            now = reached(logits)
+            hit_at = tf.where(tf.logical_and(now, tf.logical_not(hit)), tf.fill(tf.shape(hit_at), i), hit_at)
+            hit = tf.logical_or(hit, now)
             chosen = self.targets if targeted else self.labels
             loss = tf.reduce_sum(row_cross_entropy(logits, chosen))
             (gradient,) = tf.gradients(-loss if targeted else loss, [delta])
@@ -185,17 +211,21 @@ class PGDLoop:
                 moved = moved * tf.minimum(1.0, radius / tf.maximum(size, 1e-12))
             moved = tf.clip_by_value(x + moved, 0.0, 1.0) - x
             # a fooled image stays where it was fooled
-            return i + 1, tf.where(tf.broadcast_to(hit[:, None, None], tf.shape(delta)), delta, moved), hit
+            return i + 1, tf.where(tf.broadcast_to(hit[:, None, None], tf.shape(delta)), delta, moved), hit, hit_at
 
-        start = [tf.constant(0), self.delta, tf.zeros(tf.shape(self.eps), tf.bool)]
-        _, delta, hit = tf.while_loop(lambda i, *_: i < self.steps, body, start, parallel_iterations=1,
+        no_hit = tf.zeros(tf.shape(self.eps), tf.bool)
+        start = [tf.constant(0), self.delta, no_hit, tf.fill(tf.shape(self.eps), -1)]
+        _, delta, hit, hit_at = tf.while_loop(lambda i, *_: i < self.steps, body, start, parallel_iterations=1,
                                       name="pgd_steps")
         self.final_delta = delta
         self.final_hit = tf.logical_or(hit, reached(logits_fn(x + delta)))
-        logits = logits_fn(x)
-        self.reached_now = reached(logits)
-        self.predictions = tf.argmax(logits, 1, output_type=tf.int32)
-        self.predictions_8bit = tf.argmax(logits_fn(rounded_to_8bit(x)), 1, output_type=tf.int32)
+        # the step after which each image was first fooled (``steps`` if only the last one fooled it)
+        self.final_hit_at = tf.where(tf.logical_and(self.final_hit, tf.logical_not(hit)),
+                                     tf.fill(tf.shape(hit_at), self.steps), hit_at)
+        self.clean = Predictions(logits_fn, x)
+        self.reached_now = reached(self.clean.logits)
+        # main's names, which :meth:`predict` reads (Square's loop borrows it with its own ops of these names)
+        self.predictions, self.predictions_8bit = self.clean.predictions, self.clean.predictions_8bit
 
     def _feed(self, images, labels, targets) -> dict:
         return {self.images: images, self.labels: np.maximum(labels, 0), self.targets: np.maximum(targets, 0)}
@@ -206,14 +236,38 @@ class PGDLoop:
         return sess.run(self.reached_now, self._feed(images, labels, targets))
 
     def run(self, sess, images, delta, eps, labels, targets, steps: int, rel_step: float):
-        """``steps`` steps; the new perturbations and which images are fooled (those keep their perturbation)."""
-        return sess.run([self.final_delta, self.final_hit],
+        """``steps`` steps; the new perturbations, which images are fooled (those keep their perturbation) and
+        after how many of these steps (-1: not fooled)."""
+        return sess.run([self.final_delta, self.final_hit, self.final_hit_at],
                         {**self._feed(images, labels, targets), self.delta: delta, self.eps: eps, self.steps: steps,
                          self.rel_step: rel_step})
 
     def predict(self, sess, images, batch: int = 2000):
+        """The predictions (as given, rounded to 8 bits) of ``images`` (int64): :meth:`Predictions.predict`,
+        which needs only ``images``, ``predictions`` and ``predictions_8bit`` of the loop it is called on."""
+        return Predictions.predict(self, sess, images, batch)
+
+
+class Predictions:
+    """Graph ops for a batch of images fed to ``images``: the logits, and the predicted classes as given and
+    rounded to 8-bit pixels (what a saved PNG holds)."""
+
+    def __init__(self, logits_fn, images):
+        tf = tf1()
+        self.images = images
+        self.logits = logits_fn(images)
+        self.predictions = tf.argmax(self.logits, 1, output_type=tf.int32)
+        self.predictions_8bit = tf.argmax(logits_fn(rounded_to_8bit(images)), 1, output_type=tf.int32)
+
+    def predict(self, sess, images, batch: int = 2000):
+        """The predictions (as given, rounded to 8 bits) of ``images``, ``batch`` per session call (int64)."""
         outs = [sess.run([self.predictions, self.predictions_8bit], {self.images: images[i:i + batch]})
                 for i in range(0, len(images), batch)]
         if not outs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return tuple(np.concatenate([o[k] for o in outs]).astype(np.int64) for k in (0, 1))
+
+    def logits_of(self, sess, images, batch: int = 2000) -> np.ndarray:
+        """The logits of ``images`` (N, classes), ``batch`` per session call."""
+        outs = [sess.run(self.logits, {self.images: images[i:i + batch]}) for i in range(0, len(images), batch)]
+        return np.concatenate(outs) if outs else np.zeros((0, self.logits.shape[-1]), np.float32)

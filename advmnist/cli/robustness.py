@@ -1,7 +1,8 @@
-"""``advmnist robustness``: robust accuracy against eps, one curve per model (PGD)."""
+"""``advmnist robustness``: robust accuracy against eps, one curve per model (PGD, AutoAttack, ...)."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -10,14 +11,18 @@ import numpy as np
 from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, check_same_input_shape, config_option,
                                   data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
                                   range_options, seed_option, select_shard, shard_option, shard_out, split_option,
-                                  steps_option, translate_errors)
+                                  translate_errors)
+from advmnist.attacks.registry import REGISTRY
 from advmnist.robustness import RobustnessSettings
 
 DEFAULTS = RobustnessSettings()
 
 
-@click.command(short_help="Robust accuracy against eps under PGD, one curve per model.")
+@click.command(short_help="Robust accuracy against eps under PGD or AutoAttack, one curve per model.")
 @config_option()
+@click.option("--attack", type=click.Choice(list(REGISTRY)), default=DEFAULTS.attack, show_default=True,
+              help="The attack: " + "; ".join(f"{name}: {entry.description}" for name, entry in REGISTRY.items())
+                   + ".")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=DEFAULTS.norm, show_default=True,
               help="The attacker's ball: L-infinity (every pixel changes by at most eps) or L2.")
 @click.option("--eps", "eps_text", default=None,
@@ -25,47 +30,64 @@ DEFAULTS = RobustnessSettings()
                    "0,0.5,1,1.5,2,2.5,3 for l2]")
 @range_options(DEFAULTS)
 @split_option(DEFAULTS.split)
-@steps_option(DEFAULTS.steps, "PGD steps per start, each of 0.1 eps (Madry et al. took eps/30: weaker here).")
-@click.option("--restarts", type=click.IntRange(1, 100), default=DEFAULTS.restarts, show_default=True,
-              help="Random starts per image while it is still classified correctly.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="The attack's iterations: PGD steps per start, each of 0.1 eps (Madry et al. took eps/30: "
+                   "weaker here); for auto, APGD-CE's, every member's budget scaled alike (100: AutoAttack's "
+                   "standard version; 10: APGD and FAB 10 iterations, Square 500 queries).  "
+                   "[default: the attack's own: " + ", ".join(f"{name} {entry.default_budget}"
+                                                              for name, entry in REGISTRY.items()) + "]")
+@click.option("--restarts", type=click.IntRange(1, 100), default=None,
+              help="Random starts per image while it is still classified correctly (FAB-T: per target class), "
+                   "for the attacks that take them: " + ", ".join(n for n, e in REGISTRY.items()
+                                                                  if e.accepts("restarts")) + ".  [default: 1]")
 @click.option("--targeted", "target", type=click.Choice(TARGET_RULE_CHOICES), default=None,
-              help="Attack towards a target (9-d, d+1, random or a class) instead of any wrong class; "
+              help="Attack towards a target (9-d, d+1, random or a class) instead of any wrong class (PGD only); "
                    "the curve is then the share not read as the target.")
 @seed_option(DEFAULTS.seed, "Seeds the random starts (and random targets).")
 @click.option("--model", "model_paths", type=click.Path(path_type=Path),
               multiple=True, help="A run folder or model.pb; repeat for several models, one curve each.  "
                                   "[default: runs/cnn]")
 @no_verify_option
-@out_option("Folder for robustness_<norm>.png / .json / .npz.")
+@out_option("Folder for robustness_<norm>[_<attack>].png / .json / .npz.")
 @shard_option
 @data_dir_option
 @json_option
 @translate_errors
-def robustness(norm, eps_text, count, offset, split, steps, restarts, target, seed, model_paths, no_verify, out,
-               shard, data_dir, json_mode) -> None:
+def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, target, seed, model_paths, no_verify,
+               out, shard, data_dir, json_mode) -> None:
     """Robust accuracy against eps: how strong is each network against a per-image attacker?
 
-    For every budget eps, projected gradient descent (Madry et al. 2018: a random
-    start in the eps-ball, steps of 0.1 eps along the sign of the gradient for linf
-    or the normalized gradient for l2,
-    projection onto the ball and onto valid pixels) attacks each image; the robust
-    accuracy is the share still classified correctly. An image the network already
-    gets wrong is not robust at any eps; an image fooled at one eps counts as fooled
-    at every larger one, so only the images still standing are attacked at the next.
+    For every budget eps, the attack (--attack) attacks each image within the eps-ball;
+    the robust accuracy is the share still classified correctly. An image the network
+    already gets wrong is not robust at any eps; an image fooled at one eps counts as
+    fooled at every larger one, so only the images still standing are attacked at the
+    next.
+
+    pgd is projected gradient descent (Madry et al. 2018: a random start in the
+    eps-ball, steps of 0.1 eps along the sign of the gradient for linf or the
+    normalized gradient for l2, projection onto the ball and onto valid pixels). auto
+    is AutoAttack's standard ensemble (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T and
+    Square in turn, each on the images the others left standing; the robust accuracy
+    after each member is printed per eps, and a warning is given when Square (no
+    gradient) fools more than 1 % of the images that the gradient attacks missed, a
+    sign of gradient masking. Every example is re-checked by a plain forward pass of
+    the network; the count of unconfirmed verdicts is printed (it must be 0).
 
     If `advmnist minimal --target untargeted` ran on the same model and images with
     its results in --out, its curve (the smallest perturbation of each image) is drawn
-    beside PGD's: PGD cannot fool an image below its minimal norm.
+    beside the attack's: no attack can fool an image below its minimal norm.
 
     \b
-    Writes to --out (default assets/):
-      robustness_<norm>.png    robust accuracy against eps, one curve per model
-      robustness_<norm>.json   the table, per model and eps
-      robustness_<norm>.npz    each image's smallest eps that fooled it, and that example
+    Writes to --out (default assets/), <attack> left out for pgd:
+      robustness_<norm>_<attack>.png    robust accuracy against eps, one curve per model
+      robustness_<norm>_<attack>.json   the table, per model and eps
+      robustness_<norm>_<attack>.npz    per image: the smallest eps that fooled it, that
+                                        example, which member broke it at which step
 
     \b
     Examples:
-      advmnist robustness                                  # linf, 1000 test images
+      advmnist robustness                                  # linf PGD, 1000 test images
+      advmnist robustness --attack auto --count 100        # AutoAttack's standard version
       advmnist robustness --norm l2 --model runs/cnn --model runs/cnn-immune-3
       advmnist robustness --shard K/N   # one of N processes; then `advmnist merge assets/shard-*`
     """
@@ -75,13 +97,13 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
     from advmnist.cli.options import load_model
     from advmnist.data import load_split
     from advmnist.errors import InvalidInput
-    from advmnist.fileio import display_path
 
     output = Output(json_mode)
     try:
         eps = robustness_lib.parse_eps(eps_text, norm) if eps_text else robustness_lib.DEFAULT_EPS[norm]
     except InvalidInput as err:
         raise click.BadParameter(str(err), param_hint="--eps") from err
+    settings = _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, target)
     check_range(split, offset, count)
     select_shard(shard, count)  # an empty shard is refused before anything is loaded
     models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
@@ -98,33 +120,94 @@ def robustness(norm, eps_text, count, offset, split, steps, restarts, target, se
                                                                targets)
     out = shard_out(out, shard)
     shard_record = shard.record(count) if shard else None
-    settings = RobustnessSettings(norm=norm, eps=eps, count=count, offset=offset, split=split, steps=steps,
-                                  restarts=restarts, seed=seed, target=target)
+    members = settings.members()
+    notes = robustness_lib.run_notes(settings, members)
     report.import_in_background()
     curves = []
     try:
         for model in models:
-            name = display_path(model.path)
-            output.say(f"{name}: PGD {norm}, {len(images)} images" + (f" (shard {shard})" if shard else "")
-                       + f", eps {', '.join(f'{e:g}' for e in eps)}")
-            curves.append(robustness_lib.robustness_curve(model.logits, images, labels, settings, model=name,
-                                                          targets=targets, progress=progress_enabled(),
-                                                          positions=positions, population=count))
-            output.say(f"  {curves[-1].seconds:.1f} s")
+            curves.append(_measure(model, settings, images, labels, targets, positions, shard, output))
     except KeyboardInterrupt:
         if not curves:
             raise
         # the models already measured are kept, beside (not over) earlier results
         partial = results.write_robustness(out, settings, curves, indices, labels, {}, suffix="_partial",
-                                           shard=shard_record)
+                                           shard=shard_record, notes=notes)
         click.echo(f"\nInterrupted: {len(curves)} of {len(models)} models were measured; their curves are in "
                    f"{partial['files']['figure']} and beside it.", err=True)
         sys.exit(130)
     minimal = results.matching_minimal(out, norm, indices, [c.model for c in curves]) if target is None else {}
-    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record)
-    headers = ["eps"] + [c.model for c in curves]
-    rows = [[f"{e:g}"] + [f"{100 * c.robust_accuracy[k]:.1f} %" for c in curves] for k, e in enumerate(eps)]
-    output.say("\nrobust accuracy" + (f" (not read as the {target} target)" if target else "") + ":")
-    output.say(report.format_table(headers, rows))
+    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record,
+                                      notes=notes)
+    _say_tables(output, settings, curves)
+    for warning in record["warnings"]:
+        output.say(f"warning: {warning}")
     output.say("files: " + ", ".join(record["files"].values()))
     output.result(record)
+
+
+def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, target) -> RobustnessSettings:
+    """The settings with the attack's defaults; a norm, --restarts or --targeted it does not take: exit 2."""
+    from advmnist.attacks.registry import get_entry
+    from advmnist.errors import InvalidInput
+
+    entry = get_entry(attack)
+    if norm not in entry.norms:
+        raise click.BadParameter(f"expected a norm that --attack {attack} supports ({', '.join(entry.norms)}), "
+                                 f"got {norm!r}", param_hint="--norm")
+    if target is not None and not entry.targeted:
+        raise click.BadParameter(f"--attack {attack} supports only the untargeted criterion; expected no "
+                                 "--targeted", param_hint="--targeted")
+    if restarts is not None and not entry.accepts("restarts"):
+        raise click.BadParameter(f"expected no --restarts with --attack {attack} (it has no restarts)",
+                                 param_hint="--restarts")
+    try:
+        return RobustnessSettings(norm=norm, eps=eps, count=count, offset=offset, split=split, attack=attack,
+                                  steps=steps, restarts=restarts, seed=seed, target=target).resolved()
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), param_hint="--attack") from err
+
+
+def _measure(model, settings, images, labels, targets, positions, shard, output):
+    """One model's curve, each of its verdicts re-checked by a plain forward pass in a graph of its own."""
+    from advmnist import robustness as robustness_lib
+    from advmnist.attacks.autoattack import IncompleteEnsemble
+    from advmnist.fileio import display_path
+
+    name = display_path(model.path)
+    output.say(f"{name}: {settings.attack} {settings.norm}, {len(images)} images" + (f" (shard {shard})" if shard
+                                                                                       else "")
+               + f", eps {', '.join(f'{e:g}' for e in settings.eps)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IncompleteEnsemble)  # said once, in the record's warnings
+        curve = robustness_lib.robustness_curve(model.logits, images, labels, settings, model=name,
+                                                targets=targets, progress=progress_enabled(),
+                                                positions=positions, population=settings.count)
+    curve.recheck(model.predict_proba, images, labels, targets, norm=settings.norm)
+    summary = curve.summary()
+    output.say(f"  {curve.seconds:.1f} s; re-checked by a plain forward pass: {summary['examples']} examples, "
+               f"{summary['unconfirmed']} verdicts unconfirmed; {summary['fools_8bit']} examples still fool as "
+               "8-bit images")
+    return curve
+
+
+def _say_tables(output, settings, curves) -> None:
+    """The robust accuracy per eps and model; for an ensemble, per model, after each member (AutoAttack's log)."""
+    from advmnist import report
+
+    headers = ["eps"] + [c.model for c in curves]
+    rows = [[f"{e:g}"] + [f"{100 * c.robust_accuracy[k]:.1f} %" for c in curves]
+            for k, e in enumerate(settings.eps)]
+    output.say("\nrobust accuracy" + (f" (not read as the {settings.target} target)" if settings.target else "")
+               + f" under {settings.attack}:")
+    output.say(report.format_table(headers, rows))
+    for curve in curves:
+        if len(curve.members) < 2:
+            continue
+        output.say(f"\n{curve.model}: robust accuracy after each member, in turn (each on the images still "
+                   "standing; 'before': not fooled at a smaller eps):")
+        table = curve.robust_accuracy_after()
+        rows = [[f"{e:g}"] + [f"{100 * v:.1f} %" for v in table[k]] for k, e in enumerate(curve.eps)]
+        output.say(report.format_table(["eps", "before"] + [f"after {m}" for m in curve.members], rows))
+        output.say("  seconds per member: " + ", ".join(f"{m} {s:.1f}" for m, s in zip(curve.members,
+                                                                                        curve.member_seconds)))
