@@ -81,11 +81,12 @@ def test_same_seed_same_bytes_another_seed_another_result(sessions, digits, norm
     assert not np.array_equal(first.adversarial, other.adversarial)
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.2), ("l2", 3.0)])
 def test_an_image_gets_the_same_result_alone_in_a_batch_or_in_a_shard(sessions, digits, norm, eps):
     images, labels = digits
     whole = attack(sessions, digits, norm, eps, seed=2)
-    assert whole.success.any() and not whole.success.all()
+    broken_at = whole.info["broken_at"]
+    assert (broken_at > 0).any() and (broken_at == -1).any()  # some fooled by the search (they left), some not
     # other batches: smaller chunks, other session calls
     assert same(whole, attack(sessions, digits, norm, eps, seed=2, chunk_size=5, check_every=7))
     for k in range(2):
@@ -93,7 +94,7 @@ def test_an_image_gets_the_same_result_alone_in_a_batch_or_in_a_shard(sessions, 
         part = attack(sessions, (images[positions], labels[positions]), norm, eps, seed=2, positions=positions,
                       population=len(images))
         assert same(part, whole.take(positions))
-    for index in np.flatnonzero(whole.info["broken_at"] != 0)[:2]:  # alone: a batch of one
+    for index in (np.flatnonzero(broken_at > 0)[0], np.flatnonzero(broken_at == -1)[0]):  # alone: a batch of one
         alone = attack(sessions, (images[index:index + 1], labels[index:index + 1]), norm, eps, seed=2,
                        positions=[index], population=len(images))
         assert same(alone, whole.take([index]))
@@ -101,7 +102,7 @@ def test_an_image_gets_the_same_result_alone_in_a_batch_or_in_a_shard(sessions, 
 
 def test_more_queries_or_restarts_never_make_square_weaker(sessions, digits):
     # without rescaling, a budget's queries are the first ones of a larger budget: per image, never weaker
-    runs = {queries: attack(sessions, digits, queries=queries, rescale_schedule=False, seed=1)
+    runs = {queries: attack(sessions, digits, eps=0.25, queries=queries, rescale_schedule=False, seed=1)
             for queries in (10, 40, 150)}
     for small, large in ((10, 40), (40, 150)):
         assert (runs[large].success >= runs[small].success).all()
@@ -109,10 +110,10 @@ def test_more_queries_or_restarts_never_make_square_weaker(sessions, digits):
         np.testing.assert_array_equal(runs[large].info["broken_at"][fooled], runs[small].info["broken_at"][fooled])
     assert runs[150].success.sum() > runs[10].success.sum()
     # a second start only adds chances
-    twice = attack(sessions, digits, queries=40, rescale_schedule=False, seed=1, restarts=2)
+    twice = attack(sessions, digits, eps=0.25, queries=40, rescale_schedule=False, seed=1, restarts=2)
     assert (twice.success >= runs[40].success).all()
     # with the paper's rescaled schedule, a budget five times larger fools at least as many images
-    rescaled = [attack(sessions, digits, queries=queries, seed=1).success.sum() for queries in (30, 150)]
+    rescaled = [attack(sessions, digits, eps=0.25, queries=queries, seed=1).success.sum() for queries in (30, 150)]
     assert rescaled[1] >= rescaled[0]
 
 
