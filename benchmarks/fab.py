@@ -104,8 +104,9 @@ def minimal_norms(model, data, seed: int, budgeted: dict) -> dict:
     for (norm, eps), result in budgeted.items():
         if norm == "linf":
             checks[eps] = bool(np.array_equal(fab_norm > eps, ~result.success))
-            print(f"check at linf {eps:g}: robust accuracy from the minimal search {100 * np.mean(fab_norm > eps):.1f} %"
-                  f" (budgeted run {100 * (1 - result.success.mean()):.1f} %), same images: {checks[eps]}")
+            print(f"check at linf {eps:g}: robust accuracy from the minimal search "
+                  f"{100 * np.mean(fab_norm > eps):.1f} % (budgeted run {100 * (1 - result.success.mean()):.1f} %), "
+                  f"same images: {checks[eps]}")
     return {"images_both_fooled": int(both.sum()), "fab_mean": fab_mean, "fmn_mean": fmn_mean,
             "fab_median": float(np.median(fab_norm[both])), "fmn_median": float(np.median(fmn_norm[both])),
             "fab_smaller_share": smaller, "fab_seconds": fab_seconds, "fmn_seconds": fmn_seconds,

@@ -24,7 +24,10 @@ step of every target on every image: the minimal-norm search, ``info["norm_found
 The steps run inside the graph, ``check_every`` per session call, for every image of
 a chunk still standing; each image's search depends on its own rows only (the network
 runs row-wise, the projection works row by row) and its random starts come from
-``Draws``, so an image alone, in a batch or in a shard gets the same bytes.
+``Draws``, so an image alone, in a batch or in a shard gets the same bytes. With
+``early_stop``, more steps or restarts never make the attack weaker on a fixed seed: an
+image still standing starts each search where it would anyway (the clean image, or its
+random point at ``eps / 2``) and runs the same first steps.
 """
 from __future__ import annotations
 
