@@ -28,8 +28,10 @@ Both sides attack float images (no rounding to 8-bit pixels) of the same frozen 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -55,7 +57,7 @@ PEER_SCRIPT = Path(__file__).with_name("peer_autoattack.py")
 REFERENCE = "AutoAttack standard"
 
 
-def parse_args() -> tuple[argparse.Namespace, tuple[float, ...], FrozenModel, object]:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/cnn", help="run folder or model.pb")
     parser.add_argument("--count", type=int, default=100, help="test images from --offset")
@@ -65,29 +67,41 @@ def parse_args() -> tuple[argparse.Namespace, tuple[float, ...], FrozenModel, ob
     parser.add_argument("--seed", type=int, default=0, help="both sides' seed")
     parser.add_argument("--peer-python", default=sys.executable,
                         help="a Python with torch and pyautoattack (default: this one)")
-    parser.add_argument("--ours-attack", default="auto", help="advmnist robustness --attack (pgd: the PGD of main)")
+    parser.add_argument("--ours-attack", default="auto",
+                        help="advmnist robustness --attack (pgd: also runs a version without --attack)")
     parser.add_argument("--batch-size", type=int, default=250, help="AutoAttack's batch size (its default)")
     parser.add_argument("--json", type=Path, help="also write the tables and per-image flags here")
-    args = parser.parse_args()
+    parser.add_argument("--work", type=Path, help="keep the inputs, outputs and logs of both sides here "
+                                                  "(default: a temporary folder, removed at the end)")
+    return parser
+
+
+def load_inputs(args) -> tuple[tuple[float, ...], FrozenModel, object, dict]:
+    """The budgets, the model, the test images and the model's weights; InvalidInput for any bad one."""
     if args.count < 1 or args.offset < 0 or args.batch_size < 1:
-        parser.error(f"expected --count >= 1, --offset >= 0, --batch-size >= 1, got {args.count}, {args.offset}, "
-                     f"{args.batch_size}")
+        raise InvalidInput(f"expected --count >= 1, --offset >= 0, --batch-size >= 1, got {args.count}, "
+                           f"{args.offset}, {args.batch_size}")
+    eps = parse_eps(args.eps, args.norm)
+    if eps[0] <= 0:
+        raise InvalidInput(f"expected every eps > 0 (AutoAttack needs a budget), got {args.eps!r}")
+    model = FrozenModel.load(args.model)
     try:
-        eps = parse_eps(args.eps, args.norm)
-        if eps[0] <= 0:
-            raise InvalidInput(f"expected every eps > 0 (AutoAttack needs a budget), got {args.eps!r}")
-        model = FrozenModel.load(args.model)
-        data = load_split("test", None, rows=slice(args.offset, args.offset + args.count))
-    except InvalidInput as err:
-        parser.error(str(err))
+        weights = export_weights(model.graph_def, model.meta["input"], model.meta["logits"])
+    except ArchitectureError as err:
+        raise InvalidInput(f"{model.path} is not advmnist's CNN, so it has no PyTorch copy: {err}") from err
+    data = load_split("test", None, rows=slice(args.offset, args.offset + args.count))
     if len(data.labels) != args.count:
-        parser.error(f"expected --offset + --count <= {args.offset + len(data.labels)} test images, "
-                     f"got {args.offset} + {args.count}")
-    check = subprocess.run([args.peer_python, "-c", "import torch, pyautoattack"], capture_output=True, text=True)
+        raise InvalidInput(f"expected --offset + --count within the test split, got {args.offset} + {args.count} "
+                           f"({len(data.labels)} images there)")
+    return eps, model, data, weights
+
+
+def check_peer(parser: argparse.ArgumentParser, python: str) -> None:
+    check = subprocess.run([python, "-c", "import torch, pyautoattack"], capture_output=True, text=True)
     if check.returncode:
-        parser.error(f"--peer-python {args.peer_python}: expected a Python with torch and pyautoattack "
-                     f"(see docs/benchmarks.md), got: {check.stderr.strip().splitlines()[-1:]}")
-    return args, eps, model, data
+        last = (check.stderr.strip().splitlines() or ["no output"])[-1]
+        parser.error(f"--peer-python {python}: expected a Python with torch and pyautoattack "
+                     f"(see docs/benchmarks.md), got: {last}")
 
 
 def graph_logits(model: FrozenModel, images: np.ndarray) -> np.ndarray:
@@ -113,12 +127,12 @@ def advmnist_command() -> list[str]:
 def attack_option(advmnist: list[str], attack: str) -> list[str]:
     """``["--attack", attack]``, or nothing for ``pgd`` when this version's ``robustness`` has no ``--attack``."""
     help_text = subprocess.run([*advmnist, "robustness", "--help"], capture_output=True, text=True).stdout
-    if "--attack" in help_text:
+    if re.search(r"(^|\s)--attack(\s|$)", help_text, re.MULTILINE):
         return ["--attack", attack]
     if attack == "pgd":
         return []
-    sys.exit(f"--ours-attack {attack}: this version's `advmnist robustness` has no --attack option "
-             "(it runs PGD only): use --ours-attack pgd")
+    raise InvalidInput(f"--ours-attack {attack}: expected pgd, as this version's `advmnist robustness` has no "
+                       "--attack option (it runs PGD only)")
 
 
 def ours_per_attack(summary: dict, attack: str) -> list[list]:
@@ -132,16 +146,23 @@ def ours_per_attack(summary: dict, attack: str) -> list[list]:
     return stages
 
 
+def timed_with_load(command: list[str], log_file: Path) -> tuple[float, list[float]]:
+    """The command's wall seconds, and the 1-minute load average before and after it (other jobs slow it)."""
+    before = os.getloadavg()[0]
+    seconds = timed(command, log_file)
+    return seconds, [round(before, 2), round(os.getloadavg()[0], 2)]
+
+
 def run_ours(advmnist: list[str], attack: list[str], args, eps: float, work: Path) -> dict:
     out = work / f"ours_{eps:g}"
     command = [*advmnist, "robustness", *attack, "--norm", args.norm, "--eps", f"{eps:g}", "--count",
                str(args.count), "--offset", str(args.offset), "--split", "test", "--model", str(args.model),
                "--seed", str(args.seed), "--json", "--out", str(out)]
-    seconds = timed(command)
+    seconds, load = timed_with_load(command, work / f"ours_{eps:g}.log")
     stem = f"robustness_{args.norm}"
     summary = json.loads((out / f"{stem}.json").read_text())["models"][0]
     eps_fooled = np.load(out / f"{stem}.npz")["eps_fooled"][0]
-    return {"command": shlex.join(command), "seconds": seconds, "robust": (eps_fooled > eps).tolist(),
+    return {"command": shlex.join(command), "seconds": seconds, "load": load, "robust": (eps_fooled > eps).tolist(),
             "robust_accuracy": float(np.mean(eps_fooled > eps)),
             "per_attack": ours_per_attack(summary, attack[1] if attack else "pgd")}
 
@@ -150,13 +171,13 @@ def run_reference(args, eps: float, inputs: Path, work: Path) -> dict:
     out = work / f"reference_{eps:g}.json"
     command = [args.peer_python, str(PEER_SCRIPT), "--inputs", str(inputs), "--norm", args.norm, "--eps",
                f"{eps:g}", "--seed", str(args.seed), "--batch-size", str(args.batch_size), "--out", str(out)]
-    seconds = timed(command)
+    seconds, load = timed_with_load(command, work / f"reference_{eps:g}.log")
     result = json.loads(out.read_text())
     robust = np.asarray(result["robust"])
     if not np.array_equal(robust, result["robust_recomputed"]):
         log(f"note: AutoAttack's flags and its returned images disagree on "
             f"{int((robust != np.asarray(result['robust_recomputed'])).sum())} images; its flags are used")
-    return {**result, "command": shlex.join(command), "seconds": seconds,
+    return {**result, "command": shlex.join(command), "seconds": seconds, "load": load,
             "robust_accuracy": float(robust.mean())}
 
 
@@ -175,6 +196,8 @@ def print_table(entry: dict, args, ours_name: str) -> None:
     rows = [["robust accuracy", f"{100 * ours['robust_accuracy']:.1f} %", f"{100 * ref['robust_accuracy']:.1f} %",
              f"{entry['difference_points']:+.1f} points"],
             ["wall s", f"{ours['seconds']:.1f}", f"{ref['seconds']:.1f}", f"ratio {entry['time_ratio']:.3f}x"],
+            ["load average before, after", "{:.1f}, {:.1f}".format(*ours["load"]),
+             "{:.1f}, {:.1f}".format(*ref["load"]), ""],
             ["broken by this side only", str(len(entry["broken_by_ours_only"])),
              str(len(entry["broken_by_reference_only"])), ""]]
     print(format_table(["", ours_name, REFERENCE, "ours - reference"], rows))
@@ -197,18 +220,23 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    args, eps_list, model, data = parse_args()
-    try:
-        weights = export_weights(model.graph_def, model.meta["input"], model.meta["logits"])
-    except ArchitectureError as err:
-        sys.exit(f"{model.path}: not advmnist's CNN, cannot copy it to PyTorch: {err}")
-    indices = np.arange(args.offset, args.offset + args.count)
+    parser = make_parser()
+    args = parser.parse_args()
     advmnist = advmnist_command()
-    attack = attack_option(advmnist, args.ours_attack)
+    try:
+        eps_list, model, data, weights = load_inputs(args)
+        attack = attack_option(advmnist, args.ours_attack)
+    except InvalidInput as err:
+        parser.error(str(err))
+    check_peer(parser, args.peer_python)
+    indices = np.arange(args.offset, args.offset + args.count)
     ours_name = "advmnist robustness " + (shlex.join(attack) if attack else "(PGD, no --attack)")
     load = os.getloadavg()
     entries = []
-    with tempfile.TemporaryDirectory(prefix="advmnist-autoattack-bench-") as work:
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(
+            prefix="advmnist-autoattack-bench-") as work:
         work = Path(work)
         inputs = work / "peer_inputs.npz"
         np.savez(inputs, images=data.images, labels=data.labels, logits=graph_logits(model, data.images), **weights)

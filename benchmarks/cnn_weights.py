@@ -62,7 +62,8 @@ def _constant(nodes: dict, name: str) -> np.ndarray:
     while node.op == "Identity":
         node = nodes[node.input[0].split(":")[0]]
     if node.op != "Const":
-        raise ArchitectureError(f"expected a constant weight behind {name!r}, got a {node.op} op (is the graph frozen?)")
+        raise ArchitectureError(f"expected a constant weight behind {name!r}, got a {node.op} op "
+                                "(is the graph frozen?)")
     return tf1().make_ndarray(node.attr["value"].tensor)
 
 

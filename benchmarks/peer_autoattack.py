@@ -31,7 +31,8 @@ import numpy as np
 from cnn_weights import LAYERS, NCHW_TO_NHWC, channels_first
 
 NORMS = {"linf": "Linf", "l2": "L2"}
-#: AutoAttack's log lines with a robust accuracy: "initial accuracy: 99.00%", "robust accuracy after APGD-CE: 12.00% ..."
+#: AutoAttack's log lines with a robust accuracy, e.g. "initial accuracy: 99.00%" and
+#: "robust accuracy after APGD-CE: 12.00% (total time 41.2 s)"
 ACCURACY_LINE = re.compile(r"^(?:initial accuracy|robust accuracy after (?P<attack>\S+)): (?P<percent>[\d.]+)%")
 
 
