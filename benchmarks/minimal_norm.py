@@ -51,13 +51,24 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def timed(command: list[str]) -> float:
-    log("$ " + shlex.join(command))
+def timed(command: list[str], log_file: Path | None = None) -> float:
+    """The command's wall seconds; exits with its stderr's end if it fails.
+
+    ``log_file``: its stdout and stderr go there as they come (a long run can be followed,
+    and it does not depend on this process to read a pipe), instead of into memory.
+    """
+    log("$ " + shlex.join(command) + (f"  (log: {log_file})" if log_file else ""))
     started = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if log_file is None:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stderr = done.stderr
+    else:
+        with open(log_file, "w") as sink:
+            done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT)
+        stderr = Path(log_file).read_text(errors="replace")
     seconds = time.perf_counter() - started
     if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {shlex.join(command)}\n{done.stderr[-3000:]}")
+        sys.exit(f"failed ({done.returncode}): {shlex.join(command)}\n{stderr[-3000:]}")
     return seconds
 
 
