@@ -35,6 +35,7 @@ import numpy as np
 
 from advmnist.attacks.base import Attack, AttackResult, is_targeted, progress_bar, rounded_to_8bit
 from advmnist.attacks.norms import get_norm
+from advmnist.attacks.pgd import Predictions
 from advmnist.data import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
@@ -274,12 +275,8 @@ class FABLoop:
         outs = [sess.run(self.clean_logits, {self.images: images[i:i + batch]}) for i in range(0, len(images), batch)]
         return np.concatenate(outs) if outs else np.zeros((0, NUM_CLASSES), np.float32)
 
-    def predict(self, sess, images, batch: int = 2000):
-        outs = [sess.run([self.predictions, self.predictions_8bit], {self.images: images[i:i + batch]})
-                for i in range(0, len(images), batch)]
-        if not outs:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return tuple(np.concatenate([o[k] for o in outs]).astype(np.int64) for k in (0, 1))
+    #: the predictions (as given, rounded to 8 bits) of images: the same fetch as PGD's, on this loop's tensors
+    predict = Predictions.predict
 
 
 def boundary_projection(norm: str, points, w, c):
