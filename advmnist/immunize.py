@@ -150,16 +150,17 @@ class RestoredNetwork:
     graph = None
     sess = None
 
-    def _open_session(self, init, restore, checkpoint: str, precision: str) -> None:
+    def _open_session(self, init, restore, checkpoint: str | None, precision: str) -> None:
         """Finalize the graph, open its session (``precision`` as ``train`` takes it), initialize every variable,
-        then restore the network's."""
+        then restore the network's (``restore`` None: keep the initial weights)."""
         tf = tf1()
         self.graph.finalize()
         self.precision = resolve_precision(precision)[0]
         self.sess = tf.Session(graph=self.graph, config=session_config(tf, bfloat16=self.precision == "bf16"))
         try:
             self.sess.run(init)
-            restore.restore(self.sess, checkpoint)
+            if restore is not None:
+                restore.restore(self.sess, checkpoint)
         except BaseException:
             self.sess.close()
             raise

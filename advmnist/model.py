@@ -26,11 +26,14 @@ def network_variables(variables) -> list:
     return [v for v in variables if v.name.split("/")[0] in LAYER_SCOPES]
 
 
-def cnn_logits(image, *, training: bool):
+def cnn_logits(image, *, training: bool, dropout_seed=None):
     """Logits of the CNN for ``image`` of shape (N, 28, 28), values in [0, 1].
 
     ``training`` switches dropout on; the variables are created in (or reused from)
-    the current variable scope: ``conv0``, ``conv1``, ``fc0``, ``fc1``.
+    the current variable scope: ``conv0``, ``conv1``, ``fc0``, ``fc1``. With
+    ``dropout_seed`` (a (2,) integer tensor) the dropout masks are stateless draws from
+    it, the same whenever the step is run again (a resumed training); without, they come
+    from tensorpack's ``Dropout`` (TensorFlow's stateful random stream).
     """
     tf = tf1()
     load_tensorpack()
@@ -43,9 +46,16 @@ def cnn_logits(image, *, training: bool):
         x = Conv2D(conv0, x, 32)
         x = Conv2D(conv1, x, 64)
     x = MaxPooling("pool0", x, 2)
-    x = Dropout("drop0", x, rate=0.25, training=training)
+
+    def dropout(name, x, rate, key):
+        if dropout_seed is None or not training:
+            return Dropout(name, x, rate=rate, training=training)
+        seed = tf.random.experimental.stateless_fold_in(dropout_seed, key)
+        return tf.nn.experimental.stateless_dropout(x, rate, seed, name=name)
+
+    x = dropout("drop0", x, 0.25, 0)
     x = FullyConnected(fc0, x, 128, activation=tf.nn.relu)
-    x = Dropout("drop1", x, rate=0.5, training=training)
+    x = dropout("drop1", x, 0.5, 1)
     return FullyConnected(fc1, x, NUM_CLASSES)
 
 

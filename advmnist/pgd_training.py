@@ -1,29 +1,41 @@
-"""A per-image defence: adversarial training against PGD (Madry et al. 2018), from a trained run.
+"""A per-image defence: adversarial training in the L-infinity ball, from a trained run or from scratch.
 
-Every training batch is replaced by PGD examples against the network as it is at that
-step: a random start in the L-infinity ball of radius ``eps``, ``pgd_steps`` signed
-steps of ``2.5 * eps / pgd_steps``, projection onto the ball and onto [0, 1], all inside
-the training graph (the attack sees the network without dropout, the training step
-with it). A fraction ``clean_fraction`` of each batch stays clean. The network's
-variables are restored from the run's checkpoint and trained with Adam; after every
-epoch the clean test accuracy and the robust accuracy of ``monitor`` test images under
-the training attack are logged. The result is saved as a new run by the run layer,
-like the universal immunization.
+Every training batch is replaced by adversarial examples against the network as it is
+at that step, computed inside the training graph (:mod:`advmnist.defence_losses`): by
+default Madry et al.'s (2018) PGD, a random start in the ball of radius ``eps`` and
+``pgd_steps`` signed steps of ``2.5 * eps / pgd_steps``, the network trained on the
+cross-entropy of the examples. Options: Wong et al.'s (2020) FGSM with a random start
+(``attack="fgsm-rs"``, one step of 1.25 eps) and its guard against catastrophic
+overfitting; Zhang et al.'s (2019) TRADES loss (``loss="trades"``); a linear ramp-up
+of eps over the first ``eps_ramp`` epochs; the step size; fresh initial weights
+(``from_scratch``). A fraction ``clean_fraction`` of each batch stays clean. Adam,
+its learning rate falling by a cosine to 1 % of its start.
+
+After every epoch the clean test accuracy and the robust accuracy of the first
+``monitor`` test images under a PGD of the final eps (the training PGD, or with
+``fgsm-rs`` a ``pgd_steps``-step one) are logged. Every random draw is keyed by the
+seed and the step, so Ctrl-C can keep a resumable state (:func:`train_against_pgd`
+with ``resume``) and the resumed run ends with the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import time
+import signal
+import threading
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from advmnist.attacks.base import progress_bar
-from advmnist.data import IMAGE_SIZE, Split
+from advmnist.data import Split
+from advmnist.defence_losses import ATTACKS, LOSSES, PGD_STEP_SPAN, default_step_size
 from advmnist.errors import InvalidInput
-from advmnist.immunize import Augmenter, RestoredNetwork, check_training_options
-from advmnist.model import cnn_logits, network_variables
-from advmnist.tfcompat import tf1
+from advmnist.immunize import check_training_options
+
+#: The guard's sign of catastrophic overfitting: PGD accuracy falls by more than this (a share of the monitor
+#: images) since the last kept epoch while the accuracy under the training FGSM does not fall.
+GUARD_DROP = 0.2
+#: After a rollback the FGSM step (relative to eps) is multiplied by this.
+GUARD_STEP_FACTOR = 0.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +52,19 @@ class PGDTrainingSettings:
     shift: int = 2
     #: ``auto``, ``fp32`` or ``bf16``, as for ``train``
     precision: str = "auto"
+    #: epochs over which eps rises linearly to its value (:func:`advmnist.defence_losses.ramped_eps`); 0: none
+    eps_ramp: float = 0.0
+    #: the training attack's step relative to eps; None: 2.5 / pgd_steps (pgd) or 1.25 (fgsm-rs)
+    step_size: float | None = None
+    #: the training attack (:data:`advmnist.defence_losses.ATTACKS`)
+    attack: str = "pgd"
+    #: the loss (:data:`advmnist.defence_losses.LOSSES`); ``beta`` weighs TRADES's KL term
+    loss: str = "pgd"
+    beta: float = 6.0
+    #: fresh initial weights instead of the run's checkpoint
+    from_scratch: bool = False
+    #: with fgsm-rs: roll an epoch back (and lower the step) when PGD accuracy collapses while FGSM's does not
+    guard: bool = True
 
     def __post_init__(self):
         if not 0 < self.eps <= 1:
@@ -49,147 +74,154 @@ class PGDTrainingSettings:
                                f"{self.lr}, {self.batch_size}, {self.pgd_steps}")
         if not 0 <= self.clean_fraction < 1:
             raise InvalidInput(f"expected a clean fraction in [0, 1), got {self.clean_fraction}")
+        if not 0 <= self.eps_ramp <= self.epochs:
+            raise InvalidInput(f"expected an eps ramp of 0 to {self.epochs:g} epochs (the training's), "
+                               f"got {self.eps_ramp:g}")
+        if self.step_size is not None and not 0 < self.step_size <= 10:
+            raise InvalidInput(f"expected a step size (relative to eps) in (0, 10], got {self.step_size}")
+        if self.loss not in LOSSES or self.attack not in ATTACKS:
+            raise InvalidInput(f"expected a loss in {LOSSES} and an attack in {ATTACKS}, got {self.loss!r} "
+                               f"and {self.attack!r}")
+        if not self.beta >= 0:
+            raise InvalidInput(f"expected beta >= 0, got {self.beta}")
         check_training_options(self.shift, self.precision)
 
+    @property
+    def relative_step(self) -> float:
+        """The training attack's step relative to eps (at the start: the guard may lower it)."""
+        return self.step_size if self.step_size is not None else default_step_size(self.attack, self.pgd_steps)
+
+    @property
+    def monitor_step(self) -> float:
+        """The step of the monitor's PGD, relative to eps: the training PGD's, or 2.5 / pgd_steps with fgsm-rs."""
+        return self.relative_step if self.attack == "pgd" else PGD_STEP_SPAN / self.pgd_steps
+
+    @property
+    def guarded(self) -> bool:
+        return self.attack == "fgsm-rs" and self.guard
+
+    @property
+    def kind(self) -> str:
+        """``pgd`` (the default), ``trades``, ``fgsm-rs``, ``trades-fgsm-rs``."""
+        return "-".join(name for name in (self.loss if self.loss != "pgd" else "",
+                                          self.attack if self.attack != "pgd" else "") if name) or "pgd"
+
     def file_stem(self) -> str:
-        return f"immunize_pgd_eps{self.eps:g}"
+        return f"immunize_{self.kind}_eps{self.eps:g}" + ("_scratch" if self.from_scratch else "")
+
+    def default_run_dir(self) -> Path:
+        return Path("runs") / (f"cnn-{self.kind}-eps{self.eps:g}" + ("-scratch" if self.from_scratch else ""))
 
 
 @dataclasses.dataclass
 class PGDTrainingResult:
     clean_before: float
-    robust_before: float          # on ``monitor`` test images, under the training attack
+    robust_before: float          # on ``monitor`` test images, under the monitor's PGD
     history: list[dict]           # one entry per epoch
     clean_after: float
     robust_after: float
     seconds: float
+    step_seconds: float = 0.0     # of ``seconds``, those spent in training steps (not in measurements)
+    steps: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-class PGDTrainer(RestoredNetwork):
-    """The run's network in a session, trained on PGD examples against itself. Use as a context manager."""
+@dataclasses.dataclass
+class TrainingProgress:
+    """What a training has measured and decided so far, beside its variables: saved for ``resume``."""
 
-    def __init__(self, checkpoint: str, settings: PGDTrainingSettings):
-        tf = tf1()
-        self.settings = settings
-        self.graph = tf.Graph()
-        eps, steps = settings.eps, settings.pgd_steps
-        with self.graph.as_default():
-            tf.set_random_seed(settings.seed)
-            self.images = tf.placeholder(tf.float32, (None, IMAGE_SIZE, IMAGE_SIZE))
-            self.labels = tf.placeholder(tf.int32, (None,))
-            self.attacked = tf.placeholder(tf.bool, (None,))  # which images of the batch get the attack
-            with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
-                def evaluated(x):
-                    return cnn_logits(x, training=False)
+    clean_before: float | None = None
+    robust_before: float | None = None
+    history: list[dict] = dataclasses.field(default_factory=list)
+    relative_step: float | None = None  # the training attack's step now (the guard lowers it)
+    reference: dict | None = None       # the guard's last kept measurement (clean, robust, fgsm accuracy)
+    rollbacks: int = 0
+    seconds: float = 0.0                # spent before this session
+    step_seconds: float = 0.0
 
-                start = tf.random.uniform(tf.shape(self.images), -eps, eps)
-                delta = tf.clip_by_value(self.images + start, 0.0, 1.0) - self.images
+    def result(self, seconds: float, steps: int) -> PGDTrainingResult:
+        last = self.reference if self.history[-1].get("rolled_back") else self.history[-1]
+        return PGDTrainingResult(clean_before=self.clean_before, robust_before=self.robust_before,
+                                 history=self.history, clean_after=last["clean_accuracy"],
+                                 robust_after=last["robust_accuracy"], seconds=round(seconds, 1),
+                                 step_seconds=round(self.step_seconds, 1), steps=steps)
 
-                def body(i, delta):
-                    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                        labels=self.labels, logits=evaluated(self.images + delta)))
-                    (gradient,) = tf.gradients(loss, [delta])
-                    moved = tf.clip_by_value(delta + 2.5 * eps / steps * tf.sign(gradient), -eps, eps)
-                    return i + 1, tf.clip_by_value(self.images + moved, 0.0, 1.0) - self.images
 
-                _, delta = tf.while_loop(lambda i, _: i < steps, body, [tf.constant(0), delta],
-                                         parallel_iterations=1, name="pgd_steps")
-                delta = tf.stop_gradient(delta) * tf.cast(self.attacked, tf.float32)[:, None, None]
-                self.adversarial = self.images + delta
-                network_vars = network_variables(tf.global_variables())
-                logits = cnn_logits(self.adversarial, training=True)
-                self.predictions = tf.argmax(evaluated(self.images), 1, output_type=tf.int32)
-                self.adversarial_predictions = tf.argmax(evaluated(self.adversarial), 1, output_type=tf.int32)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self.labels, logits=logits))
-            self.learning_rate = tf.placeholder(tf.float32, ())
-            self.train_step = tf.train.AdamOptimizer(self.learning_rate).minimize(loss, var_list=network_vars)
-            restore = tf.train.Saver(network_vars)
-            self.saver = tf.train.Saver(network_vars, max_to_keep=1)
-            init = tf.global_variables_initializer()
-        self._open_session(init, restore, checkpoint, settings.precision)
+def collapsed(reference: dict | None, robust: float, fgsm: float | None) -> bool:
+    """Catastrophic overfitting (Wong et al. 2020): since the last kept epoch the PGD accuracy fell by more than
+    :data:`GUARD_DROP` while the accuracy under the training FGSM did not fall."""
+    return (reference is not None and fgsm is not None and robust < reference["robust_accuracy"] - GUARD_DROP
+            and fgsm >= reference["fgsm_accuracy"])
 
-    def accuracy(self, split: Split, *, attacked: bool, count: int | None = None, batch: int = 500) -> float:
-        """Test accuracy, clean or under the training attack, on the first ``count`` images."""
-        images, labels = split.images[:count], split.labels[:count]
-        fetch = self.adversarial_predictions if attacked else self.predictions
-        correct = 0
-        for i in range(0, len(images), batch):
-            part = slice(i, i + batch)
-            predicted = self.sess.run(fetch, {self.images: images[part], self.labels: labels[part].astype(np.int32),
-                                              self.attacked: np.full(len(images[part]), attacked)})
-            correct += int((predicted == labels[part]).sum())
-        return correct / max(len(images), 1)
 
-    def run(self, train: Split, test: Split, *, progress: bool = False,
-            log: Callable[[str], None] = lambda message: None) -> PGDTrainingResult:
-        """Train for ``settings.epochs`` epochs (the learning rate falls by a cosine to 1 % of its start)."""
-        s = self.settings
-        started = time.time()
-        rng = np.random.default_rng(s.seed)
-        augment = Augmenter(s.shift, s.seed)
-        clean_before = self.accuracy(test, attacked=False)
-        robust_before = self.accuracy(test, attacked=True, count=s.monitor)
-        log(f"before: clean {clean_before:.2%}, under the training PGD (eps {s.eps:g}, {s.pgd_steps} steps, "
-            f"first {s.monitor} test images) {robust_before:.2%}")
-        per_epoch = len(train.images) // s.batch_size
-        total = int(round(s.epochs * per_epoch))
-        history = []
-        step = 0
-        with progress_bar(total, f"PGD training, eps {s.eps:g}", progress) as bar:
-            while step < total:
-                order = rng.permutation(len(train.images))
-                for k in range(per_epoch):
-                    if step >= total:
-                        break
-                    batch = order[k * s.batch_size:(k + 1) * s.batch_size]
-                    lr = s.lr * (0.01 + 0.99 * (1 + np.cos(np.pi * step / total)) / 2)
-                    self.sess.run(self.train_step, {
-                        self.images: augment(train.images[batch]), self.labels: train.labels[batch].astype(np.int32),
-                        self.attacked: rng.random(len(batch)) >= s.clean_fraction, self.learning_rate: lr})
-                    step += 1
-                    bar.update(1)
-                    if step % per_epoch == 0 or step == total:
-                        entry = {"epoch": round(step / per_epoch, 2),
-                                 "clean_accuracy": self.accuracy(test, attacked=False),
-                                 "robust_accuracy": self.accuracy(test, attacked=True, count=s.monitor),
-                                 "seconds": round(time.time() - started, 1)}
-                        history.append(entry)
-                        log(f"epoch {entry['epoch']:g}: clean {entry['clean_accuracy']:.2%}, under the training "
-                            f"PGD {entry['robust_accuracy']:.2%} ({entry['seconds']:.0f} s)")
-        last = history[-1]
-        return PGDTrainingResult(clean_before=clean_before, robust_before=robust_before, history=history,
-                                 clean_after=last["clean_accuracy"], robust_after=last["robust_accuracy"],
-                                 seconds=round(time.time() - started, 1))
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C during the block takes effect at its end, so what the block changes changes together."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda *args: pressed.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 class PGDTrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during PGD training: the network as it was is saved in ``saved_to`` (marked interrupted)."""
+    """Ctrl-C during PGD training: the network as it was is saved in ``saved_to`` (marked interrupted), with
+    the state that ``resume`` continues from; ``step`` of ``total`` training steps were done."""
 
-    def __init__(self, saved_to):
+    def __init__(self, saved_to, step: int = 0, total: int = 0):
         super().__init__("PGD training interrupted")
-        self.saved_to = saved_to
+        self.saved_to, self.step, self.total = saved_to, step, total
 
 
 def train_against_pgd(model, train: Split, test: Split, settings: PGDTrainingSettings, *, out_dir,
-                      progress: bool = False, log: Callable[[str], None] = lambda message: None) -> PGDTrainingResult:
-    """Adversarially train ``model``'s run against PGD and save the network as a new run in ``out_dir``."""
+                      progress: bool = False, log: Callable[[str], None] = lambda message: None,
+                      resume: bool = False) -> PGDTrainingResult:
+    """Adversarially train ``model``'s run (or, ``from_scratch``, fresh weights: ``model`` may be None) and save
+    the network as a new run in ``out_dir``.
+
+    With ``resume``, continue the interrupted training saved in ``out_dir`` instead (``settings`` must be
+    those it was started with; ``model`` is not used).
+
+    Raises:
+        PGDTrainingInterrupted: on Ctrl-C, once the network and the resumable state are saved.
+    """
     from advmnist.fileio import display_path
     from advmnist.immunize import checkpoint_of
-    from advmnist.runs import save_trained
+    from advmnist.pgd_trainer import PGDTrainer
+    from advmnist.runs import clear_resume_state, read_resume_state, resume_checkpoint, save_resume_state, save_trained
 
-    checkpoint = checkpoint_of(model)
-    meta = {"immunized_against": "pgd", "eps": settings.eps, "epochs": settings.epochs,
-            "pgd_steps": settings.pgd_steps, "clean_fraction": settings.clean_fraction, "seed": settings.seed,
-            "shift": settings.shift, "base_model": display_path(model.path)}
-    with PGDTrainer(checkpoint, settings) as trainer:
+    if resume:
+        record = read_resume_state(out_dir)
+        if record.get("settings") != dataclasses.asdict(settings):
+            raise InvalidInput(f"expected the settings the interrupted training in {out_dir} was started with")
+        progress_so_far, base_model, checkpoint = (TrainingProgress(**record["progress"]), record["base_model"],
+                                                   resume_checkpoint(out_dir))
+    else:
+        base_model = None if settings.from_scratch else display_path(model.path)
+        checkpoint = None if settings.from_scratch else checkpoint_of(model)
+        progress_so_far = TrainingProgress(relative_step=settings.relative_step)
+    meta = {"immunized_against": "pgd", **{key: value for key, value in dataclasses.asdict(settings).items()
+                                           if key not in ("batch_size", "lr", "monitor", "precision")},
+            "step_size": settings.relative_step, "base_model": base_model}
+    with PGDTrainer(checkpoint, settings, resume=resume) as trainer:
         meta["precision"] = trainer.precision
         try:
-            result = trainer.run(train, test, progress=progress, log=log)
+            result = trainer.run(train, test, progress_so_far, progress=progress, log=log)
         except KeyboardInterrupt:
-            save_trained(trainer.saver, trainer.sess, out_dir, "model-pgd", interrupted=True, **meta)
-            raise PGDTrainingInterrupted(out_dir) from None
+            step, total = trainer.step(), trainer.total_steps(train)
+            save_resume_state(trainer.state_saver, trainer.sess, out_dir, {
+                "step": step, "settings": dataclasses.asdict(settings), "base_model": base_model,
+                "progress": dataclasses.asdict(trainer.progress)})
+            save_trained(trainer.saver, trainer.sess, out_dir, "model-pgd", interrupted=True, step=step, **meta)
+            raise PGDTrainingInterrupted(out_dir, step, total) from None
         save_trained(trainer.saver, trainer.sess, out_dir, "model-pgd", test_accuracy=result.clean_after, **meta)
+    clear_resume_state(out_dir)
     return result

@@ -114,13 +114,16 @@ def member_bars(ax, curve) -> None:
 
 
 def pgd_training_figure(result, path, *, eps: float) -> None:
-    """Clean accuracy and accuracy under the training PGD, before and after every epoch."""
+    """Clean accuracy and accuracy under the monitor's PGD (and the training FGSM), before and after every epoch."""
     fig, ax = _subplots(figsize=(6.0, 3.8))
     epochs = [0.0] + [h["epoch"] for h in result.history]
     ax.plot(epochs, [100 * result.clean_before] + [100 * h["clean_accuracy"] for h in result.history], marker="o",
             label="clean")
     ax.plot(epochs, [100 * result.robust_before] + [100 * h["robust_accuracy"] for h in result.history], marker="o",
-            label=f"under the training PGD (eps {eps:g})")
+            label=f"under PGD (eps {eps:g})")
+    if result.history and "fgsm_accuracy" in result.history[0]:
+        ax.plot([h["epoch"] for h in result.history], [100 * h["fgsm_accuracy"] for h in result.history],
+                marker="x", linestyle=":", label="under the training FGSM")
     ax.set_xlabel("epoch of PGD training")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(-3, 103)

@@ -220,7 +220,7 @@ def write_pgd_training(out: Path, stem: str, result, *, run_dir: Path, base_mode
     figure = out / f"{stem}.png"
     report_robustness.pgd_training_figure(result, figure, eps=settings.eps)
     record = {**result.to_dict(), "run_dir": display_path(run_dir), "model": display_path(run_dir / "model.pb"),
-              "base_model": display_path(base_model), "figure": display_path(figure),
+              "base_model": display_path(base_model) if base_model else None, "figure": display_path(figure),
               "settings": dataclasses.asdict(settings)}
     fileio.write_json(out / f"{stem}.json", record)
     return record

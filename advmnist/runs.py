@@ -301,3 +301,45 @@ def save_trained(saver, sess, out_dir: os.PathLike | str, name: str, **meta) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = saver.save(sess, str(out_dir / name), write_meta_graph=False)
     return write_frozen(inference_graph_def(checkpoint), out_dir, checkpoint, **meta)
+
+
+#: Where a training that can be resumed keeps its state when interrupted: a checkpoint of every variable
+#: (the optimizer's too) and ``state.json`` (what the training measured and decided, its settings).
+RESUME_DIR = "resume"
+RESUME_FILE = "state.json"
+
+
+def save_resume_state(saver, sess, out_dir: os.PathLike | str, record: dict) -> Path:
+    """Save what an interrupted training needs to go on: ``saver``'s variables, then ``record``
+    (written last: a folder without it holds no resumable state)."""
+    folder = Path(out_dir) / RESUME_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    saver.save(sess, str(folder / "state"), write_meta_graph=False)
+    fileio.write_json(folder / RESUME_FILE, record)
+    return folder
+
+
+def has_resume_state(run_dir: os.PathLike | str) -> bool:
+    return (Path(run_dir) / RESUME_DIR / RESUME_FILE).is_file()
+
+
+def read_resume_state(run_dir: os.PathLike | str) -> dict:
+    """The record of :func:`save_resume_state`; a RunDirError when there is none."""
+    if not has_resume_state(run_dir):
+        raise RunDirError(f"--resume: {run_dir} holds no interrupted training to resume (no "
+                          f"{RESUME_DIR}/{RESUME_FILE}); start a new one without --resume")
+    return read_json(Path(run_dir) / RESUME_DIR / RESUME_FILE)
+
+
+def resume_checkpoint(run_dir: os.PathLike | str) -> str:
+    return str(Path(run_dir) / RESUME_DIR / "state")
+
+
+def clear_resume_state(run_dir: os.PathLike | str) -> None:
+    """Once the training has finished: the state file first, so a half-removed folder is not resumable."""
+    import shutil
+
+    folder = Path(run_dir) / RESUME_DIR
+    if folder.is_dir():
+        (folder / RESUME_FILE).unlink(missing_ok=True)
+        shutil.rmtree(folder)

@@ -275,14 +275,22 @@ def row_softmax(logits):
     return tf.nn.softmax(padded)[:tf.shape(logits)[0]]
 
 
+def row_log_softmax(logits):
+    """``tf.nn.log_softmax`` with each row independent of the others (see :func:`row_cross_entropy`)."""
+    tf = tf1()
+    (padded,) = padded_rows(logits)
+    return tf.nn.log_softmax(padded)[:tf.shape(logits)[0]]
+
+
 def rounded_to_8bit(images):
     """What a saved 8-bit PNG holds, as a graph op: round to 1/255 steps."""
     tf = tf1()
     return tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
 
 
-def progress_bar(total: int, description: str, enabled: bool):
+def progress_bar(total: int, description: str, enabled: bool, initial: int = 0):
+    """A tqdm bar on stderr (with its ETA); ``initial``: the part already done (a resumed run)."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True,
-                mininterval=0.5)
+                mininterval=0.5, initial=initial)

@@ -8,19 +8,17 @@ import click
 
 from advmnist.cli.options import (Output, config_option, data_dir_option, finite, json_option, load_model,
                                   model_option, out_option, progress_enabled, seed_option, translate_errors)
+from advmnist.cli.immunize_pgd import PGD_ONLY, immunize_pgd, pgd_options
 from advmnist.cli.universal import checked_noise, noise_file_option, noise_options
 from advmnist.immunize import SCHEDULES, ImmunizeSettings
-from advmnist.pgd_training import PGDTrainingSettings
 from advmnist.tfcompat import PRECISIONS
 from advmnist.train import MAX_SHIFT
 from advmnist.universal import TARGET_CHOICES, UniversalSettings, target_list
 
 DEFAULTS = ImmunizeSettings()
-PGD_DEFAULTS = PGDTrainingSettings()
 #: options that only mean something for one adversary
 UNIVERSAL_ONLY = ("target", "schedule", "rounds", "train_steps", "refresh_every", "refresh_steps", "replay",
                   "noise_steps", "noise_limit", "l2_weight", "noise_file")
-PGD_ONLY = ("eps", "epochs", "pgd_steps")
 
 
 @click.command(short_help="Adversarial training against universal noise or PGD.")
@@ -28,13 +26,7 @@ PGD_ONLY = ("eps", "epochs", "pgd_steps")
 @click.option("--against", type=click.Choice(["universal", "pgd"]), default="universal", show_default=True,
               help="The adversary: one universal noise per target (the reference's experiment), or per-image PGD "
                    "examples (Madry et al.'s adversarial training, a real per-image defence).")
-@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=PGD_DEFAULTS.eps,
-              show_default=True, help="With --against pgd: the L-infinity budget of the training attack.")
-@click.option("--epochs", type=click.FloatRange(0, 1000, min_open=True), callback=finite,
-              default=PGD_DEFAULTS.epochs, show_default=True,
-              help="With --against pgd: passes over the 60,000 training images (Adam from 1e-3, cosine decay).")
-@click.option("--pgd-steps", type=click.IntRange(1, 1000), default=PGD_DEFAULTS.pgd_steps, show_default=True,
-              help="With --against pgd: steps of the training attack, each 2.5 * eps / steps.")
+@pgd_options
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="3", show_default=True,
               help="Class of the universal noise to become immune to; `all` for every class.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True,
@@ -68,15 +60,16 @@ PGD_ONLY = ("eps", "epochs", "pgd_steps")
 @model_option
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the immunized network goes (a new run).  "
-                   "[default: runs/cnn-immune-TARGET, or runs/cnn-immune-all-SCHEDULE]")
+                   "[default: runs/cnn-immune-TARGET, or runs/cnn-immune-all-SCHEDULE; with --against pgd "
+                   "runs/cnn-pgd-epsEPS, cnn-trades-epsEPS, ...]")
 @click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
 @out_option("Folder for the accuracy figure and the metrics .json.")
 @data_dir_option
 @json_option
 @translate_errors
-def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_steps, clean_fraction, refresh_every,
-             refresh_steps, replay, shift, precision, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify,
-             run_dir, overwrite, out, data_dir, json_mode) -> None:
+def immunize(against, target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay,
+             shift, precision, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify, run_dir,
+             overwrite, out, data_dir, json_mode, **pgd) -> None:
     """Adversarial training against universal noise (or PGD): make the network immune to it.
 
     Each round (a) optimizes a universal noise for the target against the current
@@ -90,16 +83,17 @@ def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_st
     once training has begun saves the network as it is (marked interrupted) and the
     finished rounds in <name>_partial.json beside where <name>.json would go.
 
-    With --against pgd every training batch is replaced by PGD examples against the
-    network as it is (random start in the L-infinity eps-ball, --pgd-steps signed
-    steps, projection), for --epochs epochs from the run's checkpoint; clean accuracy
-    and accuracy under the training attack are logged after every epoch. Measure the
-    result with `advmnist robustness --model RUN_DIR`.
+    With --against pgd every training batch is replaced by adversarial examples in the
+    L-infinity eps-ball against the network as it is (PGD, or --attack fgsm-rs; trained on
+    their cross-entropy, or --loss trades), for --epochs epochs from the run's checkpoint
+    (or --from-scratch); clean accuracy and accuracy under PGD are logged after every
+    epoch. Ctrl-C keeps a state that --resume continues. Measure the result with
+    `advmnist robustness --model RUN_DIR`.
 
     \b
     Writes to --out (default assets/), <name> being e.g. immunize_3_rounds2 or
     immunize_all_interleaved_rounds4 (_fixed without refresh, _noreplay without replay),
-    or immunize_pgd_eps0.1:
+    or immunize_pgd_eps0.1 (immunize_trades_eps0.3, immunize_fgsm-rs_eps0.3_scratch, ...):
       <name>.png    accuracy under fresh noise, per target, before, after each round, at the end
                     (PGD: clean and robust accuracy after every epoch)
       <name>.json   every measurement
@@ -116,13 +110,8 @@ def immunize(against, eps, epochs, pgd_steps, target, schedule, rounds, train_st
         raise click.BadParameter(f"{flag} only applies to --against {'pgd' if against == 'universal' else 'universal'}",
                                  param_hint=flag)
     if against == "pgd":
-        if context.get_parameter_source("clean_fraction").name in ("DEFAULT", "DEFAULT_MAP"):
-            clean_fraction = PGD_DEFAULTS.clean_fraction
-        pgd = PGDTrainingSettings(eps=eps, epochs=epochs, pgd_steps=pgd_steps, clean_fraction=clean_fraction,
-                                  seed=seed, shift=shift, precision=precision)
-        run_dir = run_dir or Path("runs") / f"cnn-pgd-eps{pgd.eps:g}"
-        with run_dir_lock(run_dir):  # a second process on the same folder is refused until this one ends
-            return immunize_pgd(pgd, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
+        shared = {"clean_fraction": clean_fraction, "shift": shift, "precision": precision, "seed": seed}
+        return immunize_pgd(pgd, shared, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
                                 replay=replay, shift=shift, precision=precision,
@@ -172,43 +161,21 @@ def immunize_universal(settings: ImmunizeSettings, target: str, given, model_pat
     output.result(record)
 
 
-def immunize_pgd(settings: PGDTrainingSettings, model_path, no_verify, run_dir, overwrite, out, data_dir,
-                 output: Output) -> None:
-    """``immunize --against pgd``: adversarial training against PGD, saved as a new run."""
-    from advmnist import fileio, results
-    from advmnist.pgd_training import PGDTrainingInterrupted, train_against_pgd
-
-    fileio.check_writable_dir(run_dir, "--run-dir")
-    model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output)
-    try:
-        result = train_against_pgd(model, train_split, test, settings, out_dir=run_dir, progress=progress_enabled(),
-                                   log=output.say)
-    except PGDTrainingInterrupted:
-        click.echo(f"\nInterrupted: the network as it was is saved in {run_dir} (model.json says interrupted).",
-                   err=True)
-        sys.exit(130)
-    record = results.write_pgd_training(out, settings.file_stem(), result, run_dir=run_dir, base_model=model.path,
-                                        settings=settings)
-    output.say(f"clean test accuracy {result.clean_before:.2%} -> {result.clean_after:.2%}; under the training "
-               f"PGD (first {settings.monitor} test images) {result.robust_before:.2%} -> {result.robust_after:.2%}; "
-               f"{result.seconds:.0f} s")
-    output.say(f"trained network: {run_dir / 'model.pb'}; measure it with "
-               f"`advmnist robustness --model {run_dir}`; figure: {record['figure']}")
-    output.result(record)
-
-
-def new_run_inputs(model_path, no_verify, run_dir: Path, overwrite: bool, data_dir, output: Output):
-    """The model to train from (its run must have a checkpoint), MNIST, and ``run_dir`` ready for the new run."""
+def new_run_inputs(model_path, no_verify, run_dir: Path, overwrite: bool, data_dir, output: Output, *,
+                   from_scratch: bool = False):
+    """The model to train from (its run must have a checkpoint; None ``from_scratch``), MNIST, and ``run_dir``
+    ready for the new run."""
     from advmnist.data import load_train_test
     from advmnist.immunize import checkpoint_of
     from advmnist.runs import prepare_run_dir
 
-    model = load_model(model_path, no_verify, output)
-    checkpoint_of(model)  # fails early if the run has no checkpoint to train from
-    model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
-    if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
-        raise click.BadParameter("expected a new folder for the trained network, not the model's run "
-                                 "or a folder holding it", param_hint="--run-dir")
+    model = None if from_scratch else load_model(model_path, no_verify, output)
+    if model is not None:
+        checkpoint_of(model)  # fails early if the run has no checkpoint to train from
+        model_dir, new_dir = model.path.parent.resolve(), run_dir.resolve()
+        if new_dir in (model_dir, *model_dir.parents) or model_dir in new_dir.parents:
+            raise click.BadParameter("expected a new folder for the trained network, not the model's run "
+                                     "or a folder holding it", param_hint="--run-dir")
     train_split, test = load_train_test(data_dir, output.say)
     note = prepare_run_dir(run_dir, resume=False, overwrite=overwrite, command="immunize")
     if note:

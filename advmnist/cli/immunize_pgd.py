@@ -1,0 +1,156 @@
+"""``advmnist immunize --against pgd``: its options and its path (adversarial training in the eps-ball)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from advmnist.cli.options import Output, finite, progress_enabled
+from advmnist.defence_losses import ATTACKS, LOSSES
+from advmnist.pgd_training import PGDTrainingSettings
+
+PGD_DEFAULTS = PGDTrainingSettings()
+#: the settings that the command line can set, besides those both adversaries share
+PGD_FIELDS = ("eps", "epochs", "eps_ramp", "attack", "pgd_steps", "step_size", "loss", "beta", "guard",
+              "from_scratch")
+#: options that only mean something with --against pgd
+PGD_ONLY = PGD_FIELDS + ("resume",)
+#: options both adversaries have, which are settings of the PGD training too
+SHARED_FIELDS = ("clean_fraction", "shift", "precision", "seed")
+
+
+def pgd_options(func):
+    """The options of ``immunize --against pgd``."""
+    for option in reversed([
+        click.option("--eps", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=PGD_DEFAULTS.eps,
+                     show_default=True, help="With --against pgd: the L-infinity budget of the training attack."),
+        click.option("--epochs", type=click.FloatRange(0, 1000, min_open=True), callback=finite,
+                     default=PGD_DEFAULTS.epochs, show_default=True,
+                     help="With --against pgd: passes over the 60,000 training images (Adam from 1e-3, cosine "
+                          "decay)."),
+        click.option("--eps-ramp", type=click.FloatRange(0, 1000), callback=finite, metavar="EPOCHS",
+                     default=PGD_DEFAULTS.eps_ramp, show_default=True,
+                     help="With --against pgd: eps rises linearly over the first EPOCHS epochs and is --eps from "
+                          "their last step on (0: --eps from the first step). At most --epochs."),
+        click.option("--attack", type=click.Choice(ATTACKS), default=PGD_DEFAULTS.attack, show_default=True,
+                     help="With --against pgd: the training attack: PGD (Madry et al.), or one FGSM step from a "
+                          "random start (fgsm-rs, Wong et al. 2020: about --pgd-steps times cheaper per step)."),
+        click.option("--pgd-steps", type=click.IntRange(1, 1000), default=PGD_DEFAULTS.pgd_steps, show_default=True,
+                     help="With --against pgd: steps of the training PGD (with --attack fgsm-rs: of the PGD that "
+                          "monitors robust accuracy after every epoch)."),
+        click.option("--step-size", type=click.FloatRange(0, 10, min_open=True), callback=finite, default=None,
+                     show_default="2.5 / --pgd-steps; 1.25 with --attack fgsm-rs",
+                     help="With --against pgd: the training attack's step, relative to --eps."),
+        click.option("--loss", type=click.Choice(LOSSES), default=PGD_DEFAULTS.loss, show_default=True,
+                     help="With --against pgd: cross-entropy on the attack's examples (pgd, Madry et al.), or "
+                          "TRADES: CE(f(x), y) + beta KL(f(x) || f(x')), x' maximizing the KL (Zhang et al. 2019)."),
+        click.option("--beta", type=click.FloatRange(min=0), callback=finite, default=PGD_DEFAULTS.beta,
+                     show_default=True, help="With --loss trades: the weight of the KL term (6: Zhang et al.'s "
+                                             "MNIST model)."),
+        click.option("--guard/--no-guard", default=PGD_DEFAULTS.guard, show_default=True,
+                     help="With --attack fgsm-rs: after an epoch whose PGD accuracy fell by more than 20 points "
+                          "while its FGSM accuracy did not fall (catastrophic overfitting), go back to the weights "
+                          "and optimizer state of the epoch before and multiply the FGSM step by 0.8."),
+        click.option("--from-scratch", is_flag=True,
+                     help="With --against pgd: start from fresh initial weights (same network) instead of --model's."),
+        click.option("--resume", is_flag=True,
+                     help="With --against pgd: continue the interrupted training in --run-dir where it stopped "
+                          "(its settings, step, optimizer state and random draws): it ends as an uninterrupted "
+                          "run would have."),
+    ]):
+        func = option(func)
+    return func
+
+
+def given(context: click.Context, name: str) -> bool:
+    """Whether option ``name`` was set on the command line or in a --config file."""
+    return context.get_parameter_source(name).name not in ("DEFAULT",)
+
+
+def pgd_settings(options: dict, shared: dict) -> PGDTrainingSettings:
+    """The settings the command line asks for: exit 2 for an option that does not apply."""
+    context = click.get_current_context()
+    for name, applies, needed in (("beta", options["loss"] == "trades", "--loss trades"),
+                                  ("guard", options["attack"] == "fgsm-rs", "--attack fgsm-rs")):
+        if given(context, name) and not applies:
+            raise click.BadParameter(f"only applies with {needed}", param_hint=f"--{name}")
+    refused, why = (), ""
+    if options["resume"]:
+        refused, why = ("model_path", "overwrite"), "--resume continues the interrupted run from its saved state"
+    elif options["from_scratch"]:
+        refused, why = ("model_path",), "--from-scratch starts from fresh weights"
+    for name in refused:
+        if given(context, name):
+            raise click.BadParameter(f"does not apply: {why}", param_hint="--" + name.split("_")[0])
+    if not given(context, "clean_fraction"):
+        shared = {**shared, "clean_fraction": PGD_DEFAULTS.clean_fraction}
+    return PGDTrainingSettings(**{name: options[name] for name in PGD_FIELDS}, **shared)
+
+
+def resumed_settings(asked: PGDTrainingSettings, run_dir: Path) -> PGDTrainingSettings:
+    """The settings of the interrupted run in ``run_dir``; exit 2 if the command line asks for others."""
+    from advmnist.runs import read_resume_state
+
+    recorded = PGDTrainingSettings(**read_resume_state(run_dir)["settings"])
+    context = click.get_current_context()
+    for name in PGD_FIELDS + SHARED_FIELDS:
+        if given(context, name) and getattr(asked, name) != getattr(recorded, name):
+            flag = "--" + name.replace("_", "-")
+            raise click.BadParameter(f"expected the interrupted run's {getattr(recorded, name)} (--resume continues "
+                                     f"it as it was), got {getattr(asked, name)}", param_hint=flag)
+    return recorded
+
+
+def immunize_pgd(options: dict, shared: dict, model_path, no_verify, run_dir, overwrite, out, data_dir,
+                 output: Output) -> None:
+    """``immunize --against pgd``: adversarial training (new, or ``--resume``d), saved as a new run."""
+    from advmnist.runs import run_dir_lock
+
+    settings = pgd_settings(options, shared)
+    run_dir = run_dir or settings.default_run_dir()
+    with run_dir_lock(run_dir):  # a second process on the same folder is refused until this one ends
+        if options["resume"]:
+            settings = resumed_settings(settings, run_dir)
+        train_and_report(settings, options["resume"], model_path, no_verify, run_dir, overwrite, out, data_dir,
+                         output)
+
+
+def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no_verify, run_dir: Path, overwrite,
+                     out, data_dir, output: Output) -> None:
+    """Train (a new run, or the interrupted one in ``run_dir``), then write the figure and the .json."""
+    from advmnist import fileio, results
+    from advmnist.cli.immunize import new_run_inputs
+    from advmnist.data import load_train_test
+    from advmnist.pgd_training import PGDTrainingInterrupted, train_against_pgd
+    from advmnist.runs import RunDirError, has_resume_state, read_resume_state
+
+    fileio.check_writable_dir(run_dir, "--run-dir")
+    if resume:
+        model, base_model = None, read_resume_state(run_dir)["base_model"]
+        train_split, test = load_train_test(data_dir, output.say)
+        output.say(f"resuming the training in {run_dir}")
+    else:
+        if has_resume_state(run_dir) and not overwrite:
+            raise RunDirError(f"{run_dir} holds an interrupted training; continue it with `advmnist immunize "
+                              f"--against pgd --resume --run-dir {run_dir}`, or pass --overwrite to move it aside")
+        model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output,
+                                                  from_scratch=settings.from_scratch)
+        base_model = model.path if model is not None else None
+    try:
+        result = train_against_pgd(model, train_split, test, settings, out_dir=run_dir, progress=progress_enabled(),
+                                   log=output.say, resume=resume)
+    except PGDTrainingInterrupted as stop:
+        click.echo(f"\nInterrupted after step {stop.step} of {stop.total}: the network as it was is saved in "
+                   f"{run_dir} (model.json says interrupted), with the state to go on from. Continue with "
+                   f"`advmnist immunize --against pgd --resume --run-dir {run_dir}`.", err=True)
+        sys.exit(130)
+    record = results.write_pgd_training(out, settings.file_stem(), result, run_dir=run_dir, base_model=base_model,
+                                        settings=settings)
+    output.say(f"clean test accuracy {result.clean_before:.2%} -> {result.clean_after:.2%}; under PGD (eps "
+               f"{settings.eps:g}, first {settings.monitor} test images) {result.robust_before:.2%} -> "
+               f"{result.robust_after:.2%}; {result.seconds:.0f} s")
+    output.say(f"trained network: {run_dir / 'model.pb'}; measure it with "
+               f"`advmnist robustness --model {run_dir}`; figure: {record['figure']}")
+    output.result(record)
+
