@@ -87,7 +87,7 @@ class FrozenModel:
                          f"{pb.name} was not verified")
         elif hashlib.sha256(blob).hexdigest() != recorded:
             raise ModelError(f"{pb} does not match the SHA-256 recorded in {meta_path.name}: the file is damaged "
-                             "or was replaced; re-freeze the run with `advmnist export RUN_DIR` if it has a "
+                             "or was replaced; re-freeze the run with `advmnist export --run-dir RUN_DIR` if it has a "
                              "checkpoint, or pass --no-verify to use it anyway")
         tf = tf1()
         graph_def = tf.GraphDef()

@@ -211,7 +211,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, epochs: int
     if state.has_checkpoint:
         if state.epochs_done >= epochs:
             raise RunDirError(f"{run_dir} holds a run that finished {state.epochs_done} epochs but was not "
-                              f"frozen; freeze it with `advmnist export {run_dir}`, or pass --overwrite "
+                              f"frozen; freeze it with `advmnist export --run-dir {run_dir}`, or pass --overwrite "
                               "to move it aside")
         raise RunDirError(f"{run_dir} holds an interrupted run (last checkpoint after epoch "
                           f"{state.epochs_done}); continue it with `{train_command(run_dir, epochs, '--resume')}`, "
@@ -231,7 +231,7 @@ def _resume_note(run_dir: Path, state: RunState, epochs: int | None) -> str:
             if state.has_model:
                 raise RunDirError(f"--resume: {run_dir} has already trained {done} epochs and is frozen; "
                                   f"pass --epochs larger than {done} to train it further "
-                                  f"(`advmnist export {run_dir}` re-freezes it)")
+                                  f"(`advmnist export --run-dir {run_dir}` re-freezes it)")
             return f"{run_dir} finished its {done} epochs before it was frozen; freezing it"
         return f"resuming {run_dir} after epoch {done}"
     if state.is_run:
@@ -261,9 +261,9 @@ def interrupt_message(run_dir: Path, epochs: int) -> str:
         if state.has_model:  # the model.pb there is an older freeze, of fewer epochs
             return (f"Interrupted after the last epoch ({done}), while freezing: {run_dir / MODEL_FILE} is still "
                     f"the earlier model of {frozen_epochs} epochs. Freeze the new weights with "
-                    f"`advmnist export {run_dir}`.")
+                    f"`advmnist export --run-dir {run_dir}`.")
         return (f"Interrupted after the last epoch ({done}), while freezing: the trained weights are in "
-                f"{run_dir}'s checkpoint. Freeze them with `advmnist export {run_dir}` "
+                f"{run_dir}'s checkpoint. Freeze them with `advmnist export --run-dir {run_dir}` "
                 f"(or `{train_command(run_dir, epochs, '--resume')}`).")
     older = (f" ({run_dir / MODEL_FILE} is still the earlier model of {frozen_epochs} epochs)"
              if state.has_model else "")

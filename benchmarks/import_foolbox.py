@@ -126,7 +126,7 @@ def main() -> None:
             timed([sys.executable, __file__, "--worker", "train", "--epochs", str(args.epochs), "--out",
                    str(keras_file)], env=eager_env())
         run = work / "imported"
-        import_seconds, _ = timed(["advmnist", "import", str(keras_file), "--out", str(run)])
+        import_seconds, _ = timed(["advmnist", "import", str(keras_file), "--run-dir", str(run)])
         rows = []
         for steps in args.steps:
             rows += [ours(run, args.eps, steps, args.count, work),

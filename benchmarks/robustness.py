@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--model", default="runs/cnn", help="run folder or model.pb")
     parser.add_argument("--count", type=int, default=500, help="test images 0 .. count-1")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
-    parser.add_argument("--ours", default="", help="extra options for advmnist robustness, e.g. '--restarts 2'")
+    parser.add_argument("--ours", default="", help="extra options for advmnist robustness, e.g. '--starts 2'")
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     model = resolve_model_path(args.model)

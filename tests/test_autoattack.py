@@ -217,8 +217,8 @@ def test_robustness_attack_auto_reports_each_member(tiny_run, mnist_small, monke
 
 @pytest.mark.parametrize("args, message", [
     (["--attack", "nope"], "'pgd'"),
-    (["--attack", "auto", "--targeted", "9-d"], "supports only the untargeted criterion"),
-    (["--attack", "auto", "--restarts", "2"], "expected no --restarts"),
+    (["--attack", "auto", "--target", "9-d"], "supports only the untargeted criterion"),
+    (["--attack", "auto", "--starts", "2"], "expected no --starts"),
     (["--attack", "auto", "--eps", "0,1.5"], "expected every eps in [0, 1]"),
     (["--attack", "pgd", "--norm", "l2"], "expected a norm that --attack pgd supports (linf)"),
 ])

@@ -326,7 +326,7 @@ def test_resume_needs_a_checkpoint_and_more_epochs(runner, tiny_run, tmp_path):
     done = json.loads((run / "model.json").read_text())["epochs"]
     result = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "1"])
     assert result.exit_code == 2 and f"already trained {done} epochs and is frozen" in result.output
-    assert f"advmnist export {run}" in result.output
+    assert f"advmnist export --run-dir {run}" in result.output
 
 
 @pytest.mark.slow
@@ -423,3 +423,42 @@ def test_a_pickled_noise_file_is_refused_with_what_it_must_be(runner, tmp_path):
     np.save(pickled, np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
     result = runner.invoke(main, ["universal", "--noise", str(pickled), "--model", "/nonexistent"])
     assert result.exit_code == 2 and "holds Python objects" in result.output and "allow_pickle" not in result.output
+
+
+@pytest.mark.parametrize("old, new, tail, refusal", [
+    (["robustness", "--targeted", "9-d"], ["robustness", "--target", "9-d"], ["--attack", "auto"],
+     "supports only the untargeted criterion"),
+    (["robustness", "--restarts", "2"], ["robustness", "--starts", "2"], ["--attack", "auto"], "expected no --starts"),
+])
+def test_old_spellings_work_for_one_release_with_a_note(runner, tmp_path, old, new, tail, refusal):
+    """The renamed options still mean what they meant (the same refusal as the new name), with a note."""
+    renamed = runner.invoke(main, old + tail + ["--out", str(tmp_path)])
+    current = runner.invoke(main, new + tail + ["--out", str(tmp_path)])
+    assert renamed.exit_code == current.exit_code == 2
+    assert refusal in renamed.output and refusal in current.output
+    assert f"`{old[0]} {old[1]}` is now `{new[1]}`" in renamed.output and "is now" not in current.output
+    both = runner.invoke(main, old + new[1:] + tail + ["--out", str(tmp_path)])
+    assert both.exit_code == 2 and "not both" in both.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transfer_from_and_to_are_model_and_evaluate_on(runner, tiny_run, tmp_path):
+    run = str(tiny_run[0])
+    old = runner.invoke(main, ["transfer", "--from", run, "--to", run, "--out", str(tmp_path)])
+    new = runner.invoke(main, ["transfer", "--model", run, "--evaluate-on", run, "--out", str(tmp_path)])
+    assert old.exit_code == new.exit_code == 2
+    assert "expected at least two different networks" in old.output and "expected at least two" in new.output
+    assert "`transfer --from` is now `--model`" in old.output and "`transfer --to` is now `--evaluate-on`" in old.output
+    nothing = runner.invoke(main, ["transfer", "--out", str(tmp_path)])
+    assert nothing.exit_code == 2 and "--model" in nothing.output
+
+
+def test_export_takes_run_dir_and_still_the_old_positional_folder(runner, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    old = runner.invoke(main, ["export", str(empty)])
+    new = runner.invoke(main, ["export", "--run-dir", str(empty)])
+    assert old.exit_code == new.exit_code == 2
+    assert "has no checkpoint to freeze" in old.output and "has no checkpoint to freeze" in new.output
+    assert "`export RUN_DIR` is now `--run-dir RUN_DIR`" in old.output and "is now" not in new.output
+    assert list(empty.iterdir()) == []

@@ -167,12 +167,12 @@ def test_ctrl_c_while_freezing_leaves_a_run_that_resume_or_export_freezes(runner
     monkeypatch.setattr(advmnist.train, "inference_graph_def", interrupted)
     result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "1", "--batch-size", "32"])
     assert result.exit_code == 130
-    assert "while freezing" in result.stderr and f"advmnist export {run}" in result.stderr
+    assert "while freezing" in result.stderr and f"advmnist export --run-dir {run}" in result.stderr
     assert not (run / "model.pb").exists()
     monkeypatch.setattr(advmnist.train, "inference_graph_def", real_freeze)
 
     plain = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "1"])
-    assert plain.exit_code == 2 and f"advmnist export {run}" in plain.output
+    assert plain.exit_code == 2 and f"advmnist export --run-dir {run}" in plain.output
 
     resumed = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "1", "--json"])
     assert resumed.exit_code == 0, resumed.output
@@ -180,7 +180,7 @@ def test_ctrl_c_while_freezing_leaves_a_run_that_resume_or_export_freezes(runner
     first = (run / "model.pb").read_bytes()
 
     (run / "model.pb").write_bytes(b"damaged")
-    exported = runner.invoke(main, ["export", str(run), "--json"])
+    exported = runner.invoke(main, ["export", "--run-dir", str(run), "--json"])
     assert exported.exit_code == 0, exported.output
     assert (run / "model.pb").read_bytes() == first  # the same checkpoint freezes to the same graph
     meta = json.loads((run / "model.json").read_text())
@@ -190,7 +190,7 @@ def test_ctrl_c_while_freezing_leaves_a_run_that_resume_or_export_freezes(runner
 
 def test_export_of_a_folder_without_checkpoint_says_so(runner, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = runner.invoke(main, ["export", str(tmp_path / "empty")])
+    result = runner.invoke(main, ["export", "--run-dir", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "has no checkpoint to freeze" in result.output
 
 

@@ -104,7 +104,7 @@ def test_import_command_writes_a_run_that_every_command_loads(savedmodel, mnist_
     test = mnist_small[1]
     monkeypatch.setattr("advmnist.data.load_split", lambda *a, rows=None, **k: Split(test.images, test.labels))
     out = tmp_path / "mine"
-    result = CliRunner().invoke(main, ["import", str(folder / specs["savedmodel-chw"]["file"]), "--out", str(out),
+    result = CliRunner().invoke(main, ["import", str(folder / specs["savedmodel-chw"]["file"]), "--run-dir", str(out),
                                        "--input-range", "mean-std", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -120,7 +120,7 @@ def test_import_command_writes_a_run_that_every_command_loads(savedmodel, mnist_
 
 
 def _refused(args: list, out: Path, expected: str):
-    result = CliRunner().invoke(main, ["import", *args, "--out", str(out)])
+    result = CliRunner().invoke(main, ["import", *args, "--run-dir", str(out)])
     assert result.exit_code == 2, result.output
     (error,) = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert expected in error  # on one line
@@ -141,7 +141,7 @@ def test_what_is_not_a_model_is_refused_before_any_conversion(tmp_path):
     _refused([str(tmp_path / "notes.txt"), "--mean", "0.5"], out, "--mean and --std only apply to --input-range "
                                                                   "mean-std")
     (out / "sub").mkdir(parents=True)
-    result = CliRunner().invoke(main, ["import", str(tmp_path / "empty"), "--out", str(out)])
+    result = CliRunner().invoke(main, ["import", str(tmp_path / "empty"), "--run-dir", str(out)])
     assert result.exit_code == 2 and "expected a new or empty folder" in result.output
 
 
@@ -199,10 +199,10 @@ def test_export_and_import_back_gives_the_same_network(tiny_run, tiny_model, mni
     if fmt == "onnx":
         needs_onnx_extra()
     out = tmp_path / ("exported.onnx" if fmt == "onnx" else "exported")
-    result = CliRunner().invoke(main, ["export", str(tiny_run[0]), "--format", fmt, "--out", str(out), "--json"])
+    result = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run[0]), "--format", fmt, "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["largest_difference"] < 1e-5
-    again = CliRunner().invoke(main, ["export", str(tiny_run[0]), "--format", fmt, "--out", str(out)])
+    again = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run[0]), "--format", fmt, "--out", str(out)])
     assert again.exit_code == 2 and "exists" in again.output
     imported = import_model(out)
     images = mnist_small[1].images
@@ -213,7 +213,7 @@ def test_export_and_import_back_gives_the_same_network(tiny_run, tiny_model, mni
 
 
 def test_export_pb_takes_no_out(tiny_run, tmp_path):
-    result = CliRunner().invoke(main, ["export", str(tiny_run[0]), "--out", str(tmp_path / "x")])
+    result = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run[0]), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--out only applies to --format savedmodel or onnx" in result.output
 
 
@@ -227,7 +227,7 @@ def test_evaluate_on_an_imported_model_is_the_models_own_on_the_10000_test_image
     spec = specs[name]
     own = np.load(tmp_path / "models" / f"{name}.predictions.npy").argmax(1)
     run = tmp_path / "run"
-    args = ["import", str(tmp_path / "models" / spec["file"]), "--out", str(run), "--input-range",
+    args = ["import", str(tmp_path / "models" / spec["file"]), "--run-dir", str(run), "--input-range",
             spec["input_range"]]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -82,7 +82,7 @@ def test_pgd_and_eps_are_checked():
 
 
 @pytest.mark.parametrize("args", [["--eps", "0,1.5"], ["--eps", "0,abc"], ["--norm", "l1"], ["--count", "0"],
-                                  ["--restarts", "0"]])
+                                  ["--starts", "0"]])
 def test_robustness_bad_input_is_a_clear_error(bad_input, args):
     bad_input(["robustness"] + args, "robustness_linf.png")
 

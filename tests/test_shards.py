@@ -99,7 +99,7 @@ COMMANDS = {
                "--target", "random"],
     "minimal": ["minimal", "--norm", "l1", "--steps", "20", "--starts", "3", "--split", "test", "--count", "10"],
     "matrix": ["matrix", "--per-class", "1", "--steps", "30"],
-    "robustness": ["robustness", "--eps", "0,0.05,0.15", "--steps", "6", "--restarts", "2", "--count", "12"],
+    "robustness": ["robustness", "--eps", "0,0.05,0.15", "--steps", "6", "--starts", "2", "--count", "12"],
     "robustness-auto": ["robustness", "--attack", "auto", "--eps", "0,0.1", "--steps", "2", "--count", "12"],
 }
 

@@ -55,22 +55,22 @@ def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_exam
     (["--attack", "fgsm"], "Invalid value"),
     (["--eps", "2"], "Invalid value"),
     (["--count", "20000"], "expected --offset + --count"),
-    (["--attack", "minimal", "--eps", "0.1", "--to", "{model}.pb"], "--eps only applies to --attack pgd"),
-    (["--to", "{model}/model.pb"], "expected at least two different networks"),
+    (["--attack", "minimal", "--eps", "0.1", "--evaluate-on", "{model}.pb"], "--eps only applies to --attack pgd"),
+    (["--evaluate-on", "{model}/model.pb"], "expected at least two different networks"),
 ])
 def test_transfer_bad_input_is_a_clear_error(tiny_run, bad_input, args, message):
     args = [a.replace("{model}", str(tiny_run[0])) for a in args]
-    bad_input(["transfer", "--from", str(tiny_run[0])] + args, "transfer_pgd.png", message)
+    bad_input(["transfer", "--model", str(tiny_run[0])] + args, "transfer_pgd.png", message)
 
 
 def test_transfer_refuses_models_of_different_input_shapes(tiny_run, other_shape_run, bad_input):
-    bad_input(["transfer", "--from", str(tiny_run[0]), "--to", str(other_shape_run)], "transfer_pgd.png",
+    bad_input(["transfer", "--model", str(tiny_run[0]), "--evaluate-on", str(other_shape_run)], "transfer_pgd.png",
               "same input shape")
 
 
 @pytest.mark.slow
 def test_transfer_command_writes_matrices(tiny_run, second_model, tmp_path):
-    result = CliRunner().invoke(main, ["transfer", "--from", str(tiny_run[0]), "--to", str(second_model.path.parent),
+    result = CliRunner().invoke(main, ["transfer", "--model", str(tiny_run[0]), "--evaluate-on", str(second_model.path.parent),
                                        "--count", "20", "--steps", "10", "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from advmnist.cli.options import (Output, data_dir_option, json_option, load_model, no_verify_option,
-                                  translate_errors, writable_folder)
+                                  take_renamed, translate_errors, writable_folder)
 from advmnist.frozen import DEFAULT_RUN_DIR
 
 FORMATS = ("pb", "savedmodel", "onnx")
@@ -15,8 +15,10 @@ DEFAULT_NAMES = {"savedmodel": "savedmodel", "onnx": "model.onnx"}
 
 
 @click.command(short_help="Freeze a run's last checkpoint into model.pb, or write it as a SavedModel / ONNX.")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                default=DEFAULT_RUN_DIR, callback=writable_folder)
+@click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              callback=writable_folder, help="The run folder.  [default: runs/cnn]")
+@click.argument("old_run_dir", required=False, metavar="", type=click.Path(exists=True, file_okay=False,
+                                                                         path_type=Path), callback=writable_folder)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="pb", show_default=True,
               help="pb: freeze the last checkpoint into RUN_DIR/model.pb (again). savedmodel: write RUN_DIR's "
                    "model.pb as a TensorFlow SavedModel; onnx: as an ONNX file (`pip install 'advmnist[onnx]'`).")
@@ -27,7 +29,7 @@ DEFAULT_NAMES = {"savedmodel": "savedmodel", "onnx": "model.onnx"}
 @data_dir_option
 @json_option
 @translate_errors
-def export(run_dir, fmt, out, no_verify, data_dir, json_mode) -> None:
+def export(run_dir, old_run_dir, fmt, out, no_verify, data_dir, json_mode) -> None:
     """Freeze RUN_DIR's last checkpoint into model.pb + model.json (dropout off), or export its model.
 
     `advmnist train` does this at the end of training; use `export` when that step
@@ -41,6 +43,10 @@ def export(run_dir, fmt, out, no_verify, data_dir, json_mode) -> None:
     with the same input and outputs. The written model is loaded again and must give
     the probabilities of model.pb on 32 check images.
     """
+    run_dir = take_renamed(run_dir, old_run_dir, "export", "RUN_DIR", "--run-dir RUN_DIR",
+                           "as in train and immunize") or DEFAULT_RUN_DIR
+    if not run_dir.is_dir():
+        raise click.BadParameter(f"expected a run folder, {run_dir} is not one", param_hint="--run-dir")
     if fmt != "pb":
         return _export_for_others(run_dir, fmt, out, no_verify, json_mode)
     if out is not None:
@@ -59,7 +65,7 @@ def export(run_dir, fmt, out, no_verify, data_dir, json_mode) -> None:
         with run_dir_lock(run_dir):  # not while a training writes its checkpoints
             result = freeze_run(run_dir, test_split)
     except KeyboardInterrupt:
-        click.echo(f"\nInterrupted while freezing; run `advmnist export {run_dir}` again.", err=True)
+        click.echo(f"\nInterrupted while freezing; run `advmnist export --run-dir {run_dir}` again.", err=True)
         sys.exit(130)
     output.say(f"froze {run_dir} after {result.epochs} epochs: test accuracy {result.test_accuracy:.2%}; "
                f"model: {result.model}")

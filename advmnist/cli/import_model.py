@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from advmnist.cli.options import (Output, data_dir_option, finite, json_option, translate_errors,
+from advmnist.cli.options import (Output, data_dir_option, finite, json_option, renamed_option, take_renamed,
+                                  translate_errors,
                                   writable_folder)
 from advmnist.convert import PIXEL_SCALES
 from advmnist.importing import MNIST_MEAN, MNIST_STD, OUTPUT_CHOICES
@@ -17,13 +18,15 @@ PLAUSIBLE_ACCURACY = 0.5
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise click.BadParameter(f"expected a new or empty folder for the imported model, {out} "
-                                 f"{'is a file' if not out.is_dir() else 'is not empty'}", param_hint="--out")
+                                 f"{'is a file' if not out.is_dir() else 'is not empty'}", param_hint="--run-dir")
 
 
 @click.command("import", short_help="Import a Keras, SavedModel or ONNX classifier as a run folder.")
 @click.argument("source", metavar="MODEL", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=True, path_type=Path), default=None, callback=writable_folder,
-              help="New folder for model.pb + model.json.  [default: runs/<MODEL's name>]")
+@click.option("--run-dir", "out", type=click.Path(file_okay=True, path_type=Path), default=None,
+              callback=writable_folder, help="New folder for model.pb + model.json.  [default: runs/<MODEL's name>]")
+@renamed_option("--out", "--run-dir", "old_out", type=click.Path(file_okay=True, path_type=Path),
+                callback=writable_folder)
 @click.option("--input-range", type=click.Choice(PIXEL_SCALES), default="0-1", show_default=True,
               help="The pixel values the model was trained on: 0-1, 0-255, or mean-std: (pixel/255 - mean) "
                    "/ std, as torchvision's Normalize((mean,), (std,)) after ToTensor.")
@@ -39,7 +42,7 @@ def _check_out(out: Path) -> None:
 @data_dir_option
 @json_option
 @translate_errors
-def import_model(source, out, input_range, mean, std, output, data_dir, json_mode) -> None:
+def import_model(source, out, old_out, input_range, mean, std, output, data_dir, json_mode) -> None:
     """Import an MNIST classifier trained elsewhere, so every command takes it with --model.
 
     MODEL is a Keras file (.keras or .h5, Keras 3 or tf-keras), a TensorFlow
@@ -55,7 +58,7 @@ def import_model(source, out, input_range, mean, std, output, data_dir, json_mod
 
     \b
     Example:
-      advmnist import my_mnist.keras --out runs/mine
+      advmnist import my_mnist.keras --run-dir runs/mine
       advmnist robustness --model runs/mine --model runs/cnn
     """
     from advmnist.data import load_split
@@ -65,12 +68,13 @@ def import_model(source, out, input_range, mean, std, output, data_dir, json_mod
     from advmnist.importing import ImportSettings, import_model as convert
     from advmnist.runs import write_frozen
 
+    out = take_renamed(out, old_out, "import", "--out", "--run-dir", "the run folder it makes, as in train")
     if input_range != "mean-std" and (mean is not None or std is not None):
         raise click.BadParameter("--mean and --std only apply to --input-range mean-std",
                                  param_hint="--mean" if mean is not None else "--std")
     if out is None:
         out = Path("runs") / source.stem
-        check_writable_dir(out, "--out")
+        check_writable_dir(out, "--run-dir")
     _check_out(out)
     settings = ImportSettings(input_range, MNIST_MEAN if mean is None else mean, MNIST_STD if std is None else std,
                               output)

@@ -104,6 +104,24 @@ def translate_errors(func):
 
 # ---------------------------------------------------------------------------- options
 
+def renamed_option(old: str, new: str, dest: str, **kwargs):
+    """The old spelling ``old`` of ``new``, hidden from --help, kept for one release: it sets ``dest``."""
+    return click.option(old, dest, hidden=True, default=None,
+                        help=f"The old name of {new} (still accepted, with a note; removed in the next release).",
+                        **kwargs)
+
+
+def take_renamed(new_value, old_value, command: str, old: str, new: str, why: str = ""):
+    """The value given under the new name or (with a deprecation note on stderr) under the old one; both: exit 2."""
+    if old_value is None or old_value == ():
+        return new_value
+    if new_value is not None and new_value != ():
+        raise click.BadParameter(f"expected {new} or its old name {old}, not both", param_hint=new)
+    click.echo(f"note: `{command} {old}` is now `{new}`{' (' + why + ')' if why else ''}; {old} will be removed "
+               "in the next release", err=True)
+    return old_value
+
+
 def json_option(func):
     return click.option("--json", "json_mode", is_flag=True,
                         help="Print one JSON object with the results on stdout (human text goes to stderr).")(func)
@@ -276,7 +294,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
     unknown = sorted(key for key in section if key.lstrip("-") not in options)
     if unknown:
         expected = sorted(o.opts[0].lstrip("-") for o in ctx.command.params
-                          if isinstance(o, click.Option) and o.name not in ("config", "json_mode"))
+                          if isinstance(o, click.Option) and not o.hidden and o.name not in ("config", "json_mode"))
         raise click.BadParameter(f"unknown key(s) {unknown} in {value}; expected some of {expected}", ctx, param)
     defaults = {}
     for key, item in section.items():

@@ -10,8 +10,8 @@ import numpy as np
 
 from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, check_same_input_shape, config_option,
                                   data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
-                                  range_options, seed_option, select_shard, shard_option, shard_out, split_option,
-                                  translate_errors)
+                                  range_options, renamed_option, seed_option, select_shard, shard_option, shard_out,
+                                  split_option, take_renamed, translate_errors)
 from advmnist.attacks.registry import REGISTRY
 from advmnist.robustness import RobustnessSettings
 
@@ -36,13 +36,16 @@ DEFAULTS = RobustnessSettings()
                    "standard version; 10: APGD and FAB 10 iterations, Square 500 queries).  "
                    "[default: the attack's own: " + ", ".join(f"{name} {entry.default_budget}"
                                                               for name, entry in REGISTRY.items()) + "]")
-@click.option("--restarts", type=click.IntRange(1, 100), default=None,
+@click.option("--starts", "restarts", type=click.IntRange(1, 100), default=None,
               help="Random starts per image while it is still classified correctly (FAB-T: per target class), "
                    "for the attacks that take them: " + ", ".join(n for n, e in REGISTRY.items()
                                                                   if e.accepts("restarts")) + ".  [default: 1]")
-@click.option("--targeted", "target", type=click.Choice(TARGET_RULE_CHOICES), default=None,
-              help="Attack towards a target (9-d, d+1, random or a class) instead of any wrong class (PGD only); "
-                   "the curve is then the share not read as the target.")
+@renamed_option("--restarts", "--starts", "old_restarts", type=click.IntRange(1, 100))
+@click.option("--target", type=click.Choice(TARGET_RULE_CHOICES + ("untargeted",)), default=None,
+              help="untargeted: any wrong class counts; or a target (9-d, d+1, random or a class) to attack "
+                   "towards (PGD only), the curve being then the share not read as the target.  "
+                   "[default: untargeted]")
+@renamed_option("--targeted", "--target", "old_target", type=click.Choice(TARGET_RULE_CHOICES))
 @seed_option(DEFAULTS.seed, "Seeds the random starts (and random targets).")
 @click.option("--model", "model_paths", type=click.Path(path_type=Path),
               multiple=True, help="A run folder or model.pb; repeat for several models, one curve each.  "
@@ -53,8 +56,8 @@ DEFAULTS = RobustnessSettings()
 @data_dir_option
 @json_option
 @translate_errors
-def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, target, seed, model_paths, no_verify,
-               out, shard, data_dir, json_mode) -> None:
+def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, old_restarts, target, old_target, seed,
+               model_paths, no_verify, out, shard, data_dir, json_mode) -> None:
     """Robust accuracy against eps: how strong is each network against a per-image attacker?
 
     For every budget eps, the attack (--attack) attacks each image within the eps-ball;
@@ -99,6 +102,10 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ta
     from advmnist.errors import InvalidInput
 
     output = Output(json_mode)
+    restarts = take_renamed(restarts, old_restarts, "robustness", "--restarts", "--starts",
+                            "it counts starts, as minimal --starts")
+    target = take_renamed(target, old_target, "robustness", "--targeted", "--target", "as in every other command")
+    target = None if target == "untargeted" else target
     try:
         eps = robustness_lib.parse_eps(eps_text, norm) if eps_text else robustness_lib.DEFAULT_EPS[norm]
     except InvalidInput as err:
@@ -115,7 +122,7 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ta
         try:
             targets = choose_targets(data.labels, target, seed=seed, indices=indices)
         except InvalidInput as err:
-            raise click.BadParameter(str(err), param_hint="--targeted") from err
+            raise click.BadParameter(str(err), param_hint="--target") from err
     positions, indices, images, labels, targets = select_shard(shard, count, indices, data.images, data.labels,
                                                                targets)
     out = shard_out(out, shard)
@@ -147,7 +154,7 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ta
 
 
 def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, target) -> RobustnessSettings:
-    """The settings with the attack's defaults; a norm, --restarts or --targeted it does not take: exit 2."""
+    """The settings with the attack's defaults; a norm, --starts or --target it does not take: exit 2."""
     from advmnist.attacks.registry import get_entry
     from advmnist.errors import InvalidInput
 
@@ -157,10 +164,10 @@ def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, ta
                                  f"got {norm!r}", param_hint="--norm")
     if target is not None and not entry.targeted:
         raise click.BadParameter(f"--attack {attack} supports only the untargeted criterion; expected no "
-                                 "--targeted", param_hint="--targeted")
+                                 "--target", param_hint="--target")
     if restarts is not None and not entry.accepts("restarts"):
-        raise click.BadParameter(f"expected no --restarts with --attack {attack} (it has no restarts)",
-                                 param_hint="--restarts")
+        raise click.BadParameter(f"expected no --starts with --attack {attack} (it has no random starts)",
+                                 param_hint="--starts")
     try:
         return RobustnessSettings(norm=norm, eps=eps, count=count, offset=offset, split=split, attack=attack,
                                   steps=steps, restarts=restarts, seed=seed, target=target).resolved()

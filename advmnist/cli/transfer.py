@@ -8,7 +8,8 @@ import numpy as np
 
 from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, check_same_input_shape, config_option,
                                   data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
-                                  range_options, seed_option, split_option, translate_errors)
+                                  range_options, renamed_option, seed_option, split_option, take_renamed,
+                                  translate_errors)
 from advmnist.transfer import ATTACKS, TransferSettings
 
 DEFAULTS = TransferSettings()
@@ -16,10 +17,14 @@ DEFAULTS = TransferSettings()
 
 @click.command(short_help="Examples made on one network, evaluated on others.")
 @config_option()
-@click.option("--from", "sources", type=click.Path(path_type=Path), multiple=True, required=True,
-              help="A run folder or model.pb to make adversarial examples on; repeat for several.")
-@click.option("--to", "others", type=click.Path(path_type=Path), multiple=True,
-              help="A run folder or model.pb to evaluate the examples on (besides every --from); repeat for several.")
+@click.option("--model", "sources", type=click.Path(path_type=Path), multiple=True,
+              help="A run folder or model.pb to make adversarial examples on (they are evaluated on it and on "
+                   "every other model); repeat for several.  [required]")
+@click.option("--evaluate-on", "others", type=click.Path(path_type=Path), multiple=True,
+              help="A run folder or model.pb the examples are only evaluated on (besides every --model); "
+                   "repeat for several.")
+@renamed_option("--from", "--model", "old_sources", type=click.Path(path_type=Path), multiple=True)
+@renamed_option("--to", "--evaluate-on", "old_others", type=click.Path(path_type=Path), multiple=True)
 @click.option("--attack", type=click.Choice(ATTACKS), default=DEFAULTS.attack, show_default=True,
               help="How the examples are made: pgd (Linf --eps, 40 steps), minimal (the smallest L2 change), "
                    "attack (the reference's L2 noise, 1000 steps) or universal (one noise per target class, "
@@ -40,13 +45,13 @@ DEFAULTS = TransferSettings()
 @data_dir_option
 @json_option
 @translate_errors
-def transfer(sources, others, attack, count, offset, split, target, eps, steps, seed, no_verify, out, data_dir,
+def transfer(sources, others, old_sources, old_others, attack, count, offset, split, target, eps, steps, seed, no_verify, out, data_dir,
              json_mode) -> None:
     """Transfer: adversarial examples made on one network, evaluated on others.
 
-    Every --from network gets its own examples for the same images and targets; the
-    examples are rounded to 8-bit pixels and given to every network (--from and
-    --to). The result is two matrices, rows the network the examples were made on,
+    Every --model network gets its own examples for the same images and targets; the
+    examples are rounded to 8-bit pixels and given to every network (--model and
+    --evaluate-on). The result is two matrices, rows the network the examples were made on,
     columns the network they are evaluated on: the share of all images read as their
     intended target, and the share misclassified at all. The diagonal is each
     network's own success.
@@ -59,7 +64,7 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
 
     \b
     Example:
-      advmnist transfer --from runs/cnn --from runs/cnn-seed1 --to runs/cnn-pgd-eps0.1 --count 500
+      advmnist transfer --model runs/cnn --model runs/cnn-seed1 --evaluate-on runs/cnn-pgd-eps0.1 --count 500
     """
     from advmnist import report, results
     from advmnist import transfer as transfer_lib
@@ -70,6 +75,10 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
     from advmnist.fileio import display_path
 
     output = Output(json_mode)
+    sources = take_renamed(sources, old_sources, "transfer", "--from", "--model", "as in every other command")
+    others = take_renamed(others, old_others, "transfer", "--to", "--evaluate-on")
+    if not sources:
+        raise click.BadParameter("expected at least one network to make the examples on", param_hint="--model")
     if attack != "pgd" and click.get_current_context().get_parameter_source("eps").name not in ("DEFAULT",
                                                                                                "DEFAULT_MAP"):
         raise click.BadParameter(f"--eps only applies to --attack pgd (--attack {attack} has no budget)",
@@ -87,10 +96,10 @@ def transfer(sources, others, attack, count, offset, split, target, eps, steps, 
         models.setdefault(name, model)
         if k < len(sources) and name not in source_names:
             source_names.append(name)
-    check_same_input_shape(models.values(), "--to")
+    check_same_input_shape(models.values(), "--evaluate-on")
     if len(models) < 2:
-        raise click.BadParameter(f"expected at least two different networks in --from and --to, got only {name}: "
-                                 "a transfer matrix compares the networks", param_hint="--to")
+        raise click.BadParameter(f"expected at least two different networks in --model and --evaluate-on, got only {name}: "
+                                 "a transfer matrix compares the networks", param_hint="--evaluate-on")
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     targets = None
