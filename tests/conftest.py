@@ -81,6 +81,18 @@ def tiny_model(tiny_run):
     return FrozenModel.load(tiny_run[0])
 
 
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory, mnist_small):
+    """Another tiny network: same data, another seed."""
+    from advmnist.frozen import FrozenModel
+    from advmnist.train import TrainSettings, train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny-seed1"
+    train_split, test_split = mnist_small
+    train(train_split, test_split, run_dir, TrainSettings(epochs=4, batch_size=32, seed=1, shift=0))
+    return FrozenModel.load(run_dir)
+
+
 @pytest.fixture
 def other_shape_run(tiny_run, tmp_path_factory):
     """A copy of the tiny run whose model.json says it takes 32x32 images."""

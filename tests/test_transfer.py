@@ -12,18 +12,6 @@ from advmnist.cli import main
 from advmnist.transfer import TransferSettings, transfer_matrix
 
 
-@pytest.fixture(scope="module")
-def second_model(tmp_path_factory, mnist_small):
-    """Another tiny network: same data, another seed."""
-    from advmnist.frozen import FrozenModel
-    from advmnist.train import TrainSettings, train
-
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny-seed1"
-    train_split, test_split = mnist_small
-    train(train_split, test_split, run_dir, TrainSettings(epochs=4, batch_size=32, seed=1, shift=0))
-    return FrozenModel.load(run_dir)
-
-
 def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_examples(tiny_model, second_model, mnist_small):
     _, test = mnist_small
     images, labels = test.images[:40], test.labels[:40]

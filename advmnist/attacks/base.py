@@ -292,5 +292,17 @@ def progress_bar(total: int, description: str, enabled: bool, initial: int = 0):
     """A tqdm bar on stderr (with its ETA); ``initial``: the part already done (a resumed run)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True,
-                mininterval=0.5, initial=initial)
+    # a terminal that reports no width (a fresh pseudo-terminal, some containers) would get an empty bar
+    known = enabled and min(_terminal_size()) > 0
+    return tqdm(total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=known,
+                ncols=None if known else 100, nrows=None if known else 24, mininterval=0.5, initial=initial)
+
+
+def _terminal_size() -> tuple[int, int]:
+    import os
+    import sys
+
+    try:
+        return tuple(os.get_terminal_size(sys.stderr.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return 0, 0
