@@ -136,13 +136,14 @@ def attack_option(advmnist: list[str], attack: str) -> list[str]:
 
 
 def ours_per_attack(summary: dict, attack: str) -> list[list]:
-    """[after, robust accuracy] for ``clean``, then each attack of the record's ``per_attack`` if it has one
-    (``{attack: accuracy or [accuracy per eps]}``), else ``attack`` with the curve's robust accuracy."""
+    """[after, robust accuracy] for ``clean``, then after each member of an ensemble in turn (the record's
+    ``members`` and ``robust_accuracy_after`` of its one eps), else ``attack`` with the curve's robust accuracy."""
     stages = [["clean", summary["clean_accuracy"]]]
-    for name, value in (summary.get("per_attack") or {}).items():
-        stages.append([name, float(value[0] if isinstance(value, list) else value)])
-    if len(stages) == 1:
-        stages.append([attack, summary["robust_accuracy"][0]])
+    members, after = summary.get("members") or [], summary.get("robust_accuracy_after") or []
+    if len(members) > 1 and after:
+        stages += [[name, float(value)] for name, value in zip(members, after[-1][1:])]
+    else:
+        stages.append([attack, summary["robust_accuracy"][-1]])
     return stages
 
 
@@ -159,7 +160,7 @@ def run_ours(advmnist: list[str], attack: list[str], args, eps: float, work: Pat
                str(args.count), "--offset", str(args.offset), "--split", "test", "--model", str(args.model),
                "--seed", str(args.seed), "--json", "--out", str(out)]
     seconds, load = timed_with_load(command, work / f"ours_{eps:g}.log")
-    stem = f"robustness_{args.norm}"
+    stem = f"robustness_{args.norm}" + (f"_{attack[1]}" if attack and attack[1] != "pgd" else "")
     summary = json.loads((out / f"{stem}.json").read_text())["models"][0]
     eps_fooled = np.load(out / f"{stem}.npz")["eps_fooled"][0]
     return {"command": shlex.join(command), "seconds": seconds, "load": load, "robust": (eps_fooled > eps).tolist(),

@@ -97,3 +97,14 @@ def test_compare_lists_the_images_broken_by_one_side_only():
     entry = autoattack.compare(0.1, ours, reference, np.arange(100, 105))
     assert entry["broken_by_ours_only"] == [101] and entry["broken_by_reference_only"] == [103]
     assert entry["difference_points"] == 0.0 and entry["time_ratio"] == 0.25
+
+
+def test_ours_per_attack_reads_the_ensembles_accuracy_after_each_member():
+    # a record of `robustness --attack auto --eps 0.1` (one eps): standing before, then after each member
+    ensemble = {"clean_accuracy": 0.99, "robust_accuracy": [0.12], "members": ["apgd-ce", "apgd-t", "fab-t", "square"],
+                "robust_accuracy_after": [[0.99, 0.18, 0.13, 0.12, 0.12]]}
+    assert autoattack.ours_per_attack(ensemble, "auto") == [["clean", 0.99], ["apgd-ce", 0.18], ["apgd-t", 0.13],
+                                                            ["fab-t", 0.12], ["square", 0.12]]
+    single = {"clean_accuracy": 0.99, "robust_accuracy": [0.31], "members": ["pgd"],
+              "robust_accuracy_after": [[0.99, 0.31]]}
+    assert autoattack.ours_per_attack(single, "pgd") == [["clean", 0.99], ["pgd", 0.31]]
