@@ -77,6 +77,11 @@ class FrozenModel:
                     raise TypeError(f"{key} is {meta[key]!r}, not a tensor name")
         except (ValueError, KeyError, TypeError) as err:
             raise ModelError(f"{meta_path} is corrupt: expected JSON with input/logits/prob names ({err})") from err
+        shape = meta.get("input_shape")
+        if shape is not None and not (isinstance(shape, list) and len(shape) in (3, 4) and shape[0] is None
+                                      and all(type(n) is int and n > 0 for n in shape[1:])):
+            raise ModelError(f"{meta_path} is corrupt: expected input_shape [null, height, width] (or with "
+                             f"channels) of positive integers, got {shape!r}")
         blob = pb.read_bytes()
         notes = []
         recorded = meta.get("model_sha256")

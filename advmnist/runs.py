@@ -33,6 +33,23 @@ class RunDirError(InvalidInput):
     """The run folder's state does not allow what was asked; the message says what to do."""
 
 
+def check_checkpoint(checkpoint: str, run_dir: os.PathLike | str) -> None:
+    """Read every tensor of ``checkpoint``: a truncated or damaged file is one line (exit 2), not a traceback
+    from deep inside a restore."""
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    try:
+        reader = tf.train.load_checkpoint(checkpoint)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError) as err:  # a short read surfaces as an IndexError
+        why = (str(getattr(err, "message", err)).strip().splitlines() or [type(err).__name__])[0]
+        raise RunDirError(f"checkpoint {checkpoint} cannot be read ({why}): it is truncated or damaged; restore "
+                          f"it from a copy, or train the run again (`advmnist train --run-dir {run_dir} "
+                          "--overwrite` moves this one aside)") from err
+
+
 STATS_FILE = "stats.json"
 
 

@@ -21,7 +21,7 @@ from advmnist.export import TENSOR_NAMES, inference_graph_def
 from advmnist.fileio import display_path, read_json
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import RunDirError, completed_epochs, mark_run, read_run_file, reconcile_stats, write_frozen
+from advmnist.runs import RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file, reconcile_stats, write_frozen
 from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
                                tf1, verbose)
 
@@ -161,6 +161,8 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     started = time.time()
     precision, why = resolve_precision(settings.precision, gpus=None if settings.gpus == 1 else settings.gpus)
     settings = dataclasses.replace(settings, precision=precision)  # run.json and model.json record the choice
+    if resume and (run_dir / "checkpoint").is_file():  # before anything is written into the run
+        check_checkpoint(tf.train.latest_checkpoint(str(run_dir)), run_dir)
     tf.reset_default_graph()
     tf.set_random_seed(settings.seed)
     logger.set_logger_dir(str(run_dir), action="k")
@@ -239,6 +241,7 @@ def freeze_run(run_dir: os.PathLike | str, test_split: Split, settings: TrainSet
     stats = read_json(run_dir / "stats.json", list)
     history = [{"epoch": s["epoch_num"], "validation_accuracy": s.get(f"validation_{ACCURACY_NAME}"),
                 "validation_loss": s.get(f"validation_{COST_NAME}")} for s in stats]
+    check_checkpoint(checkpoint, run_dir)
     graph_def = inference_graph_def(checkpoint)
     accuracy = frozen_accuracy(graph_def, test_split, run_dir)
     if settings is not None and settings.average_decay:  # the same checkpoint without the average, for comparison

@@ -349,6 +349,39 @@ def test_model_json_with_wrong_types_is_a_one_line_error(runner, tiny_run, tmp_p
     assert result.exit_code == 2 and "corrupt" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("shape", ["abc", 5, [None, 28], [None, -1, 28], [None, "a", 28], [28, 28, 28]])
+def test_model_json_with_a_malformed_input_shape_is_a_one_line_error(runner, tiny_run, tmp_path, shape):
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "model.json").read_text())
+    meta["input_shape"] = shape
+    (run / "model.json").write_text(json.dumps(meta))
+    result = runner.invoke(main, ["robustness", "--model", str(run), "--model", str(tiny_run[0]), "--out",
+                                  str(tmp_path / "out")])
+    assert result.exit_code == 2 and "expected input_shape" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_truncated_checkpoint_is_a_one_line_error_for_export_and_resume(runner, tiny_run, mnist_small, tmp_path,
+                                                                          monkeypatch):
+    from pathlib import Path
+
+    from advmnist.tfcompat import tf1
+
+    monkeypatch.setattr("advmnist.data.load_split", lambda split, *a, **k: mnist_small[split == "test"])
+    monkeypatch.setattr("advmnist.data.load_train_test", lambda *a, **k: mnist_small)
+    run = _copy_run(tiny_run, tmp_path)
+    checkpoint = tf1().train.latest_checkpoint(str(run))
+    data = next(run.glob(Path(checkpoint).name + ".data-*"))
+    data.write_bytes(data.read_bytes()[:1000])
+    before = sorted(p.name for p in run.iterdir())
+    for args in (["export", "--run-dir", str(run)], ["train", "--resume", "--epochs", "9", "--run-dir", str(run)]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert "cannot be read" in result.output and "truncated or damaged" in result.output
+        assert "Traceback" not in result.output
+        assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_nan_is_not_a_learning_rate(runner):
     result = runner.invoke(main, ["train", "--lr", "nan"])
     assert result.exit_code == 2 and "finite" in result.output
