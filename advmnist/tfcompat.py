@@ -95,11 +95,24 @@ def tensorpack_logs(show: bool) -> None:
     epoch); a run folder's ``log.log`` gets them all."""
     logger = load_tensorpack().utils.logger._logger
     logger.setLevel(logging.INFO)
+    if not any(isinstance(f, _FailedStep) for f in logger.filters):
+        logger.addFilter(_FailedStep())
     for handler in logger.handlers:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.INFO if show else logging.WARNING)
             if not show and not any(isinstance(f, _GPUAdvice) for f in handler.filters):
                 handler.addFilter(_GPUAdvice())
+
+
+class _FailedStep(logging.Filter):
+    """tensorpack 0.11 logs ``logger.error("Training failed at global_step=", step)`` with no placeholder for the
+    step, so logging prints its own traceback ("--- Logging error ---") over the error we report in one line:
+    give the message its placeholder; on the terminal it stays below the warning level unless --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Training failed at global_step=" and len(record.args or ()) == 1:
+            record.msg, record.levelno, record.levelname = "Training failed at global_step=%s", logging.INFO, "INFO"
+        return True
 
 
 class _GPUAdvice(logging.Filter):

@@ -152,7 +152,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     """
     tf = tf1()
     load_tensorpack()
-    from tensorpack import (AutoResumeTrainConfig, InferenceRunner, ModelSaver, QueueInput, ScalarStats,
+    from tensorpack import (AutoResumeTrainConfig, InferenceRunner, QueueInput, ScalarStats,
                             SimpleTrainer, SyncMultiGPUTrainerReplicated, launch_train_with_config)
     from tensorpack.tfutils.sesscreate import NewSessionCreator
     from tensorpack.utils import logger
@@ -180,7 +180,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         model=make_model(settings.lr, settings.average_decay),
         data=QueueInput(flow),
         callbacks=[
-            ModelSaver(max_to_keep=3, keep_checkpoint_every_n_hours=1000),
+            checkpoint_saver(max_to_keep=3, keep_checkpoint_every_n_hours=1000),
             InferenceRunner(batches(test_split.images, test_split.labels, 500, seed=None),
                             [ScalarStats([COST_NAME, ACCURACY_NAME])]),
             lr_setter(settings, steps_per_epoch),
@@ -196,6 +196,30 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         trainer = SimpleTrainer() if settings.gpus == 1 else SyncMultiGPUTrainerReplicated(settings.gpus)
         launch_train_with_config(config, trainer)
     return freeze_run(run_dir, test_split, settings, started=started)
+
+
+def checkpoint_saver(**kwargs):
+    """tensorpack's ModelSaver, but a checkpoint that cannot be written (a full disk) stops the training with
+    an OSError naming the folder, instead of a logged traceback and an epoch that leaves nothing to resume
+    from; the temporary files of the failed write are removed."""
+    tf = tf1()
+    from tensorpack import ModelSaver
+
+    class CheckpointSaver(ModelSaver):
+        def _trigger(self):
+            try:
+                self.saver.save(tf.get_default_session(), self.path, global_step=tf.train.get_global_step(),
+                                write_meta_graph=False)
+            except (OSError, tf.errors.OpError) as err:
+                for partial in Path(self.checkpoint_dir).glob("*.tempstate*"):
+                    partial.unlink(missing_ok=True)
+                raise OSError(getattr(err, "errno", None) or 28,
+                              f"the checkpoint of epoch {self.epoch_num} could not be written "
+                              f"({str(getattr(err, 'message', err)).splitlines()[0]}); the earlier epochs' "
+                              "checkpoints are kept: free some space and continue with --resume",
+                              self.checkpoint_dir) from err
+
+    return CheckpointSaver(**kwargs)
 
 
 def epoch_line(epochs: int, log: Callable[[str], None]):

@@ -153,6 +153,35 @@ def test_ctrl_c_in_a_later_epoch_resumes_from_the_last_checkpoint(runner, short_
     assert [h["epoch"] for h in json.loads(resumed.stdout)["history"]] == [1, 2, 3]
 
 
+def test_a_full_disk_at_a_checkpoint_stops_training_with_one_line_and_resume_goes_on(runner, short_training,
+                                                                                     tmp_path, monkeypatch):
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    real_save, calls = tf.train.Saver.save, []
+
+    def save(self, sess, save_path, global_step=None, **kwargs):
+        calls.append(save_path)
+        if len(calls) == 2:  # the checkpoint of epoch 2: a partial file, then the disk is full
+            Path(f"{save_path}-10.data-00000-of-00001.tempstate123").write_bytes(b"partial")
+            raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+        return real_save(self, sess, save_path, global_step=global_step, **kwargs)
+
+    monkeypatch.setattr(tf.train.Saver, "save", save)
+    run = tmp_path / "run"
+    result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "3", "--batch-size", "32"])
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert "the checkpoint of epoch 2 could not be written (No space left on device)" in message
+    assert "continue with --resume" in message and "Traceback" not in result.output, result.output
+    assert not list(run.glob("*tempstate*")) and not (run / "model.pb").exists()
+    monkeypatch.setattr(tf.train.Saver, "save", real_save)  # space freed
+    resumed = runner.invoke(main, ["train", "--resume", "--run-dir", str(run), "--epochs", "3", "--batch-size", "32",
+                                   "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [h["epoch"] for h in json.loads(resumed.stdout)["history"]] == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_freezing_leaves_a_run_that_resume_or_export_freezes(runner, short_training, tmp_path,
                                                                         monkeypatch):
