@@ -9,6 +9,7 @@ that a resumed run needs besides :class:`advmnist.pgd_training.TrainingProgress`
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -49,7 +50,8 @@ class PGDTrainer(RestoredNetwork):
             if settings.guarded:
                 self._build_snapshot()
             self.saver = tf.train.Saver(network_vars, max_to_keep=1)  # what the run layer saves: the network
-            self.state_saver = tf.train.Saver(tf.global_variables(), max_to_keep=1)  # and all the rest
+            # and all the rest; save_resume_state removes the old state itself, after the new one is complete
+            self.state_saver = tf.train.Saver(tf.global_variables(), max_to_keep=None)
             restore = self.state_saver if resume else tf.train.Saver(network_vars) if checkpoint else None
             init = tf.global_variables_initializer()
         self._open_session(init, restore, checkpoint, settings.precision)
@@ -170,9 +172,14 @@ class PGDTrainer(RestoredNetwork):
                 self.learning_rate: s.lr * (0.01 + 0.99 * (1 + np.cos(np.pi * step / total)) / 2)}
 
     def run(self, train: Split, test: Split, progress_so_far: TrainingProgress, *, progress: bool = False,
-            log: Callable[[str], None] = lambda message: None) -> PGDTrainingResult:
-        """Train up to ``settings.epochs`` epochs, from where ``progress_so_far`` and the restored step say."""
+            log: Callable[[str], None] = lambda message: None,
+            keep: Callable[[int, TrainingProgress], None] | None = None) -> PGDTrainingResult:
+        """Train up to ``settings.epochs`` epochs, from where ``progress_so_far`` and the restored step say.
+
+        ``keep(step, progress)`` is called after every epoch's measurement (to save a state a killed run
+        resumes from), ``progress`` with the seconds spent so far."""
         self.progress, started = progress_so_far, time.time()
+        self.keep = keep
         try:
             self._train(train, test, progress, log, lambda: progress_so_far.seconds + time.time() - started)
         except KeyboardInterrupt:
@@ -200,6 +207,9 @@ class PGDTrainer(RestoredNetwork):
                 bar.update(1)
                 if step % per_epoch == 0 or step == total:
                     self._end_epoch(test, step, per_epoch, elapsed(), log)
+                    if self.keep is not None and step < total:
+                        with interrupts_deferred():
+                            self.keep(step, dataclasses.replace(state, seconds=elapsed()))
 
     def _measure_before(self, test: Split, log: Callable[[str], None]) -> None:
         s, state = self.settings, self.progress

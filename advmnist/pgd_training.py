@@ -213,8 +213,14 @@ def train_against_pgd(model, train: Split, test: Split, settings: PGDTrainingSet
             "step_size": settings.relative_step, "base_model": base_model}
     with PGDTrainer(checkpoint, settings, resume=resume) as trainer:
         meta["precision"] = trainer.precision
+
+        def keep(step: int, progress_now: TrainingProgress) -> None:  # after every epoch: a kill loses one at most
+            save_resume_state(trainer.state_saver, trainer.sess, out_dir, {
+                "step": step, "settings": dataclasses.asdict(settings), "base_model": base_model,
+                "progress": dataclasses.asdict(progress_now)})
+
         try:
-            result = trainer.run(train, test, progress_so_far, progress=progress, log=log)
+            result = trainer.run(train, test, progress_so_far, progress=progress, log=log, keep=keep)
         except KeyboardInterrupt:
             step, total = trainer.step(), trainer.total_steps(train)
             save_resume_state(trainer.state_saver, trainer.sess, out_dir, {

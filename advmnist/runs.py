@@ -327,12 +327,17 @@ RESUME_FILE = "state.json"
 
 
 def save_resume_state(saver, sess, out_dir: os.PathLike | str, record: dict) -> Path:
-    """Save what an interrupted training needs to go on: ``saver``'s variables, then ``record``
-    (written last: a folder without it holds no resumable state)."""
+    """Save what an interrupted training needs to go on: ``saver``'s variables under a new name, then
+    ``record`` naming them (written last: until it is, the previous state stays whole and is what a resume
+    takes), then the previous variables are removed. ``saver`` must not delete old checkpoints itself."""
     folder = Path(out_dir) / RESUME_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    saver.save(sess, str(folder / "state"), write_meta_graph=False)
-    fileio.write_json(folder / RESUME_FILE, record)
+    name = f"state-{int(record.get('step', 0))}"
+    saver.save(sess, str(folder / name), write_meta_graph=False)
+    fileio.write_json(folder / RESUME_FILE, {**record, "checkpoint": name})
+    for old in folder.glob("state*"):
+        if old.name != RESUME_FILE and old.name.split(".")[0] != name:
+            old.unlink(missing_ok=True)
     return folder
 
 
@@ -349,7 +354,8 @@ def read_resume_state(run_dir: os.PathLike | str) -> dict:
 
 
 def resume_checkpoint(run_dir: os.PathLike | str) -> str:
-    return str(Path(run_dir) / RESUME_DIR / "state")
+    """The variables the resume record names (``state`` in records of earlier versions)."""
+    return str(Path(run_dir) / RESUME_DIR / read_resume_state(run_dir).get("checkpoint", "state"))
 
 
 def clear_resume_state(run_dir: os.PathLike | str) -> None:

@@ -224,6 +224,43 @@ def test_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tiny_
     assert (resumed.clean_before, resumed.steps) == (whole.clean_before, 14)
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in the process runs after it (no handler saves anything)."""
+
+
+def test_a_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run(tiny_model, mnist_small, tmp_path,
+                                                                                   monkeypatch):
+    import advmnist.pgd_trainer as trainer_module
+    from advmnist.pgd_training import train_against_pgd
+    from advmnist.runs import has_resume_state, read_resume_state
+
+    train, test = mnist_small
+    settings = tiny(epochs=3.0)
+    whole = train_against_pgd(tiny_model, train, test, settings, out_dir=tmp_path / "whole")
+    kept = whole.history[1]["step"]  # the end of epoch 2
+    real, calls = trainer_module.PGDTrainer._feed, []
+
+    def killed(self, *args):
+        calls.append(1)
+        if len(calls) == kept + 3:  # in epoch 3: epochs 1 and 2 were kept
+            raise Killed
+        return real(self, *args)
+
+    monkeypatch.setattr(trainer_module.PGDTrainer, "_feed", killed)
+    run = tmp_path / "cut"
+    with pytest.raises(Killed):
+        train_against_pgd(tiny_model, train, test, settings, out_dir=run)
+    assert has_resume_state(run) and read_resume_state(run)["step"] == kept
+    assert {p.name.split(".")[0] for p in (run / "resume").glob("state-*")} == {f"state-{kept}"}
+    monkeypatch.setattr(trainer_module.PGDTrainer, "_feed", real)
+    resumed = train_against_pgd(None, train, test, settings, out_dir=run, resume=True)
+    expected, found = _weights(tmp_path / "whole"), _weights(run)
+    assert expected.keys() == found.keys() and all(np.array_equal(expected[k], found[k]) for k in expected)
+    assert [e["step"] for e in resumed.history] == [e["step"] for e in whole.history]
+    assert len(whole.history) >= 3
+    assert not has_resume_state(run)
+
+
 def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
     import advmnist.data
     import advmnist.pgd_trainer as trainer_module
