@@ -54,6 +54,16 @@ def markdown(report: dict) -> str:
     for row in report["rows"]:
         lines.append(f"| {row['quantity']} | {_number(row['ours'], row['unit'])} | "
                      f"{_number(row['reference'], row['unit'])} | {_difference(row)} | {row['note']} |")
+    differences = report.get("differences") or []
+    lines += ["", "## Settings that differ from the reference's", ""]
+    if differences:
+        lines += ["Numbers above come from these settings, not the reference's: read them with that in mind.", "",
+                  "| step | setting | ours | reference |", "|---|---|---|---|"]
+        lines += [f"| {d['step']} | {d['setting']} | {d['ours']} | {d['reference']} |" for d in differences]
+    else:
+        lines += ["None: every step the reference also ran used the reference's settings."]
+    lines += ["", "## Measures", ""]
+    lines += [f"- **{name}**: {text}." for name, text in (report.get("measures") or {}).items()]
     lines += ["", "## Steps", "", "| step | wall time | finished | results |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['seconds']:.0f} s | {s['finished']} | {s['folder']} |" for s in report["steps"]]
     lines += ["", "## Figures", ""]
@@ -89,6 +99,13 @@ def page(report: dict, base: Path) -> str:
         data = base64.b64encode((base / path).read_bytes()).decode("ascii")
         figures += (f"<figure><img alt=\"{e(title)}\" src=\"data:image/png;base64,{data}\">"
                     f"<figcaption>{e(title)}</figcaption></figure>")
+    differences = "".join(f"<tr><td>{e(d['step'])}</td><td>{e(d['setting'])}</td><td>{e(str(d['ours']))}</td>"
+                          f"<td>{e(str(d['reference']))}</td></tr>" for d in report.get("differences") or [])
+    differences = (f"<p>Numbers above come from these settings, not the reference's.</p><table><tr><th>step</th>"
+                   f"<th>setting</th><th>ours</th><th>reference</th></tr>{differences}</table>" if differences
+                   else "<p>None: every step the reference also ran used the reference's settings.</p>")
+    measures = "".join(f"<li><strong>{e(name)}</strong>: {e(text)}.</li>"
+                       for name, text in (report.get("measures") or {}).items())
     versions = _versions(report)
     sources = "".join(f"<li>{e(text)}</li>" for text in report["sources"].values())
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>advmnist report</title>"
@@ -97,6 +114,7 @@ def page(report: dict, base: Path) -> str:
             + "".join(f"<p><strong>Warning:</strong> {e(w)}</p>" for w in report.get("warnings", [])) +
             f"<h2>Ours beside the reference</h2><table><tr><th>quantity</th><th>ours</th><th>reference</th>"
             f"<th>difference</th><th>note</th></tr>{rows}</table>"
+            f"<h2>Settings that differ from the reference's</h2>{differences}<h2>Measures</h2><ul>{measures}</ul>"
             f"<h2>Figures</h2>{figures}"
             f"<h2>Steps</h2><table><tr><th>step</th><th>wall time</th><th>finished</th></tr>{steps}</table>"
             f"<h2>Settings</h2><pre>{e(json.dumps(report['settings'], indent=2, sort_keys=True))}</pre>"

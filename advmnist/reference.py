@@ -49,3 +49,29 @@ UNIVERSAL_CLEAN_ACCURACY = 0.942
 UNIVERSAL_TARGET3_ACCURACY = 0.138
 IMMUNIZED_TARGET3_ACCURACY = 0.933
 SEQUENTIAL_ALL_CLEAN_ACCURACY = 0.876
+
+
+#: The reference experiments' settings, per reproduce step, under our settings' names (what configs/reference-*.toml
+#: set): a report marks every setting of ours that differs. ``immunize`` is advmnist's own recipe (fresh noise
+#: during training, replay): it differs on purpose and is compared with the reference through ``immunize-reference``.
+SETTINGS = {
+    "attack": {"steps": 6000, "weight": 0.01, "count": 16, "offset": 16, "split": "train", "target": "9-d"},
+    "universal": {"steps": 1000, "noise_limit": 0.35, "l2_weight": 0.02, "lr": 0.01, "batch_size": 64},
+    "immunize-reference": {"rounds": 2, "train_steps": 1000, "clean_fraction": 0.5, "refresh_every": 0,
+                           "replay": False, "noise.steps": 1000, "noise.noise_limit": 0.35, "noise.l2_weight": 0.02},
+}
+
+#: What each measure of the report is, in the reference's own definitions where it has them.
+MEASURES = {
+    "L1Norm": "the sum of |noise| over all pixels of the 16 images, divided by 16 (the mean L1 norm per image)",
+    "L2Norm": "the L2 norm of the 16 images' noise taken together (one vector of 16 x 784 values), divided by 16; "
+              "not the mean per-image L2 norm",
+    "cross_entropy_loss": "the mean over the 16 images of the cross-entropy between the network's output on "
+                          "image + noise and the target class",
+    "regularize_cost": "the regularizer's term of the loss: weight x sum|noise| (L1) or weight x sum(noise^2) / 2 "
+                       "(L2), at the end of the optimization",
+    "images at their target": "of the 16 images, how many the network reads as their target 9 - d (in float; the "
+                              "results files also give the count after rounding to 8-bit pixels)",
+    "accuracy under a noise": "the share of the 10,000 test images still classified correctly with the noise "
+                              "added (clipped to [0, 1])",
+}

@@ -296,7 +296,7 @@ def collect(out: Path) -> dict:
                        "settings": _json(out / "run" / "run.json") if name == "train" else _step_settings(out / name)}
                 for name, r in records.items()}
     first = next(iter(records.values()), {})
-    return {"rows": rows, "figures": [(title, str(path)) for title, path in figures if Path(path).is_file()],
+    return {"rows": rows, "differences": differences_from_reference(settings), "measures": reference.MEASURES, "figures": [(title, str(path)) for title, path in figures if Path(path).is_file()],
             "steps": [{"name": name, "seconds": r["seconds"], "finished": r["finished"], "folder": r["folder"]}
                       for name, r in records.items()],
             "settings": settings, "model": model_meta, "versions": (model_meta or {}).get("versions", {}),
@@ -315,6 +315,25 @@ def _model_meta(records: dict) -> dict | None:
         folder = model.parent if model.suffix in (".pb", ".json") else model
         return _json(folder / "model.json")
     return None
+
+
+def differences_from_reference(settings: dict) -> list[dict]:
+    """Every setting a step ran with that is not the reference experiment's (e.g. fewer attack steps), so that
+    no number is read beside the reference's without knowing it."""
+    found = []
+    for step, theirs in reference.SETTINGS.items():
+        ours = (settings.get(step) or {}).get("settings")
+        if not isinstance(ours, dict):
+            continue
+        for key, value in theirs.items():
+            mine = ours
+            for part in key.split("."):
+                mine = mine.get(part) if isinstance(mine, dict) else None
+            if mine is not None and mine != value:
+                name = "noise-steps" if key == "noise.steps" else key.split(".")[-1].replace("_", "-")  # as the CLI
+                found.append({"step": step, "setting": name, "ours": mine,
+                              "reference": value})
+    return found
 
 
 def _step_settings(folder: Path) -> dict | None:

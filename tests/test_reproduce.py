@@ -71,6 +71,14 @@ def test_reproduce_writes_the_report_with_every_reference_number(reproduced):
     assert page.count("<img ") == len(report["figures"]) >= 5 and "data:image/png;base64," in page
     assert "http" not in page.split("<h2>References</h2>")[0]  # nothing to fetch: figures are inlined
     assert "| l2: L1Norm |" in (out / "report.md").read_text()
+    # the quick config's settings are marked beside the reference's, and every measure is defined
+    differences = {(d["step"], d["setting"]): (d["ours"], d["reference"]) for d in report["differences"]}
+    assert differences[("attack", "steps")] == (5, 6000) and differences[("attack", "count")] == (2, 16)
+    assert differences[("universal", "steps")] == (3, 1000) and ("universal", "noise-limit") not in differences
+    assert differences[("immunize-reference", "rounds")] == (1, 2)
+    markdown = (out / "report.md").read_text()
+    assert "| attack | steps | 5 | 6000 |" in markdown and "**L2Norm**: the L2 norm" in markdown
+    assert "<td>steps</td><td>5</td><td>6000</td>" in page and "<strong>L1Norm</strong>" in page
 
 
 @pytest.mark.slow
