@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import advmnist
-from advmnist import reference
+from advmnist import reference, results
 from advmnist.errors import InvalidInput
 from advmnist.fileio import display_path, read_json, read_toml, sha256_file
 from advmnist.frozen import resolve_model_path
@@ -288,6 +288,13 @@ def collect(out: Path) -> dict:
         figures += [(title, image) for image in images[:1]]
 
     warnings = []
+    for name in records:
+        for path in sorted((out / name).glob("*.json")) if (out / name).is_dir() else []:
+            record = _json(path)
+            mixed = results.mixed_files(record, path) if isinstance(record, dict) else []
+            if mixed:
+                warnings.append(f"{', '.join(mixed)} not the file(s) {path} was written with (another run's, or "
+                                f"changed since): run the {name} step again")
     models = {r["model_sha256"] for r in records.values() if r.get("model_sha256")}
     if len(models) > 1:
         warnings.append("the steps ran on different models (their model.pb differ): compare with care")

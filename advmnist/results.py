@@ -47,6 +47,27 @@ def check_files(record: dict, record_path: Path, key: str = "arrays") -> None:
                            "replaced or changed since; run that command again")
 
 
+def mixed_files(record: dict, record_path: Path) -> list[str]:
+    """The files of ``record``'s set (every entry of its ``sha256``) that are not the ones it was written with:
+    another run's, or changed since (e.g. new figures beside an old record after an interrupted write). A path
+    recorded relative to another working folder is looked for beside the record."""
+    found = []
+
+    def walk(paths, digests):
+        for key, digest in digests.items():
+            if isinstance(digest, dict):
+                walk(paths.get(key) or {}, digest)
+                continue
+            path = Path(paths.get(key) or "")
+            if not path.is_file():
+                path = Path(record_path).parent / path.name
+            if path.is_file() and fileio.sha256_file(path) != digest:
+                found.append(str(path))
+
+    walk(record.get("files") or {}, record.get("sha256") or {})
+    return found
+
+
 def _write_arrays(out: Path, stem: str, result, indices: np.ndarray) -> Path:
     """``<stem>.npz``: every attacked image's arrays and its index in the split."""
     arrays = out / f"{stem}.npz"

@@ -107,6 +107,18 @@ def test_report_rebuilds_the_page_from_disk(reproduced):
     result = CliRunner().invoke(main, ["report", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "index.html").is_file()
+    assert not json.loads((out / "report.json").read_text())["warnings"]
+    # a figure of another run beside a step's record (as an interrupted write would leave): the report says so
+    figure = out / "attack" / "mnist_adv_comparison.png"
+    kept = figure.read_bytes()
+    figure.write_bytes(kept + b"another run")
+    try:
+        mixed = CliRunner().invoke(main, ["report", str(out)])
+        assert mixed.exit_code == 0, mixed.output
+        warnings = json.loads((out / "report.json").read_text())["warnings"]
+        assert any(str(figure) in w and "run the attack step again" in w for w in warnings), warnings
+    finally:
+        figure.write_bytes(kept)
 
 
 @pytest.mark.slow
@@ -144,6 +156,19 @@ def test_reproduce_never_deletes_a_folder_it_did_not_write(tmp_path):
                                        "--only", "attack"])
     assert result.exit_code == 2 and "did not write" in result.output
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_mixed_files_finds_a_file_that_is_not_the_records(tmp_path):
+    from advmnist import fileio, results
+
+    figure, arrays = tmp_path / "x.png", tmp_path / "x.npz"
+    figure.write_bytes(b"figure")
+    arrays.write_bytes(b"arrays")
+    record = {"files": {"figure": str(figure), "arrays": "elsewhere/x.npz"},
+              "sha256": {"figure": fileio.sha256_file(figure), "arrays": fileio.sha256_file(arrays)}}
+    assert results.mixed_files(record, tmp_path / "x.json") == []
+    arrays.write_bytes(b"another run's arrays")  # found beside the record though recorded elsewhere
+    assert results.mixed_files(record, tmp_path / "x.json") == [str(arrays)]
 
 
 def test_report_of_a_folder_without_steps_is_an_error(tmp_path):
