@@ -21,7 +21,8 @@ from advmnist.export import TENSOR_NAMES, inference_graph_def
 from advmnist.fileio import display_path, read_json
 from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file, reconcile_stats, write_frozen
+from advmnist.runs import (RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file, reconcile_stats,
+                           write_frozen)
 from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
                                tf1, verbose)
 

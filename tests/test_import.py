@@ -199,7 +199,8 @@ def test_export_and_import_back_gives_the_same_network(tiny_run, tiny_model, mni
     if fmt == "onnx":
         needs_onnx_extra()
     out = tmp_path / ("exported.onnx" if fmt == "onnx" else "exported")
-    result = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run[0]), "--format", fmt, "--out", str(out), "--json"])
+    result = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run[0]), "--format", fmt, "--out", str(out),
+                                       "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["largest_difference"] < 1e-5
     again = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run[0]), "--format", fmt, "--out", str(out)])

@@ -45,8 +45,8 @@ DEFAULTS = TransferSettings()
 @data_dir_option
 @json_option
 @translate_errors
-def transfer(sources, others, old_sources, old_others, attack, count, offset, split, target, eps, steps, seed, no_verify, out, data_dir,
-             json_mode) -> None:
+def transfer(sources, others, old_sources, old_others, attack, count, offset, split, target, eps, steps, seed,
+             no_verify, out, data_dir, json_mode) -> None:
     """Transfer: adversarial examples made on one network, evaluated on others.
 
     Every --model network gets its own examples for the same images and targets; the
@@ -98,8 +98,8 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
             source_names.append(name)
     check_same_input_shape(models.values(), "--evaluate-on")
     if len(models) < 2:
-        raise click.BadParameter(f"expected at least two different networks in --model and --evaluate-on, got only {name}: "
-                                 "a transfer matrix compares the networks", param_hint="--evaluate-on")
+        raise click.BadParameter(f"expected at least two different networks in --model and --evaluate-on, got only "
+                                 f"{name}: a transfer matrix compares the networks", param_hint="--evaluate-on")
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     targets = None
