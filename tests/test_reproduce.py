@@ -109,7 +109,7 @@ def test_report_rebuilds_the_page_from_disk(reproduced):
     assert (out / "index.html").is_file()
     assert not json.loads((out / "report.json").read_text())["warnings"]
     # a figure of another run beside a step's record (as an interrupted write would leave): the report says so
-    figure = out / "attack" / "mnist_adv_comparison.png"
+    figure = out / "attack" / "mnist_adv_sample_l2.png"
     kept = figure.read_bytes()
     figure.write_bytes(kept + b"another run")
     try:
