@@ -293,7 +293,7 @@ def collect(out: Path) -> dict:
             record = _json(path)
             mixed = results.mixed_files(record, path) if isinstance(record, dict) else []
             if mixed:
-                warnings.append(f"{', '.join(mixed)} not the file(s) {path} was written with (another run's, or "
+                warnings.append(f"{', '.join(mixed)}: not the file(s) {path} was written with (another run's, or "
                                 f"changed since): run the {name} step again")
     models = {r["model_sha256"] for r in records.values() if r.get("model_sha256")}
     if len(models) > 1:
@@ -303,7 +303,8 @@ def collect(out: Path) -> dict:
                        "settings": _json(out / "run" / "run.json") if name == "train" else _step_settings(out / name)}
                 for name, r in records.items()}
     first = next(iter(records.values()), {})
-    return {"rows": rows, "differences": differences_from_reference(settings), "measures": reference.MEASURES, "figures": [(title, str(path)) for title, path in figures if Path(path).is_file()],
+    return {"rows": rows, "differences": differences_from_reference(settings), "measures": reference.MEASURES,
+            "figures": [(title, str(path)) for title, path in figures if Path(path).is_file()],
             "steps": [{"name": name, "seconds": r["seconds"], "finished": r["finished"], "folder": r["folder"]}
                       for name, r in records.items()],
             "settings": settings, "model": model_meta, "versions": (model_meta or {}).get("versions", {}),
@@ -338,8 +339,7 @@ def differences_from_reference(settings: dict) -> list[dict]:
                 mine = mine.get(part) if isinstance(mine, dict) else None
             if mine is not None and mine != value:
                 name = "noise-steps" if key == "noise.steps" else key.split(".")[-1].replace("_", "-")  # as the CLI
-                found.append({"step": step, "setting": name, "ours": mine,
-                              "reference": value})
+                found.append({"step": step, "setting": name, "ours": mine, "reference": value})
     return found
 
 
