@@ -287,14 +287,7 @@ def collect(out: Path) -> dict:
             if (out / name).is_dir() else []
         figures += [(title, image) for image in images[:1]]
 
-    warnings = []
-    for name in records:
-        for path in sorted((out / name).glob("*.json")) if (out / name).is_dir() else []:
-            record = _json(path)
-            mixed = results.mixed_files(record, path) if isinstance(record, dict) else []
-            if mixed:
-                warnings.append(f"{', '.join(mixed)}: not the file(s) {path} was written with (another run's, or "
-                                f"changed since): run the {name} step again")
+    warnings = _mixed_set_warnings(out, records)
     models = {r["model_sha256"] for r in records.values() if r.get("model_sha256")}
     if len(models) > 1:
         warnings.append("the steps ran on different models (their model.pb differ): compare with care")
@@ -323,6 +316,19 @@ def _model_meta(records: dict) -> dict | None:
         folder = model.parent if model.suffix in (".pb", ".json") else model
         return _json(folder / "model.json")
     return None
+
+
+def _mixed_set_warnings(out: Path, records: dict) -> list[str]:
+    """A warning per step result record whose files are not the ones it was written with (a mixed set)."""
+    warnings = []
+    for name in records:
+        for path in sorted((out / name).glob("*.json")) if (out / name).is_dir() else []:
+            record = _json(path)
+            mixed = results.mixed_files(record, path) if isinstance(record, dict) else []
+            if mixed:
+                warnings.append(f"{', '.join(mixed)}: not the file(s) {path} was written with (another run's, or "
+                                f"changed since): run the {name} step again")
+    return warnings
 
 
 def differences_from_reference(settings: dict) -> list[dict]:
