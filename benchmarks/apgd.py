@@ -25,9 +25,9 @@ import numpy as np
 
 from advmnist.attacks import PGD
 from advmnist.attacks.apgd import APGD
-from advmnist.data import load_split
-from advmnist.frozen import FrozenModel
-from advmnist.report import format_table
+from advmnist.data.mnist import load_split
+from advmnist.model.frozen import FrozenModel
+from advmnist.report.figures import format_table
 
 ATTACKS = {
     "PGD 40": lambda norm, eps: PGD(norm, eps, steps=40, restarts=1),

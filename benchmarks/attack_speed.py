@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist.report import format_table
+from advmnist.report.figures import format_table
 
 REFERENCE_COUNT = 16
 
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
         parser.error("expected counts, steps and --repeat >= 1")
 
     from advmnist.attacks import choose_targets
-    from advmnist.data import load_split
-    from advmnist.frozen import FrozenModel
+    from advmnist.data.mnist import load_split
+    from advmnist.model.frozen import FrozenModel
     from advmnist.tfcompat import tf1
 
     tf1()

@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from advmnist import fileio
-from advmnist.data import load_split
+from advmnist.data.mnist import load_split
 from advmnist.errors import InvalidInput
-from advmnist.frozen import FrozenModel
-from advmnist.report import format_table
-from advmnist.robustness import parse_eps
+from advmnist.model.frozen import FrozenModel
+from advmnist.report.figures import format_table
+from advmnist.experiments.robustness import parse_eps
 from advmnist.tfcompat import session_config, tf1
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -49,10 +49,10 @@ def main() -> None:
         sys.exit(f"expected variants among {', '.join(VARIANTS)}, got {', '.join(unknown)}")
 
     from advmnist.attacks import PGD
-    from advmnist.data import load_train_test
-    from advmnist.frozen import FrozenModel
-    from advmnist.pgd_training import PGDTrainingSettings, train_against_pgd
-    from advmnist.report import format_table
+    from advmnist.data.mnist import load_train_test
+    from advmnist.model.frozen import FrozenModel
+    from advmnist.defences.pgd_training import PGDTrainingSettings, train_against_pgd
+    from advmnist.report.figures import format_table
 
     model = FrozenModel.load(args.model)
     train, test = load_train_test(None, print)

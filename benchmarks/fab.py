@@ -34,9 +34,9 @@ import numpy as np
 
 from advmnist.attacks import PGD, MinimalNorm
 from advmnist.attacks.fab import FAB
-from advmnist.data import load_split
-from advmnist.frozen import FrozenModel
-from advmnist.report import format_table
+from advmnist.data.mnist import load_split
+from advmnist.model.frozen import FrozenModel
+from advmnist.report.figures import format_table
 
 
 def timed(attack, model, data, seed: int):

@@ -62,7 +62,7 @@ def train_worker(out: Path, epochs: int, seed: int) -> None:
     """In its own process: a Keras 3 CNN trained on MNIST, saved as ``out``."""
     import keras
 
-    from advmnist.data import load_split
+    from advmnist.data.mnist import load_split
 
     keras.utils.set_random_seed(seed)
     train, test = load_split("train"), load_split("test")
@@ -89,7 +89,7 @@ def ours(run: Path, eps: float, steps: int, count: int, work: Path) -> dict:
 
 
 def foolbox(keras_file: Path, eps: float, steps: int, count: int, peer_python: str, work: Path) -> dict:
-    from advmnist.data import load_split
+    from advmnist.data.mnist import load_split
 
     test = load_split("test", rows=slice(0, count))
     inputs = work / "inputs.npz"

@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from advmnist.attacks import choose_targets, get_norm
-from advmnist.data import load_split
-from advmnist.frozen import resolve_model_path
-from advmnist.report import format_table
+from advmnist.data.mnist import load_split
+from advmnist.model.frozen import resolve_model_path
+from advmnist.report.figures import format_table
 
 SETS = {"reference": ("train", 16, 16, "9-d"), "test64": ("test", 0, 64, "d+1")}
 PEERS = {"l2": ["L2CarliniWagnerAttack", "DDNAttack", "L2FMNAttack"],

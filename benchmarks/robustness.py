@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist.data import load_split
-from advmnist.frozen import resolve_model_path
-from advmnist.report import format_table
+from advmnist.data.mnist import load_split
+from advmnist.model.frozen import resolve_model_path
+from advmnist.report.figures import format_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from minimal_norm import PEER_SCRIPT, timed  # noqa: E402 (the same timing and peer runner)

@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 from advmnist.attacks.autoattack import AutoAttack
-from advmnist.frozen import resolve_model_path
-from advmnist.report import format_table
+from advmnist.model.frozen import resolve_model_path
+from advmnist.report.figures import format_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from minimal_norm import timed  # noqa: E402 (the same timing)

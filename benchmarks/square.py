@@ -34,9 +34,9 @@ import numpy as np
 from advmnist.attacks import PGD
 from advmnist.attacks.square import DRAW_KEY, Batch, Square, SquareSession
 from advmnist.attacks.square_proposals import first_directions, query_draws, square_sides
-from advmnist.data import load_split
-from advmnist.frozen import FrozenModel
-from advmnist.report import format_table
+from advmnist.data.mnist import load_split
+from advmnist.model.frozen import FrozenModel
+from advmnist.report.figures import format_table
 from advmnist.tfcompat import session_config, tf1
 
 BUDGETS = (("linf", 0.1), ("linf", 0.3), ("l2", 1.5))

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/train_step_budget.py --precision bf16
 
 ``benchmarks/train_throughput.py`` compares whole epochs with tf-keras ``model.fit``. This
-script looks inside one step: the training step of :func:`advmnist.model.cnn_logits` (the
+script looks inside one step: the training step of :func:`advmnist.model.network.cnn_logits` (the
 network ``advmnist train`` builds, cross-entropy, Adam 1e-3) on one constant batch, in one
 process, without tensorpack around it. It times, in interleaved rounds (medians):
 
@@ -65,7 +65,7 @@ def started_session(tf, graph, bfloat16: bool):
 
 
 def build_step(tf, images, labels, *, dropout: bool, bfloat16: bool):
-    from advmnist.model import cnn_logits
+    from advmnist.model.network import cnn_logits
 
     graph = tf.Graph()
     with graph.as_default():
@@ -80,7 +80,7 @@ def build_step(tf, images, labels, *, dropout: bool, bfloat16: bool):
 def build_kernels(tf, batch: int, *, bfloat16: bool):
     """The step's convolutions and matrix products alone: forward, and the gradients a step needs.
 
-    The same shapes as :func:`advmnist.model.cnn_logits` (valid 3x3 convolutions 1->32->64,
+    The same shapes as :func:`advmnist.model.network.cnn_logits` (valid 3x3 convolutions 1->32->64,
     then 9216->128->10), on fixed random inputs; no bias, ReLU, pooling, dropout, loss or Adam.
     The ops are independent, so TensorFlow may run them side by side: a floor, not a step.
     """

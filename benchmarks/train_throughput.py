@@ -9,7 +9,7 @@ Usage::
 
 What is timed
 -------------
-*ours*: :func:`advmnist.train.train` with ``TrainSettings(epochs=E, batch_size=B)`` and
+*ours*: :func:`advmnist.model.training.train` with ``TrainSettings(epochs=E, batch_size=B)`` and
 ``steps_per_epoch`` unset (so one epoch is ``N // B`` full batches, the DataFlow drops the
 partial batch) into a temporary run folder. The per-epoch time is the one tensorpack itself
 logs to ``RUN_DIR/log.log``: ``Epoch N (global_step S) finished, time:T seconds.``
@@ -79,7 +79,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from advmnist.report import format_table
+from advmnist.report.figures import format_table
 
 RESULT_MARK = "ADVMNIST_BENCH_RESULT "
 SIDES = ("ours", "keras")
@@ -122,7 +122,7 @@ def emit(payload: dict) -> None:
 
 
 def limited(split, limit: int | None):
-    from advmnist.data import Split
+    from advmnist.data.mnist import Split
 
     if limit is None:
         return split
@@ -132,8 +132,8 @@ def limited(split, limit: int | None):
 # ---------------------------------------------------------------------------- workers
 
 def worker_ours(args) -> None:
-    from advmnist.data import load_split
-    from advmnist.train import TrainSettings, train
+    from advmnist.data.mnist import load_split
+    from advmnist.model.training import TrainSettings, train
 
     train_split = limited(load_split("train"), args.limit)
     # The test split only feeds the (untimed) validation and the final freeze check;
@@ -186,7 +186,7 @@ def worker_keras(args) -> None:
     import tensorflow as tf
     import tf_keras as keras
 
-    from advmnist.data import load_split
+    from advmnist.data.mnist import load_split
 
     train_split = limited(load_split("train"), args.limit)
     x = np.ascontiguousarray(train_split.images, np.float32)

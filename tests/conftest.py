@@ -42,17 +42,17 @@ def no_download_in_fast_tests(request, monkeypatch, tmp_path_factory):
     """Outside ``--slow``, the full MNIST is out of reach: an empty cache and no remote source."""
     if request.config.getoption("--slow") or "slow" in request.keywords:
         return
-    import advmnist.data
+    import advmnist.data.mnist
 
     monkeypatch.setenv("ADVMNIST_CACHE", str(tmp_path_factory.mktemp("empty-cache")))
     monkeypatch.delenv("ADVMNIST_DATA", raising=False)
-    monkeypatch.setattr(advmnist.data, "default_remote_sources", lambda: [])
+    monkeypatch.setattr(advmnist.data.mnist, "default_remote_sources", lambda: [])
 
 
 @pytest.fixture(scope="session")
 def mnist_small():
     """600 real training digits and 300 real test digits, from tests/data (no download)."""
-    from advmnist.data import Split
+    from advmnist.data.mnist import Split
 
     with np.load(SMALL) as small:
         def split(name):
@@ -64,7 +64,7 @@ def mnist_small():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mnist_small):
     """Four short epochs of the real tensorpack training on 600 digits: a run folder with model.pb."""
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.training import TrainSettings, train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train_split, test_split = mnist_small
@@ -76,7 +76,7 @@ def tiny_run(tmp_path_factory, mnist_small):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
-    from advmnist.frozen import FrozenModel
+    from advmnist.model.frozen import FrozenModel
 
     return FrozenModel.load(tiny_run[0])
 
@@ -84,8 +84,8 @@ def tiny_model(tiny_run):
 @pytest.fixture(scope="session")
 def second_model(tmp_path_factory, mnist_small):
     """Another tiny network: same data, another seed."""
-    from advmnist.frozen import FrozenModel
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.frozen import FrozenModel
+    from advmnist.model.training import TrainSettings, train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-seed1"
     train_split, test_split = mnist_small

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from advmnist import attack
+from advmnist.experiments import targeted
 from advmnist.attacks import (Attack, AttackResult, PerImageNoise, Regularizer, choose_targets, make_regularizer, norms,
                               parse_target_rule)
 from advmnist.attacks.base import rounded_to_8bit, row_cross_entropy
@@ -292,7 +292,7 @@ def test_summary_follows_reference_definitions(tiny_model, digits):
     images, labels, targets = digits
     reg = L1(1e-2)
     result = PerImageNoise(reg, steps=100)(tiny_model.logits, images, labels, targets=targets)
-    report = attack.summarize(result, reg, indices=np.arange(16, 24), seconds=1.0)
+    report = targeted.summarize(result, reg, indices=np.arange(16, 24), seconds=1.0)
     count = len(images)
     assert report.summary["L1Norm"] == pytest.approx(np.abs(result.noise).sum() / count, rel=1e-5)
     assert report.summary["L2Norm"] == pytest.approx(np.sqrt((result.noise.astype(np.float64) ** 2).sum()) / count,
@@ -356,7 +356,7 @@ def _tf_adam_noise(model, images, targets, initial, steps: int, lr: float, *, pl
 
 
 def test_constant_weight_gradients_equal_tensorflows(tiny_model, digits):
-    """FrozenModel.logits' input gradients (advmnist.gradients) are TensorFlow's, to float rounding."""
+    """FrozenModel.logits' input gradients (advmnist.model.gradients) are TensorFlow's, to float rounding."""
     images, _, targets = digits
     targets = targets.astype(np.int32)
     initial = np.random.default_rng(0).normal(0.0, 0.01, images.shape).astype(np.float32)

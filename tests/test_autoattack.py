@@ -19,8 +19,8 @@ from advmnist.attacks.norms import get_norm
 from advmnist.attacks.registry import REGISTRY, AttackEntry, get_entry
 from advmnist.cli import main
 from advmnist.errors import InvalidInput
-from advmnist.robustness import RobustnessCurve, RobustnessSettings, robustness_curve
-from advmnist.shards import Shard
+from advmnist.experiments.robustness import RobustnessCurve, RobustnessSettings, robustness_curve
+from advmnist.experiments.shards import Shard
 
 EPS = {"linf": 0.1, "l2": 1.0}
 
@@ -192,10 +192,10 @@ def test_the_plain_forward_pass_catches_a_false_claim(tiny_model, digits):
 
 
 def test_robustness_attack_auto_reports_each_member(tiny_run, mnist_small, monkeypatch, tmp_path, autoattack_members):
-    from advmnist.data import Split
+    from advmnist.data.mnist import Split
 
     _, test = mnist_small
-    monkeypatch.setattr("advmnist.data.load_split", lambda *a, rows=None, **k: Split(test.images[rows],
+    monkeypatch.setattr("advmnist.data.mnist.load_split", lambda *a, rows=None, **k: Split(test.images[rows],
                                                                                      test.labels[rows]))
     result = CliRunner().invoke(main, ["robustness", "--attack", "auto", "--steps", "2", "--count", "16", "--eps",
                                        "0,0.05,0.1", "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])

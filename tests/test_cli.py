@@ -367,8 +367,8 @@ def test_a_truncated_checkpoint_is_a_one_line_error_for_export_and_resume(runner
 
     from advmnist.tfcompat import tf1
 
-    monkeypatch.setattr("advmnist.data.load_split", lambda split, *a, **k: mnist_small[split == "test"])
-    monkeypatch.setattr("advmnist.data.load_train_test", lambda *a, **k: mnist_small)
+    monkeypatch.setattr("advmnist.data.mnist.load_split", lambda split, *a, **k: mnist_small[split == "test"])
+    monkeypatch.setattr("advmnist.data.mnist.load_train_test", lambda *a, **k: mnist_small)
     run = _copy_run(tiny_run, tmp_path)
     checkpoint = tf1().train.latest_checkpoint(str(run))
     data = next(run.glob(Path(checkpoint).name + ".data-*"))

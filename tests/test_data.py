@@ -1,7 +1,7 @@
-"""Tests for advmnist.data: IDX parsing, verified caching and the source fallback chain.
+"""Tests for advmnist.data.mnist: IDX parsing, verified caching and the source fallback chain.
 
 Nothing here touches the network, the real cache (~/.cache) or the real MNIST files:
-``advmnist.data.FILES`` is replaced by tiny synthetic IDX files whose SHA-256 we know,
+``advmnist.data.mnist.FILES`` is replaced by tiny synthetic IDX files whose SHA-256 we know,
 every call passes explicit fake ``remote_sources`` and a ``tmp_path`` cache folder.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advmnist import data, mnist_sources
-from advmnist.data import (
+from advmnist.data import mnist as data
+from advmnist.data import sources as mnist_sources
+from advmnist.data.mnist import (
     FILES,
     IdxError,
     IdxFile,

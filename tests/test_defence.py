@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from advmnist.cli import main
-from advmnist.defence_losses import ramped_eps
+from advmnist.defences.losses import ramped_eps
 from advmnist.errors import InvalidInput
-from advmnist.pgd_training import GUARD_DROP, PGDTrainingInterrupted, PGDTrainingSettings, collapsed
+from advmnist.defences.pgd_training import GUARD_DROP, PGDTrainingInterrupted, PGDTrainingSettings, collapsed
 
 
 def tiny(**overrides) -> PGDTrainingSettings:
@@ -22,8 +22,8 @@ def tiny(**overrides) -> PGDTrainingSettings:
 @pytest.fixture
 def trainer_of(tiny_model):
     """``trainer_of(settings)``: a PGDTrainer on the tiny run's checkpoint, closed after the test."""
-    from advmnist.immunize import checkpoint_of
-    from advmnist.pgd_trainer import PGDTrainer
+    from advmnist.defences.universal_immunization import checkpoint_of
+    from advmnist.defences.pgd_trainer import PGDTrainer
 
     opened = []
 
@@ -103,7 +103,7 @@ def test_training_attacks_stay_in_the_ball_and_in_valid_pixels(trainer_of, mnist
 
 
 def test_trades_loss_is_its_formula(trainer_of, mnist_small):
-    from advmnist.defence_losses import trades_loss
+    from advmnist.defences.losses import trades_loss
     from advmnist.tfcompat import tf1
 
     def formula(clean, adversarial, labels, beta):
@@ -147,8 +147,8 @@ def test_collapse_is_pgd_accuracy_falling_while_fgsm_accuracy_does_not():
 
 
 def test_guard_rolls_back_weights_and_optimizer_and_lowers_the_step(tiny_model, mnist_small, tmp_path, monkeypatch):
-    import advmnist.pgd_trainer as trainer_module
-    from advmnist.pgd_training import train_against_pgd
+    import advmnist.defences.pgd_trainer as trainer_module
+    from advmnist.defences.pgd_training import train_against_pgd
     from advmnist.tfcompat import tf1
 
     seen = []
@@ -187,9 +187,9 @@ def _weights(run_dir) -> dict:
 ])
 def test_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tiny_model, mnist_small, tmp_path,
                                                                            monkeypatch, overrides, where):
-    import advmnist.pgd_trainer as trainer_module
-    from advmnist.pgd_training import train_against_pgd
-    from advmnist.runs import has_resume_state
+    import advmnist.defences.pgd_trainer as trainer_module
+    from advmnist.defences.pgd_training import train_against_pgd
+    from advmnist.model.runs import has_resume_state
 
     train, test = mnist_small
     settings = tiny(**overrides)
@@ -230,9 +230,9 @@ class Killed(BaseException):
 
 def test_a_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run(tiny_model, mnist_small, tmp_path,
                                                                                    monkeypatch):
-    import advmnist.pgd_trainer as trainer_module
-    from advmnist.pgd_training import train_against_pgd
-    from advmnist.runs import has_resume_state, read_resume_state
+    import advmnist.defences.pgd_trainer as trainer_module
+    from advmnist.defences.pgd_training import train_against_pgd
+    from advmnist.model.runs import has_resume_state, read_resume_state
 
     train, test = mnist_small
     settings = tiny(epochs=3.0)
@@ -262,10 +262,10 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_r
 
 
 def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
-    import advmnist.data
-    import advmnist.pgd_trainer as trainer_module
+    import advmnist.data.mnist
+    import advmnist.defences.pgd_trainer as trainer_module
 
-    monkeypatch.setattr(advmnist.data, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+    monkeypatch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
     real, calls = trainer_module.PGDTrainer._feed, []
 
     def interrupted(self, *args):

@@ -42,18 +42,18 @@ def _interrupt_at(epoch: int, step: int):
 @pytest.fixture
 def short_training(monkeypatch, mnist_small):
     """`advmnist train` on the small MNIST subset, 5 steps per epoch; ``interrupt`` arms one Ctrl-C."""
-    import advmnist.data
-    import advmnist.train
+    import advmnist.data.mnist
+    import advmnist.model.training
 
-    monkeypatch.setattr(advmnist.data, "load_train_test", lambda data_dir=None, log=None: mnist_small)
-    real_train = advmnist.train.train
+    monkeypatch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+    real_train = advmnist.model.training.train
     armed = {}
 
     def train(*args, **kwargs):
         callbacks = (armed.pop("callback"),) if "callback" in armed else ()
         return real_train(*args, steps_per_epoch=5, callbacks=callbacks, **kwargs)
 
-    monkeypatch.setattr(advmnist.train, "train", train)
+    monkeypatch.setattr(advmnist.model.training, "train", train)
 
     def interrupt(epoch: int, step: int) -> None:
         armed["callback"] = _interrupt_at(epoch, step)
@@ -74,7 +74,7 @@ def test_train_is_quiet_but_for_a_line_per_epoch_unless_verbose(runner, short_tr
 
 HOLD_LOCK = """
 import sys, time
-from advmnist.runs import run_dir_lock
+from advmnist.model.runs import run_dir_lock
 with run_dir_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)
@@ -102,20 +102,20 @@ def test_a_second_process_on_the_same_run_folder_is_refused(runner, short_traini
 
 
 def test_ctrl_c_before_training_began_advises_the_command_that_works(runner, short_training, monkeypatch, tmp_path):
-    import advmnist.train
+    import advmnist.model.training
 
     run = tmp_path / "run"
-    training = advmnist.train.train
+    training = advmnist.model.training.train
 
     def interrupted_at_once(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(advmnist.train, "train", interrupted_at_once)
+    monkeypatch.setattr(advmnist.model.training, "train", interrupted_at_once)
     result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "2", "--batch-size", "32"])
     assert result.exit_code == 130, result.output
     command = f"advmnist train --run-dir {run} --epochs 2"
     assert "nothing was written" in result.stderr and f"`{command}`" in result.stderr
-    monkeypatch.setattr(advmnist.train, "train", training)
+    monkeypatch.setattr(advmnist.model.training, "train", training)
     again = runner.invoke(main, command.split()[1:] + ["--batch-size", "32"])
     assert again.exit_code == 0, again.output
 
@@ -185,20 +185,20 @@ def test_a_full_disk_at_a_checkpoint_stops_training_with_one_line_and_resume_goe
 @pytest.mark.slow
 def test_ctrl_c_while_freezing_leaves_a_run_that_resume_or_export_freezes(runner, short_training, tmp_path,
                                                                         monkeypatch):
-    import advmnist.train
+    import advmnist.model.training
 
     run = tmp_path / "run"
-    real_freeze = advmnist.train.inference_graph_def
+    real_freeze = advmnist.model.training.inference_graph_def
 
     def interrupted(checkpoint):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(advmnist.train, "inference_graph_def", interrupted)
+    monkeypatch.setattr(advmnist.model.training, "inference_graph_def", interrupted)
     result = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "1", "--batch-size", "32"])
     assert result.exit_code == 130
     assert "while freezing" in result.stderr and f"advmnist export --run-dir {run}" in result.stderr
     assert not (run / "model.pb").exists()
-    monkeypatch.setattr(advmnist.train, "inference_graph_def", real_freeze)
+    monkeypatch.setattr(advmnist.model.training, "inference_graph_def", real_freeze)
 
     plain = runner.invoke(main, ["train", "--run-dir", str(run), "--epochs", "1"])
     assert plain.exit_code == 2 and f"advmnist export --run-dir {run}" in plain.output
@@ -357,12 +357,12 @@ def test_json_errors_leave_one_object_on_stdout(runner, args, code):
 
 @pytest.mark.slow
 def test_json_interrupt_leaves_one_object_on_stdout(runner, tiny_run, tmp_path, monkeypatch):
-    import advmnist.frozen
+    import advmnist.model.frozen
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(advmnist.frozen.FrozenModel, "predict_proba", interrupted)
+    monkeypatch.setattr(advmnist.model.frozen.FrozenModel, "predict_proba", interrupted)
     result = runner.invoke(main, ["evaluate", "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])
     assert result.exit_code == 130
     assert json.loads(result.stdout) == {"error": "interrupted", "exit_code": 130}
@@ -376,7 +376,7 @@ def test_errors_without_json_leave_stdout_empty(runner):
 
 @pytest.mark.slow
 def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_path):
-    from advmnist.data import FILES, ensure_mnist, fallback_cache_dir
+    from advmnist.data.mnist import FILES, ensure_mnist, fallback_cache_dir
 
     real = ensure_mnist()  # the full MNIST (a slow test may fetch it)
     cache, given = tmp_path / "cache", tmp_path / "given"

@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from advmnist.cli import main
-from advmnist.convert import softmax
+from advmnist.interop.convert import softmax
 from advmnist.errors import InvalidInput
-from advmnist.export import TENSOR_NAMES
-from advmnist.frozen import FrozenModel
-from advmnist.importing import ImportSettings, converter_env, import_model
+from advmnist.model.freezing import TENSOR_NAMES
+from advmnist.model.frozen import FrozenModel
+from advmnist.interop.importing import ImportSettings, converter_env, import_model
 
 BUILDER = Path(__file__).with_name("make_import_models.py")
 #: what each model's last layer gives -> what the import must find
@@ -98,11 +98,11 @@ def test_attacks_work_on_an_imported_model_in_pixel_space(models, mnist_small):
 
 
 def test_import_command_writes_a_run_that_every_command_loads(savedmodel, mnist_small, monkeypatch, tmp_path):
-    from advmnist.data import Split
+    from advmnist.data.mnist import Split
 
     folder, specs = savedmodel
     test = mnist_small[1]
-    monkeypatch.setattr("advmnist.data.load_split", lambda *a, rows=None, **k: Split(test.images, test.labels))
+    monkeypatch.setattr("advmnist.data.mnist.load_split", lambda *a, rows=None, **k: Split(test.images, test.labels))
     out = tmp_path / "mine"
     result = CliRunner().invoke(main, ["import", str(folder / specs["savedmodel-chw"]["file"]), "--run-dir", str(out),
                                        "--input-range", "mean-std", "--json"])
@@ -221,7 +221,7 @@ def test_export_pb_takes_no_out(tiny_run, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["keras3", "tf-keras-h5", "savedmodel-chw"])
 def test_evaluate_on_an_imported_model_is_the_models_own_on_the_10000_test_images(tmp_path, mnist_small, name):
-    from advmnist.data import load_split
+    from advmnist.data.mnist import load_split
 
     test = load_split("test")
     specs = build_models(tmp_path / "models", mnist_small[0], test.images, only=[name])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from advmnist import matrix
+from advmnist.experiments import matrix
 from advmnist.cli import main
 from advmnist.attacks import AttackResult
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from advmnist import minimal
+from advmnist.experiments import minimal
 from advmnist.attacks import MinimalNorm, choose_targets, norms
 from advmnist.attacks.base import UNTARGETED
 from advmnist.cli import main

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from advmnist.model import cnn_logits
+from advmnist.model.network import cnn_logits
 from advmnist.tfcompat import tf1
 
 
@@ -57,9 +57,9 @@ def test_training_run_reaches_useful_accuracy(tiny_run):
 def test_model_pb_holds_the_moving_average_of_the_weights(mnist_small, tmp_path):
     from tensorflow.python.framework import tensor_util
 
-    from advmnist.export import inference_graph_def
+    from advmnist.model.freezing import inference_graph_def
     from advmnist.tfcompat import tf1
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.training import TrainSettings, train
 
     train_split, test_split = mnist_small
     result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=2, batch_size=32, shift=0,
@@ -86,7 +86,7 @@ def test_model_pb_holds_the_moving_average_of_the_weights(mnist_small, tmp_path)
 
 def test_linear_schedule_warms_up_then_ends_at_zero(mnist_small, tmp_path):
     from advmnist.tfcompat import tf1
-    from advmnist.train import TrainSettings, lr_setter, train
+    from advmnist.model.training import TrainSettings, lr_setter, train
 
     train_split, test_split = mnist_small
     settings = TrainSettings(epochs=2, batch_size=32, lr=2e-3, schedule="linear", average_decay=0, shift=0)
@@ -138,7 +138,7 @@ def test_frozen_graph_matches_checkpoint(tiny_run, tiny_model, mnist_small):
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path, mnist_small):
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.training import TrainSettings, train
 
     train_split, test_split = mnist_small
     run_dir = tmp_path / "run"
@@ -157,8 +157,8 @@ def test_resume_continues_from_last_checkpoint(tmp_path, mnist_small):
 def test_resume_after_a_kill_between_checkpoint_and_validation(tmp_path, mnist_small, damage):
     """A kill after an epoch's checkpoint but before stats.json records it: --resume goes on right after that
     epoch (neither failing nor training it twice), and the epoch is marked as not validated."""
-    from advmnist.frozen import FrozenModel
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.frozen import FrozenModel
+    from advmnist.model.training import TrainSettings, train
 
     train_split, test_split = mnist_small
     run_dir = tmp_path / "run"
@@ -185,7 +185,7 @@ def test_resume_after_a_kill_between_checkpoint_and_validation(tmp_path, mnist_s
 @pytest.mark.parametrize("padding, channels", [("VALID", 1), ("SAME", 1), ("VALID", 3)])
 def test_constant_weight_gradients_on_small_graphs(padding, channels):
     """Each override equals TensorFlow's gradient; the cases it does not cover fall back to it."""
-    from advmnist import gradients
+    from advmnist.model import gradients
     from advmnist.tfcompat import tf1
 
     tf = tf1()
@@ -220,7 +220,7 @@ def test_two_towers_train_in_sync_on_the_cpu(mnist_small, tmp_path):
     """``gpus=2``: tensorpack's replicated data-parallel trainer, its towers placed on the CPU here."""
     from tensorpack.callbacks import Callback
 
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.training import TrainSettings, train
 
     class ReadTowers(Callback):
         def _setup_graph(self):
@@ -251,8 +251,8 @@ def test_two_towers_train_in_sync_on_the_cpu(mnist_small, tmp_path):
 
 
 def test_bfloat16_training_freezes_a_float32_model(mnist_small, tmp_path):
-    from advmnist.frozen import FrozenModel
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.frozen import FrozenModel
+    from advmnist.model.training import TrainSettings, train
 
     train_split, test_split = mnist_small
     result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=3, batch_size=32, precision="bf16", shift=0))
@@ -268,7 +268,7 @@ def test_bfloat16_training_freezes_a_float32_model(mnist_small, tmp_path):
                                           ("average_decay", 1.0), ("shift", 5), ("shift", -1)])
 def test_train_settings_are_checked(field, value):
     from advmnist.errors import InvalidInput
-    from advmnist.train import TrainSettings
+    from advmnist.model.training import TrainSettings
 
     with pytest.raises(InvalidInput, match="expected"):
         TrainSettings(**{field: value})
@@ -290,7 +290,7 @@ def test_precision_auto_is_bf16_only_on_a_cpu_with_native_bfloat16_and_no_gpu():
 
 def test_the_default_training_shifts_and_records_the_precision_it_chose(mnist_small, tmp_path):
     from advmnist.tfcompat import resolve_precision
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.training import TrainSettings, train
 
     assert TrainSettings().shift == 2 and TrainSettings().precision == "auto"
     train_split, test_split = mnist_small
@@ -312,7 +312,7 @@ def moved(image, down: int, across: int):
 
 
 def test_shifted_moves_each_image_by_its_own_offset_within_the_limit():
-    from advmnist.train import shifted
+    from advmnist.model.training import shifted
 
     images = np.random.RandomState(0).rand(300, 28, 28).astype(np.float32)
     out = shifted(images, 2, np.random.RandomState(1))
@@ -328,7 +328,7 @@ def test_shifted_moves_each_image_by_its_own_offset_within_the_limit():
 
 
 def test_shift_changes_the_images_but_not_their_order(mnist_small):
-    from advmnist.train import batches
+    from advmnist.model.training import batches
 
     train_split, _ = mnist_small
     plain = list(batches(train_split.images, train_split.labels, 32, seed=3))
@@ -344,7 +344,7 @@ def test_shift_changes_the_images_but_not_their_order(mnist_small):
 
 
 def test_training_with_shift_records_it(mnist_small, tmp_path):
-    from advmnist.train import TrainSettings, train
+    from advmnist.model.training import TrainSettings, train
 
     train_split, test_split = mnist_small
     result = train(train_split, test_split, tmp_path / "run", TrainSettings(epochs=2, batch_size=32, shift=2),

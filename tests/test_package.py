@@ -14,7 +14,7 @@ README = Path(__file__).parent.parent / "README.md"
 def test_importing_advmnist_changes_no_global_state():
     code = ("import os, sys\n"
             "before = dict(os.environ)\n"
-            "import advmnist, advmnist.cli, advmnist.attacks, advmnist.immunize, advmnist.train, advmnist.report\n"
+            "import advmnist, advmnist.cli, advmnist.attacks, advmnist.defences.universal_immunization, advmnist.model.training, advmnist.report.figures\n"
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
             "assert 'tensorflow' not in sys.modules and 'matplotlib' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,7 +1,7 @@
 """Every command that can run long shows a progress bar with an ETA on a terminal, and none without one.
 
 The commands run in one child process whose stderr is a pseudo-terminal (or, for the
-second half, a pipe), on the 900 digits of tests/data (``advmnist.data.load_split``
+second half, a pipe), on the 900 digits of tests/data (``advmnist.data.mnist.load_split``
 replaced in the child) and the tiny trained run.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ BAR = re.compile(r"\d+%\|[^|\r\n]*\| *\d+/\d+ *\[[0-9:]+<[0-9:?]+")
 DRIVER = r"""
 import json, sys
 import numpy as np
-import advmnist.data
-from advmnist.data import Split
+import advmnist.data.mnist
+from advmnist.data.mnist import Split
 
 small = np.load(sys.argv[1])
 def split(name, *args, rows=None, **kwargs):
@@ -38,9 +38,9 @@ def split(name, *args, rows=None, **kwargs):
     labels = small[f"{name}_labels"].astype(np.int64)
     rows = rows if rows is not None else slice(None)
     return Split(images[rows], labels[rows])
-advmnist.data.load_split = split
-advmnist.data.load_train_test = lambda *args, **kwargs: (split("train"), split("test"))
-advmnist.data.default_remote_sources = lambda: []  # never the full MNIST
+advmnist.data.mnist.load_split = split
+advmnist.data.mnist.load_train_test = lambda *args, **kwargs: (split("train"), split("test"))
+advmnist.data.mnist.default_remote_sources = lambda: []  # never the full MNIST
 
 from advmnist.cli import main
 import time

@@ -159,7 +159,8 @@ def test_reproduce_never_deletes_a_folder_it_did_not_write(tmp_path):
 
 
 def test_mixed_files_finds_a_file_that_is_not_the_records(tmp_path):
-    from advmnist import fileio, results
+    from advmnist import fileio
+    from advmnist.experiments import results
 
     figure, arrays = tmp_path / "x.png", tmp_path / "x.npz"
     figure.write_bytes(b"figure")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from advmnist import robustness
+from advmnist.experiments import robustness
 from advmnist.attacks import PGD
 from advmnist.cli import main
 from advmnist.errors import InvalidInput
@@ -119,8 +119,8 @@ def test_robustness_command_two_models_and_the_minimal_curve(tiny_run, tmp_path)
 # ---------------------------------------------------------------------------- PGD training
 
 def test_pgd_training_raises_robust_accuracy_on_held_apart_images(tiny_run, mnist_small, tmp_path):
-    from advmnist.frozen import FrozenModel
-    from advmnist.pgd_training import PGDTrainingSettings, train_against_pgd
+    from advmnist.model.frozen import FrozenModel
+    from advmnist.defences.pgd_training import PGDTrainingSettings, train_against_pgd
 
     train, test = mnist_small
     before_model = FrozenModel.load(tiny_run[0])
@@ -139,8 +139,8 @@ def test_pgd_training_raises_robust_accuracy_on_held_apart_images(tiny_run, mnis
 
 
 def test_training_loops_shift_their_images_reproducibly():
-    from advmnist.immunize import Augmenter, ImmunizeSettings
-    from advmnist.pgd_training import PGDTrainingSettings
+    from advmnist.defences.universal_immunization import Augmenter, ImmunizeSettings
+    from advmnist.defences.pgd_training import PGDTrainingSettings
 
     images = np.random.RandomState(0).rand(64, 28, 28).astype(np.float32)
     first, again = Augmenter(2, seed=5)(images), Augmenter(2, seed=5)(images)
@@ -166,8 +166,8 @@ def test_immunize_options_of_the_other_adversary_are_refused(tmp_path, args):
 
 def test_ctrl_c_keeps_the_models_already_measured(tiny_run, mnist_small, monkeypatch, tmp_path):
     import advmnist.cli.robustness  # noqa: F401 (the command module whose library call is patched)
-    from advmnist import robustness as robustness_lib
-    from advmnist.data import Split
+    from advmnist.experiments import robustness as robustness_lib
+    from advmnist.data.mnist import Split
 
     real = robustness_lib.robustness_curve
     calls = []
@@ -180,7 +180,7 @@ def test_ctrl_c_keeps_the_models_already_measured(tiny_run, mnist_small, monkeyp
 
     _, test = mnist_small
     monkeypatch.setattr(robustness_lib, "robustness_curve", second_model_interrupted)
-    monkeypatch.setattr("advmnist.data.load_split", lambda *a, rows=None, **k: Split(test.images[rows],
+    monkeypatch.setattr("advmnist.data.mnist.load_split", lambda *a, rows=None, **k: Split(test.images[rows],
                                                                                      test.labels[rows]))
     result = CliRunner().invoke(main, ["robustness", "--count", "10", "--eps", "0,0.1", "--steps", "5", "--model",
                                        str(tiny_run[0]), "--model", str(tiny_run[0] / "model.pb"), "--out",

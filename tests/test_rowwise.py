@@ -16,14 +16,14 @@ import sys
 import numpy as np
 import pytest
 
-from advmnist.rowwise import ROW_BLOCK
+from advmnist.model.rowwise import ROW_BLOCK
 
 #: A frozen CNN of the architecture `advmnist train` builds, with random weights; then logits and
 #: gradients of every image alone and in batches of other sizes, compared with the batch of 40.
 CHECK = r"""
 import json, sys
 import numpy as np
-from advmnist.frozen import FrozenModel
+from advmnist.model.frozen import FrozenModel
 from advmnist.tfcompat import tf1
 
 tf = tf1()
@@ -88,7 +88,7 @@ def test_an_images_logits_and_gradient_do_not_depend_on_its_batch(isa):
 
 
 def test_blocks_are_padded_and_cut_back():
-    from advmnist.rowwise import in_blocks
+    from advmnist.model.rowwise import in_blocks
     from advmnist.tfcompat import tf1
 
     tf = tf1()

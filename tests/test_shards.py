@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from advmnist.attacks import Draws
 from advmnist.cli import main
 from advmnist.errors import InvalidInput
-from advmnist.shards import Shard
+from advmnist.experiments.shards import Shard
 
 
 def test_shard_parse_and_positions():
@@ -46,8 +46,8 @@ def test_a_shard_draws_the_numbers_of_the_whole_run():
 @pytest.fixture
 def small_cli(monkeypatch, mnist_small, tmp_path):
     """The commands on the 600 + 300 digits of tests/data, run in tmp_path (so assets/ is there)."""
-    import advmnist.data
-    from advmnist.data import Split
+    import advmnist.data.mnist
+    from advmnist.data.mnist import Split
 
     splits = dict(zip(("train", "test"), mnist_small))
 
@@ -56,7 +56,7 @@ def small_cli(monkeypatch, mnist_small, tmp_path):
         rows = rows or slice(None)
         return Split(data.images[rows], data.labels[rows])
 
-    monkeypatch.setattr(advmnist.data, "load_split", load_split)
+    monkeypatch.setattr(advmnist.data.mnist, "load_split", load_split)
     monkeypatch.chdir(tmp_path)
 
     def run(*args):

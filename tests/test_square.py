@@ -9,7 +9,7 @@ from advmnist.attacks.pgd import PGDSession
 from advmnist.attacks.square import Square, SquareSession
 from advmnist.attacks.square_proposals import square_pattern, square_sides
 from advmnist.errors import InvalidInput
-from advmnist.shards import Shard
+from advmnist.experiments.shards import Shard
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from advmnist import tradeoff
+from advmnist.experiments import tradeoff
 from advmnist.cli import main
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from advmnist.attacks import choose_targets
 from advmnist.cli import main
-from advmnist.transfer import TransferSettings, transfer_matrix
+from advmnist.experiments.transfer import TransferSettings, transfer_matrix
 
 
 def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_examples(tiny_model, second_model, mnist_small):

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from advmnist.cli import main
 from advmnist.fileio import display_path
-from advmnist.immunize import ImmunizeSettings, immunize
+from advmnist.defences.universal_immunization import ImmunizeSettings, immunize
 from advmnist.tfcompat import resolve_precision
-from advmnist.universal import UniversalSettings, universal_attack
+from advmnist.experiments.universal import UniversalSettings, universal_attack
 
 
 def test_universal_noise_pushes_images_to_the_target(tiny_model, mnist_small):
@@ -74,7 +74,7 @@ def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, 
     assert result.after[3] == result.after_own_training[3] == result.history[0]["accuracy_fresh_noise"]
     assert result.lost == {3: 0.0}
     assert result.clean_after > 0.5  # 40 steps with half the images clean do not wreck the network
-    from advmnist.frozen import FrozenModel
+    from advmnist.model.frozen import FrozenModel
 
     immune = FrozenModel.load(out)
     accuracy = float((immune.predict_proba(test.images).argmax(1) == test.labels).mean())
@@ -205,8 +205,8 @@ def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run, tmp_path, monkeypatch):
-    from advmnist import immunize as immunize_module
-    from advmnist.frozen import FrozenModel
+    from advmnist.defences import universal_immunization as immunize_module
+    from advmnist.model.frozen import FrozenModel
 
     original, calls = immunize_module._noise_batch, []
 
@@ -227,7 +227,7 @@ def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run
     assert [h["round"] for h in partial["history"]] == [1] and partial["interrupted_in"] == {"round": 2, "target": 3}
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["interrupted"] is True and meta["finished_phases"] == 1 and "test_accuracy" not in meta
-    from advmnist.immunize import checkpoint_of
+    from advmnist.defences.universal_immunization import checkpoint_of
 
     assert checkpoint_of(FrozenModel.load(run_dir))  # a later run can go on from it with --model
     probabilities = FrozenModel.load(run_dir).predict_proba(np.zeros((2, 28, 28), np.float32))

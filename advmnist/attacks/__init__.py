@@ -6,7 +6,7 @@
   their measured size; regularizers (a norm and a weight).
 - :mod:`~advmnist.attacks.targeted_noise`: per-image targeted noise (:class:`PerImageNoise`).
 - :mod:`~advmnist.attacks.universal_noise`: one noise per target class (:class:`UniversalNoise`).
-- :mod:`~advmnist.attacks.minimal`: the smallest perturbation per image in a norm (:class:`MinimalNorm`).
+- :mod:`~advmnist.attacks.fmn`: the smallest perturbation per image in a norm (:class:`MinimalNorm`).
 - :mod:`~advmnist.attacks.pgd`: projected gradient descent within a budget eps (:class:`PGD`).
 - :mod:`~advmnist.attacks.targets`: the target rules (9-d, d+1, random, a class).
 
@@ -14,7 +14,7 @@ A new attack is one module: subclass :class:`Attack`, implement ``run``, return 
 :class:`AttackResult`; the base checks inputs and measures success and norms.
 """
 from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, Draws
-from advmnist.attacks.minimal import MinimalNorm
+from advmnist.attacks.fmn import MinimalNorm
 from advmnist.attacks.norms import L1, L2, NORMS, Linf, Norm, Regularizer, get_norm, make_regularizer
 from advmnist.attacks.pgd import PGD
 from advmnist.attacks.targeted_noise import PerImageNoise

@@ -42,7 +42,7 @@ import numpy as np
 from advmnist.attacks.base import Attack, AttackResult, is_targeted, progress_bar, row_cross_entropy
 from advmnist.attacks.norms import get_norm
 from advmnist.attacks.pgd import GraphSession, Predictions, check_budget, random_start
-from advmnist.data import IMAGE_SIZE, NUM_CLASSES
+from advmnist.data.mnist import IMAGE_SIZE, NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import tf1
 

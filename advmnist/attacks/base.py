@@ -12,7 +12,7 @@ and implements :meth:`Attack.run` only. The shared work lives here, once:
   the *effective* perturbation ``adversarial - original`` (after clipping to [0, 1]).
 
 An attack receives ``logits_fn``, a function from an image tensor to the logits of
-the network, built into the current graph (:meth:`advmnist.frozen.FrozenModel.logits`
+the network, built into the current graph (:meth:`advmnist.model.frozen.FrozenModel.logits`
 for a frozen model).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Callable
 import numpy as np
 
 from advmnist.attacks.norms import NORMS
-from advmnist.data import IMAGE_SIZE, NUM_CLASSES
+from advmnist.data.mnist import IMAGE_SIZE, NUM_CLASSES
 from advmnist.errors import InvalidInput
-from advmnist.rowwise import padded_rows
+from advmnist.model.rowwise import padded_rows
 from advmnist.tfcompat import tf1
 
 LogitsFn = Callable[[object], object]
@@ -260,7 +260,7 @@ def row_cross_entropy(logits, labels):
     TensorFlow's CPU kernel takes the exponentials of the (N, 10) logits as one flat
     buffer, in SIMD packets of up to 16 floats, and the last ``10 N mod 16`` values with
     scalar code that rounds differently; with the rows padded to a multiple of 16
-    (:func:`advmnist.rowwise.padded_rows`), every value is in a full packet.
+    (:func:`advmnist.model.rowwise.padded_rows`), every value is in a full packet.
     """
     tf = tf1()
     padded, padded_labels = padded_rows(logits, labels)

@@ -36,7 +36,7 @@ import numpy as np
 from advmnist.attacks.base import Attack, AttackResult, is_targeted, progress_bar, rounded_to_8bit
 from advmnist.attacks.norms import get_norm
 from advmnist.attacks.pgd import Predictions
-from advmnist.data import NUM_CLASSES
+from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 

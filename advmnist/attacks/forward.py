@@ -2,7 +2,7 @@
 
 The ensemble (:mod:`advmnist.attacks.autoattack`) and the robustness curve ask which
 images a network already gets wrong before any attack runs; the network runs on
-blocks of 16 images (:meth:`advmnist.frozen.FrozenModel.logits`), so an image's
+blocks of 16 images (:meth:`advmnist.model.frozen.FrozenModel.logits`), so an image's
 prediction does not depend on the others.
 """
 from __future__ import annotations

@@ -31,11 +31,11 @@ import dataclasses
 import numpy as np
 
 from advmnist.attacks.base import Attack, AttackResult, check_eps, is_targeted, progress_bar, rounded_to_8bit
-from advmnist.attacks.minimal import margin_and_success
+from advmnist.attacks.fmn import margin_and_success
 from advmnist.attacks.norms import get_norm
 from advmnist.attacks.pgd import PGDLoop
 from advmnist.attacks.square_proposals import CORNERS, first_directions, pattern_table, query_draws, square_sides
-from advmnist.data import IMAGE_SIZE
+from advmnist.data.mnist import IMAGE_SIZE
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 

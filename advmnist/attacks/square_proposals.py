@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.data import IMAGE_SIZE
+from advmnist.data.mnist import IMAGE_SIZE
 
 #: Where ``p`` halves, in queries of a 10000-query budget (Sec. 4 of the paper, the authors' schedule).
 CHECKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)

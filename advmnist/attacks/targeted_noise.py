@@ -14,7 +14,7 @@ import numpy as np
 from advmnist.attacks.base import (Attack, AttackInterrupted, AttackResult, LogitsFn, progress_bar, rounded_to_8bit,
                                    row_cross_entropy, row_softmax)
 from advmnist.attacks.norms import Regularizer
-from advmnist.data import NUM_CLASSES
+from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 

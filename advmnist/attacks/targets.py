@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.data import NUM_CLASSES
+from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 
 TARGET_RULES = ("9-d", "d+1", "random")

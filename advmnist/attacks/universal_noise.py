@@ -7,7 +7,7 @@ towards the target plus ``l2_weight * sum(noise^2) / 2``, and the noise is clipp
 [-noise_limit, +noise_limit] after every step.
 
 :class:`UniversalNoiseGraph` is the optimizer, built into the current graph so that
-adversarial training (:mod:`advmnist.immunize`) can alternate noise steps and network
+adversarial training (:mod:`advmnist.defences.universal_immunization`) can alternate noise steps and network
 steps in one session; :class:`UniversalNoise` is the attack of the contract, which
 applies one noise per target class to the images it is given.
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from advmnist.attacks.base import Attack, AttackResult, LogitsFn, progress_bar, rounded_to_8bit
 from advmnist.attacks.norms import L2, Regularizer
-from advmnist.data import IMAGE_SIZE
+from advmnist.data.mnist import IMAGE_SIZE
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 

@@ -1,7 +1,7 @@
 """The ``advmnist`` command line: one module per command, a thin layer over the library.
 
 Each command validates its input at the boundary (bad values exit with status 2),
-calls the library, has :mod:`advmnist.results` and :mod:`advmnist.report` write its
+calls the library, has :mod:`advmnist.experiments.results` and :mod:`advmnist.report.figures` write its
 files (atomically), and prints human text to stdout (to stderr with ``--json``, which
 prints exactly one JSON object on stdout, an error object if the command fails).
 """

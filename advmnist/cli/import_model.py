@@ -8,8 +8,8 @@ import click
 from advmnist.cli.options import (Output, data_dir_option, finite, json_option, renamed_option, take_renamed,
                                   translate_errors,
                                   writable_folder)
-from advmnist.convert import PIXEL_SCALES
-from advmnist.importing import MNIST_MEAN, MNIST_STD, OUTPUT_CHOICES
+from advmnist.interop.convert import PIXEL_SCALES
+from advmnist.interop.importing import MNIST_MEAN, MNIST_STD, OUTPUT_CHOICES
 
 #: below this test accuracy the input convention is probably not the model's
 PLAUSIBLE_ACCURACY = 0.5
@@ -61,12 +61,12 @@ def import_model(source, out, old_out, input_range, mean, std, output, data_dir,
       advmnist import my_mnist.keras --run-dir runs/mine
       advmnist robustness --model runs/mine --model runs/cnn
     """
-    from advmnist.data import load_split
-    from advmnist.export import TENSOR_NAMES
+    from advmnist.data.mnist import load_split
+    from advmnist.model.freezing import TENSOR_NAMES
     from advmnist.fileio import check_writable_dir, display_path
-    from advmnist.frozen import MODEL_FILE, FrozenModel
-    from advmnist.importing import ImportSettings, import_model as convert
-    from advmnist.runs import write_frozen
+    from advmnist.model.frozen import MODEL_FILE, FrozenModel
+    from advmnist.interop.importing import ImportSettings, import_model as convert
+    from advmnist.model.runs import write_frozen
 
     out = take_renamed(out, old_out, "import", "--out", "--run-dir", "the run folder it makes, as in train")
     if input_range != "mean-std" and (mean is not None or std is not None):

@@ -11,8 +11,8 @@ from advmnist.attacks import make_regularizer
 from advmnist.cli.options import (Output, config_option, data_dir_option, json_option, load_model, model_option,
                                   out_option, progress_enabled, reg_option, seed_option, select_shard, shard_option,
                                   shard_out, split_option, steps_option, translate_errors, weight_option)
-from advmnist.matrix import MatrixSettings
-from advmnist.tradeoff import REG_CHOICES
+from advmnist.experiments.matrix import MatrixSettings
+from advmnist.experiments.tradeoff import REG_CHOICES
 
 DEFAULTS = MatrixSettings()
 
@@ -56,9 +56,10 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
     With --shard K/N a process takes attacks K, K+N, ... of the list (source digit,
     then target); `advmnist merge` puts the shards together.
     """
-    from advmnist import matrix as matrix_lib
-    from advmnist import report, results
-    from advmnist.data import load_split
+    from advmnist.experiments.matrix import all_pairs, pick_sources, summarize
+    from advmnist.report import figures
+    from advmnist.experiments import results
+    from advmnist.data.mnist import load_split
     from advmnist.fileio import display_path
 
     output = Output(json_mode)
@@ -66,19 +67,19 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
                               split=split, steps=steps, seed=seed)
     model = load_model(model_path, no_verify, output)
     data = load_split(split, data_dir, log=output.say)
-    chosen = matrix_lib.pick_sources(data.labels, per_class)
-    indices, targets = matrix_lib.all_pairs(chosen, data.labels)
+    chosen = pick_sources(data.labels, per_class)
+    indices, targets = all_pairs(chosen, data.labels)
     population = len(indices)
     positions, indices, targets = select_shard(shard, population, indices, targets)
     out = shard_out(out, shard)
     output.say(f"{len(indices)} attacks ({per_class} image(s) of each digit x 9 targets"
                + (f", shard {shard} of {population}" if shard else "") + f"), {steps} steps, {reg}")
-    report.import_in_background()
+    figures.import_in_background()
     started = time.time()
     result = settings.attack()(model.logits, data.images[indices], data.labels[indices], targets=targets, seed=seed,
                                progress=progress_enabled(), positions=positions, population=population)
     seconds = time.time() - started
-    cells = matrix_lib.summarize(result)
+    cells = summarize(result)
     record = results.write_matrix(out, settings.file_stem, reg, result, cells, indices,
                                   {"model": display_path(model.path), "model_sha256": model.sha256,
                                    **dataclasses.asdict(settings)}, seconds,
@@ -86,7 +87,7 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
     output.say(f"reached the target: {record['success_overall']:.1%} of {len(indices)} ({seconds:.0f} s)")
     output.say("mean L2 of the successful perturbations, rows: source digit, columns: target class")
     table = [[s] + ["-" if np.isnan(v) else f"{v:.2f}" for v in row] for s, row in enumerate(cells.mean_l2)]
-    output.say(report.format_table(["src"] + [str(t) for t in range(10)], table))
+    output.say(figures.format_table(["src"] + [str(t) for t in range(10)], table))
     output.say("easiest: " + ", ".join(f"{s}->{t}" for s, t in cells.easiest())
                + "; hardest: " + ", ".join(f"{s}->{t}" for s, t in cells.hardest()))
     output.say("files: " + ", ".join(record["files"].values()))

@@ -30,7 +30,7 @@ def merge(folders, out, json_mode) -> None:
       advmnist merge assets/shard-*-of-4
     """
     from advmnist.fileio import display_path
-    from advmnist.shards import merge as merge_shards
+    from advmnist.experiments.shards import merge as merge_shards
 
     output = Output(json_mode)
     records = merge_shards(folders, out)

@@ -10,7 +10,7 @@ from advmnist.cli.attack import attack_inputs
 from advmnist.cli.options import (MAX_TABLE_ROWS, Output, config_option, data_dir_option, image_options,
                                   json_option, model_option, out_option, progress_enabled, seed_option,
                                   select_shard, shard_option, shard_out, steps_option, translate_errors)
-from advmnist.minimal import NORM_CHOICES, MinimalSettings
+from advmnist.experiments.minimal import NORM_CHOICES, MinimalSettings
 
 DEFAULTS = MinimalSettings()
 
@@ -63,8 +63,9 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     Ctrl-C stops the run; images already finished (searched 512 rows of images x
     starts at a time) are kept in minimal_<norm>_partial.*.
     """
-    from advmnist import minimal as minimal_lib
-    from advmnist import report, results
+    from advmnist.experiments.minimal import summarize
+    from advmnist.report import figures
+    from advmnist.experiments import results
     from advmnist.attacks import AttackInterrupted
     from advmnist.fileio import display_path
 
@@ -77,7 +78,7 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     settings = MinimalSettings(norm=norm, count=count, offset=offset, split=split, target=rule, steps=steps,
                                starts=starts, seed=seed)
     record = {"model": display_path(model.path), "model_sha256": model.sha256, **vars(settings)}
-    report.import_in_background()
+    figures.import_in_background()
     attack = settings.attack()
     output.say(f"minimal {norm}: {len(images)} image(s), {starts} start(s) x {steps} steps each"
                + (f" (shard {shard} of {count})" if shard else ""))
@@ -87,13 +88,13 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
                         positions=positions, population=count)
     except AttackInterrupted as stop:
         done = len(stop.partial)
-        summary = minimal_lib.summarize(stop.partial, norm, indices=indices[:done], seconds=time.time() - started)
+        summary = summarize(stop.partial, norm, indices=indices[:done], seconds=time.time() - started)
         partial = results.write_minimal(out, f"{settings.file_stem}_partial", stop.partial, summary, indices[:done],
                                         {**record, "completed": done})
         click.echo(f"\nInterrupted: the first {done} of {len(images)} images were done; their results are in "
                    f"{partial['files']['arrays']} and beside it.", err=True)
         sys.exit(130)
-    summary = minimal_lib.summarize(result, norm, indices=indices, seconds=time.time() - started)
+    summary = summarize(result, norm, indices=indices, seconds=time.time() - started)
     payload = results.write_minimal(out, settings.file_stem, result, summary, indices, record,
                                     shard=shard.record(count) if shard else None)
     print_minimal(output, summary, payload["files"])
@@ -101,14 +102,14 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
 
 
 def print_minimal(output: Output, summary, files: dict) -> None:
-    from advmnist import report
+    from advmnist.report import figures
 
     s, norm = summary.summary, summary.norm
     output.say(f"\n== minimal {norm}, {summary.seconds:.1f} s")
     headers = ["index", "label", "target", "pred", "L1", "L2", "Linf", "8-bit ok"]
     rows = [[r["index"], r["label"], "any" if r["target"] < 0 else r["target"], r["prediction"], r["l1"], r["l2"],
              r["linf"], "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows[:MAX_TABLE_ROWS]]
-    output.say(report.format_table(headers, rows))
+    output.say(figures.format_table(headers, rows))
     if len(summary.rows) > MAX_TABLE_ROWS:
         output.say(f"... {len(summary.rows) - MAX_TABLE_ROWS} more rows in the metrics .json")
     aim = "reached the target" if s["targeted"] else "misclassified"

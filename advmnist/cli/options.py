@@ -2,7 +2,7 @@
 
 A command module parses its options (declared with the factories here, defaults
 taken from the library's settings dataclasses), calls the library, hands the result
-to :mod:`advmnist.results` / :mod:`advmnist.report` to be written, and prints.
+to :mod:`advmnist.experiments.results` / :mod:`advmnist.report.figures` to be written, and prints.
 """
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def out_option(description: str | None = None):
 def _parse_shard(ctx: click.Context, param: click.Parameter, value):
     if value is None:
         return None
-    from advmnist.shards import Shard
+    from advmnist.experiments.shards import Shard
 
     try:
         return Shard.parse(value)
@@ -234,7 +234,7 @@ def range_options(defaults):
 
 def check_range(split: str, offset: int, count: int) -> None:
     """``--offset + --count`` must fit in the split: exit 2 otherwise."""
-    from advmnist.data import split_size
+    from advmnist.data.mnist import split_size
 
     if offset + count > split_size(split):
         raise click.BadParameter(f"expected --offset + --count <= {split_size(split)} ({split} split), "
@@ -321,7 +321,7 @@ def config_option(example: str | None = None):
 
 def load_model(model_path: Path | None, no_verify: bool, output: Output):
     """The frozen model, checked against its recorded SHA-256 unless ``--no-verify``."""
-    from advmnist.frozen import FrozenModel
+    from advmnist.model.frozen import FrozenModel
 
     model = FrozenModel.load(model_path, verify=not no_verify)
     for note in model.notes:

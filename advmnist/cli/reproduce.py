@@ -29,7 +29,7 @@ def check_before_running(steps, config: Path | None) -> None:
     """Every step's options, config table and folders, checked as the step itself will check them, before the
     first step runs: a typo in a late step's table fails now, not an hour in. Tables that match no step's
     command are refused."""
-    from advmnist import reproduce as lib
+    from advmnist.report import reproduce as lib
     from advmnist.cli import main
     from advmnist.fileio import read_toml
 
@@ -85,7 +85,8 @@ def reproduce(model_path, out, config, step_names, old_step_names, json_mode) ->
     unchanged; Ctrl-C keeps the finished steps. `advmnist report OUT` rebuilds the
     page from what is on disk.
     """
-    from advmnist import pages, reproduce as lib
+    from advmnist.report import pages
+    from advmnist.report import reproduce as lib
 
     output = Output(json_mode)
     if old_step_names is not None:
@@ -130,7 +131,8 @@ def report(folder, json_mode) -> None:
 
     FOLDER is what `advmnist reproduce --out FOLDER` wrote (default: report).
     """
-    from advmnist import pages, reproduce as lib
+    from advmnist.report import pages
+    from advmnist.report import reproduce as lib
 
     output = Output(json_mode)
     collected = lib.collect(folder)

@@ -13,7 +13,7 @@ from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, chec
                                   range_options, renamed_option, seed_option, select_shard, shard_option, shard_out,
                                   split_option, take_renamed, translate_errors)
 from advmnist.attacks.registry import REGISTRY
-from advmnist.robustness import RobustnessSettings
+from advmnist.experiments.robustness import RobustnessSettings
 
 DEFAULTS = RobustnessSettings()
 
@@ -94,11 +94,12 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
       advmnist robustness --norm l2 --model runs/cnn --model runs/cnn-immune-3
       advmnist robustness --shard K/N   # one of N processes; then `advmnist merge assets/shard-*`
     """
-    from advmnist import report, results
-    from advmnist import robustness as robustness_lib
+    from advmnist.report import figures
+    from advmnist.experiments import results
+    from advmnist.experiments.robustness import DEFAULT_EPS, parse_eps, run_notes
     from advmnist.attacks import choose_targets
     from advmnist.cli.options import load_model
-    from advmnist.data import load_split
+    from advmnist.data.mnist import load_split
     from advmnist.errors import InvalidInput
 
     output = Output(json_mode)
@@ -107,7 +108,7 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
     target = take_renamed(target, old_target, "robustness", "--targeted", "--target", "as in every other command")
     target = None if target == "untargeted" else target
     try:
-        eps = robustness_lib.parse_eps(eps_text, norm) if eps_text else robustness_lib.DEFAULT_EPS[norm]
+        eps = parse_eps(eps_text, norm) if eps_text else DEFAULT_EPS[norm]
     except InvalidInput as err:
         raise click.BadParameter(str(err), param_hint="--eps") from err
     settings = _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, target)
@@ -128,8 +129,8 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
     out = shard_out(out, shard)
     shard_record = shard.record(count) if shard else None
     members = settings.members()
-    notes = robustness_lib.run_notes(settings, members)
-    report.import_in_background()
+    notes = run_notes(settings, members)
+    figures.import_in_background()
     curves = []
     try:
         for model in models:
@@ -177,7 +178,7 @@ def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, ta
 
 def _measure(model, settings, images, labels, targets, positions, shard, output):
     """One model's curve, each of its verdicts re-checked by a plain forward pass in a graph of its own."""
-    from advmnist import robustness as robustness_lib
+    from advmnist.experiments.robustness import robustness_curve
     from advmnist.attacks.autoattack import IncompleteEnsemble
     from advmnist.fileio import display_path
 
@@ -187,7 +188,7 @@ def _measure(model, settings, images, labels, targets, positions, shard, output)
                + f", eps {', '.join(f'{e:g}' for e in settings.eps)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IncompleteEnsemble)  # said once, in the record's warnings
-        curve = robustness_lib.robustness_curve(model.logits, images, labels, settings, model=name,
+        curve = robustness_curve(model.logits, images, labels, settings, model=name,
                                                 targets=targets, progress=progress_enabled(),
                                                 positions=positions, population=settings.count)
     curve.recheck(model.predict_proba, images, labels, targets, norm=settings.norm)
@@ -200,14 +201,14 @@ def _measure(model, settings, images, labels, targets, positions, shard, output)
 
 def _say_tables(output, settings, curves) -> None:
     """The robust accuracy per eps and model; for an ensemble, per model, after each member (AutoAttack's log)."""
-    from advmnist import report
+    from advmnist.report import figures
 
     headers = ["eps"] + [c.model for c in curves]
     rows = [[f"{e:g}"] + [f"{100 * c.robust_accuracy[k]:.1f} %" for c in curves]
             for k, e in enumerate(settings.eps)]
     output.say("\nrobust accuracy" + (f" (not read as the {settings.target} target)" if settings.target else "")
                + f" under {settings.attack}:")
-    output.say(report.format_table(headers, rows))
+    output.say(figures.format_table(headers, rows))
     for curve in curves:
         if len(curve.members) < 2:
             continue
@@ -215,6 +216,6 @@ def _say_tables(output, settings, curves) -> None:
                    "standing; 'before': not fooled at a smaller eps):")
         table = curve.robust_accuracy_after()
         rows = [[f"{e:g}"] + [f"{100 * v:.1f} %" for v in table[k]] for k, e in enumerate(curve.eps)]
-        output.say(report.format_table(["eps", "before"] + [f"after {m}" for m in curve.members], rows))
+        output.say(figures.format_table(["eps", "before"] + [f"after {m}" for m in curve.members], rows))
         output.say("  seconds per member: " + ", ".join(f"{m} {s:.1f}" for m, s in zip(curve.members,
                                                                                         curve.member_seconds)))

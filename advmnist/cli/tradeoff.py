@@ -11,7 +11,7 @@ from advmnist.cli.options import (MAX_TABLE_ROWS, Output, config_option, data_di
                                   json_option, model_option, out_option, progress_enabled, seed_option,
                                   steps_option, translate_errors)
 from advmnist.errors import InvalidInput
-from advmnist.tradeoff import REG_CHOICES, TradeoffSettings
+from advmnist.experiments.tradeoff import REG_CHOICES, TradeoffSettings
 
 DEFAULTS = TradeoffSettings()
 
@@ -50,13 +50,14 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
     Example (about 1.5 minutes on 2 CPU cores):
       advmnist tradeoff --reg l2 --reg l1 --steps 2000
     """
-    from advmnist import report, results
-    from advmnist import tradeoff as tradeoff_lib
+    from advmnist.report import figures
+    from advmnist.experiments import results
+    from advmnist.experiments.tradeoff import parse_weights, smallest_successes, sweep
     from advmnist.fileio import display_path
 
     output = Output(json_mode)
     try:
-        weight_list = tradeoff_lib.parse_weights(weights)
+        weight_list = parse_weights(weights)
     except InvalidInput as err:
         raise click.BadParameter(str(err), param_hint="--weights") from err
     model, indices, images, labels, targets, rule = attack_inputs(model_path, no_verify, split, offset, count,
@@ -65,7 +66,7 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
     settings = TradeoffSettings(regs=tuple(dict.fromkeys(regs)), weights=tuple(weight_list), count=count,
                                 offset=offset, split=split, target=rule, steps=steps, seed=seed)
     output.say(f"{settings.runs()} attacks of {count} image(s), {steps} steps each")
-    report.import_in_background()
+    figures.import_in_background()
     started = time.time()
 
     def said(point) -> None:
@@ -73,9 +74,9 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
         output.say(f"{point.reg} weight {point.weight:g}: {s['success']:.0%} reached the target"
                    + (f", mean L2 {s['mean_l2']:.3f}, mean L1 {s['mean_l1']:.2f}" if s["mean_l2"] is not None else ""))
 
-    points = tradeoff_lib.sweep(model.logits, images, targets, settings.regs, settings.weights, steps=steps,
+    points = sweep(model.logits, images, targets, settings.regs, settings.weights, steps=steps,
                                 seed=seed, labels=labels, progress=progress_enabled(), on_point=said)
-    smallest = tradeoff_lib.smallest_successes(points)
+    smallest = smallest_successes(points)
     settings_record = {"model": display_path(model.path), **dataclasses.asdict(settings)}
     record = results.write_tradeoff(out, settings.file_stem, points, smallest, indices, settings_record,
                                     time.time() - started, title=f"{count} images, {rule} targets, {steps} steps")
@@ -83,6 +84,6 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
             + (["-", "-", "-"] if best is None else [best["reg"], f"{best['weight']:g}", f"{best['l2']:.3f}"])
             for i, best in enumerate(smallest)]
     output.say("smallest successful perturbation per image:")
-    output.say(report.format_table(["index", "label", "target", "reg", "weight", "L2"], rows[:MAX_TABLE_ROWS]))
+    output.say(figures.format_table(["index", "label", "target", "reg", "weight", "L2"], rows[:MAX_TABLE_ROWS]))
     output.say(f"figure: {record['figure']}; numbers: {out / (settings.file_stem + '.json')}")
     output.result(record)

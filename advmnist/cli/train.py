@@ -9,9 +9,9 @@ import click
 
 from advmnist.cli.options import (SEED_RANGE, Output, config_option, data_dir_option, finite, json_option,
                                   translate_errors, writable_folder)
-from advmnist.frozen import DEFAULT_RUN_DIR
+from advmnist.model.frozen import DEFAULT_RUN_DIR
 from advmnist.tfcompat import PRECISIONS, resolve_precision
-from advmnist.train import MAX_SHIFT, SCHEDULES, TrainSettings
+from advmnist.model.training import MAX_SHIFT, SCHEDULES, TrainSettings
 
 DEFAULTS = TrainSettings()
 RESUMABLE = "{}; with --resume, the run's own"
@@ -71,9 +71,9 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpu
     A run never overwrites a finished model: use a new --run-dir, --resume or --overwrite.
     Ctrl-C keeps the checkpoints of the finished epochs and says how to go on.
     """
-    from advmnist.data import load_train_test
-    from advmnist.runs import interrupt_message, prepare_run_dir, read_run_file, run_dir_lock
-    from advmnist.train import train as train_model
+    from advmnist.data.mnist import load_train_test
+    from advmnist.model.runs import interrupt_message, prepare_run_dir, read_run_file, run_dir_lock
+    from advmnist.model.training import train as train_model
 
     out = Output(json_mode)
     if resume and overwrite:

@@ -10,7 +10,7 @@ from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, chec
                                   data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
                                   range_options, renamed_option, seed_option, split_option, take_renamed,
                                   translate_errors)
-from advmnist.transfer import ATTACKS, TransferSettings
+from advmnist.experiments.transfer import ATTACKS, TransferSettings
 
 DEFAULTS = TransferSettings()
 
@@ -66,11 +66,12 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
     Example:
       advmnist transfer --model runs/cnn --model runs/cnn-seed1 --evaluate-on runs/cnn-pgd-eps0.1 --count 500
     """
-    from advmnist import report, results
-    from advmnist import transfer as transfer_lib
+    from advmnist.report import figures
+    from advmnist.experiments import results
+    from advmnist.experiments.transfer import transfer_matrix
     from advmnist.attacks import choose_targets
     from advmnist.cli.options import load_model
-    from advmnist.data import load_split
+    from advmnist.data.mnist import load_split
     from advmnist.errors import InvalidInput
     from advmnist.fileio import display_path
 
@@ -109,13 +110,13 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
         except InvalidInput as err:
             raise click.BadParameter(str(err), param_hint="--target") from err
     fit = load_split("train", data_dir, log=output.say).images if attack == "universal" else None
-    report.import_in_background()
-    matrix, examples = transfer_lib.transfer_matrix(models, source_names, data.images, data.labels, targets, settings,
+    figures.import_in_background()
+    matrix, examples = transfer_matrix(models, source_names, data.images, data.labels, targets, settings,
                                                     fit_images=fit, progress=progress_enabled(), log=output.say)
     record = results.write_transfer(out, settings, matrix, examples, indices, data.labels, targets)
     for title, values in (("reached the intended target", matrix.reached), ("misclassified", matrix.misclassified)):
         output.say(f"\n{title} (rows: made on, columns: evaluated on):")
-        output.say(report.format_table(["made on"] + matrix.evaluated,
+        output.say(figures.format_table(["made on"] + matrix.evaluated,
                                        [[s] + [f"{100 * v:.1f} %" for v in row]
                                         for s, row in zip(matrix.sources, values)]))
     output.say("files: " + ", ".join(record["files"].values()))

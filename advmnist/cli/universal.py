@@ -9,7 +9,7 @@ import numpy as np
 from advmnist.cli.options import (InputError, Output, config_option, data_dir_option, finite, json_option,
                                   load_model, model_option, out_option, progress_enabled, seed_option,
                                   steps_option, translate_errors)
-from advmnist.universal import TARGET_CHOICES, UniversalSettings, target_list
+from advmnist.experiments.universal import TARGET_CHOICES, UniversalSettings, target_list
 
 DEFAULTS = UniversalSettings()
 
@@ -68,9 +68,10 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
       universal_noise_all.png / .npy     with --target all: the ten noises
       universal_<t|all>.json             the metrics
     """
-    from advmnist import report, results
-    from advmnist.data import load_train_test
-    from advmnist.universal import universal_attack
+    from advmnist.report import figures
+    from advmnist.experiments import results
+    from advmnist.data.mnist import load_train_test
+    from advmnist.experiments.universal import universal_attack
 
     output = Output(json_mode)
     targets = target_list(target)
@@ -84,10 +85,10 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
                                      test, settings, model_path=model.path, target=target, noise_file=noise_file)
     output.say(f"model {model.path}: clean test accuracy {result.clean_accuracy:.2%}")
     rows = [[e.target, f"{e.accuracy:.2%}", f"{e.fooled:.2%}"] for e in result.effects]
-    output.say(report.format_table(["target", "accuracy with noise", "read as target"], rows))
+    output.say(figures.format_table(["target", "accuracy with noise", "read as target"], rows))
     if len(targets) == 1:
         output.say("confusion matrix with the noise:")
-        output.say(report.format_confusion(result.effects[0].confusion))
+        output.say(figures.format_confusion(result.effects[0].confusion))
     output.say(f"figures and noise in {out}/")
     output.result(record)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist.data import FILES, ensure_mnist, parse_idx
+from advmnist.data.mnist import FILES, ensure_mnist, parse_idx
 
 TRAIN, TEST = 600, 300
 

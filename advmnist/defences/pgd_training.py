@@ -1,7 +1,7 @@
 """A per-image defence: adversarial training in the L-infinity ball, from a trained run or from scratch.
 
 Every training batch is replaced by adversarial examples against the network as it is
-at that step, computed inside the training graph (:mod:`advmnist.defence_losses`): by
+at that step, computed inside the training graph (:mod:`advmnist.defences.losses`): by
 default Madry et al.'s (2018) PGD, a random start in the ball of radius ``eps`` and
 ``pgd_steps`` signed steps of ``2.5 * eps / pgd_steps``, the network trained on the
 cross-entropy of the examples. Options: Wong et al.'s (2020) FGSM with a random start
@@ -26,10 +26,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from advmnist.data import Split
-from advmnist.defence_losses import ATTACKS, LOSSES, PGD_STEP_SPAN, default_step_size
+from advmnist.data.mnist import Split
+from advmnist.defences.losses import ATTACKS, LOSSES, PGD_STEP_SPAN, default_step_size
 from advmnist.errors import InvalidInput
-from advmnist.immunize import check_training_options
+from advmnist.defences.universal_immunization import check_training_options
 
 #: The guard's sign of catastrophic overfitting: PGD accuracy falls by more than this (a share of the monitor
 #: images) since the last kept epoch while the accuracy under the training FGSM does not fall.
@@ -52,13 +52,13 @@ class PGDTrainingSettings:
     shift: int = 2
     #: ``auto``, ``fp32`` or ``bf16``, as for ``train``
     precision: str = "auto"
-    #: epochs over which eps rises linearly to its value (:func:`advmnist.defence_losses.ramped_eps`); 0: none
+    #: epochs over which eps rises linearly to its value (:func:`advmnist.defences.losses.ramped_eps`); 0: none
     eps_ramp: float = 0.0
     #: the training attack's step relative to eps; None: 2.5 / pgd_steps (pgd) or 1.25 (fgsm-rs)
     step_size: float | None = None
-    #: the training attack (:data:`advmnist.defence_losses.ATTACKS`)
+    #: the training attack (:data:`advmnist.defences.losses.ATTACKS`)
     attack: str = "pgd"
-    #: the loss (:data:`advmnist.defence_losses.LOSSES`); ``beta`` weighs TRADES's KL term
+    #: the loss (:data:`advmnist.defences.losses.LOSSES`); ``beta`` weighs TRADES's KL term
     loss: str = "pgd"
     beta: float = 6.0
     #: fresh initial weights instead of the run's checkpoint
@@ -194,9 +194,9 @@ def train_against_pgd(model, train: Split, test: Split, settings: PGDTrainingSet
         PGDTrainingInterrupted: on Ctrl-C, once the network and the resumable state are saved.
     """
     from advmnist.fileio import display_path
-    from advmnist.immunize import checkpoint_of
-    from advmnist.pgd_trainer import PGDTrainer
-    from advmnist.runs import clear_resume_state, read_resume_state, resume_checkpoint, save_resume_state, save_trained
+    from advmnist.defences.universal_immunization import checkpoint_of
+    from advmnist.defences.pgd_trainer import PGDTrainer
+    from advmnist.model.runs import clear_resume_state, read_resume_state, resume_checkpoint, save_resume_state, save_trained
 
     if resume:
         record = read_resume_state(out_dir)

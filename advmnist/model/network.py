@@ -8,7 +8,7 @@ graph and adversarial training build exactly the same variables.
 """
 from __future__ import annotations
 
-from advmnist.data import IMAGE_SIZE, NUM_CLASSES
+from advmnist.data.mnist import IMAGE_SIZE, NUM_CLASSES
 from advmnist.tfcompat import load_tensorpack, tf1
 
 INPUT_NAME = "input"
@@ -67,7 +67,7 @@ def averaging_optimizer(opt, decay: float):
     """``opt``, followed at every step by an exponential moving average of the weights it updates.
 
     The averages (``<variable>/ExponentialMovingAverage``) are saved with the checkpoints
-    and are what :func:`advmnist.export.inference_graph_def` freezes. Early on the
+    and are what :func:`advmnist.model.freezing.inference_graph_def` freezes. Early on the
     average uses TensorFlow's ramp ``min(decay, (1 + step) / (10 + step))``, so the
     first steps' random weights are soon forgotten.
     """

@@ -1,13 +1,13 @@
 """Import an MNIST classifier trained elsewhere (Keras 3, tf-keras, a SavedModel, ONNX) as a frozen graph.
 
-The conversion runs in another process (:mod:`advmnist.convert`, eager TensorFlow and
+The conversion runs in another process (:mod:`advmnist.interop.convert`, eager TensorFlow and
 Keras 3), since this one runs in graph mode with the legacy Keras. It hands back a
 GraphDef with advmnist's own interface, ``input:0`` (N, 28, 28) pixels in [0, 1] and
 ``logits:0`` (N, 10), so every attack works in [0, 1] pixel space whatever the model
 expects. Before the graph is accepted, it is loaded here as a :class:`FrozenModel`
 and its probabilities on the check images must equal those of the model itself,
 called by the converter the way a user would call it. This module returns the graph;
-the run layer (:func:`advmnist.runs.write_frozen`) writes it.
+the run layer (:func:`advmnist.model.runs.write_frozen`) writes it.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist.convert import OUTPUT_KINDS, PIXEL_SCALES
+from advmnist.interop.convert import OUTPUT_KINDS, PIXEL_SCALES
 from advmnist.errors import InvalidInput
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -117,15 +117,15 @@ def converter_env() -> dict:
     env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
     env["KERAS_BACKEND"] = "tensorflow"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
 
 
 def run_converter(args: list[str], workdir: Path) -> dict:
-    """Run ``python -m advmnist.convert ARGS``; its report, or InvalidInput with its one-line error."""
+    """Run ``python -m advmnist.interop.convert ARGS``; its report, or InvalidInput with its one-line error."""
     report = workdir / "report.json"
-    done = subprocess.run([sys.executable, "-m", "advmnist.convert", *args, "--report", str(report)],
+    done = subprocess.run([sys.executable, "-m", "advmnist.interop.convert", *args, "--report", str(report)],
                           env=converter_env(), capture_output=True, text=True)
     if done.returncode == 2 and report.is_file():
         raise InvalidInput(json.loads(report.read_text())["error"])
@@ -142,8 +142,8 @@ def import_model(source: os.PathLike | str, settings: ImportSettings = ImportSet
         InvalidInput: not a model, not one for 28x28 grayscale images, not 10 outputs, or the
             converted graph disagrees with the model (the message says which).
     """
-    from advmnist.export import TENSOR_NAMES
-    from advmnist.frozen import FrozenModel
+    from advmnist.model.freezing import TENSOR_NAMES
+    from advmnist.model.frozen import FrozenModel
     from advmnist.tfcompat import tf1
 
     source = Path(source)

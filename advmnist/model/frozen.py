@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist import gradients
-from advmnist.rowwise import in_blocks, padded_rows
+from advmnist.model import gradients
+from advmnist.model.rowwise import in_blocks, padded_rows
 from advmnist.tfcompat import session_config, tf1
 from advmnist.errors import InvalidInput
 
@@ -111,11 +111,11 @@ class FrozenModel:
     def logits(self, image_tensor, name: str = "net"):
         """Import the graph into the default graph with ``image_tensor`` as its input.
 
-        The network runs on blocks of :data:`~advmnist.rowwise.ROW_BLOCK` images
-        (:func:`advmnist.rowwise.in_blocks`), so an image's logits and gradient are the
+        The network runs on blocks of :data:`~advmnist.model.rowwise.ROW_BLOCK` images
+        (:func:`advmnist.model.rowwise.in_blocks`), so an image's logits and gradient are the
         same bit for bit whatever the images beside it. Its weights are constants, so
         gradients with respect to the input (the attacks' only gradients) use the faster
-        forms of :mod:`advmnist.gradients`.
+        forms of :mod:`advmnist.model.gradients`.
         """
         tf = tf1()
 
@@ -130,7 +130,7 @@ class FrozenModel:
     def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Softmax probabilities, shape (N, 10), for images (N, 28, 28) in [0, 1].
 
-        The softmax runs on rows padded to a multiple of 16 (:func:`advmnist.rowwise.padded_rows`), so an
+        The softmax runs on rows padded to a multiple of 16 (:func:`advmnist.model.rowwise.padded_rows`), so an
         image's probabilities, as its logits, do not depend on the images beside it.
         """
         tf = tf1()

@@ -1,4 +1,4 @@
-"""The ``export`` half of :mod:`advmnist.convert`: a frozen model.pb as a SavedModel or an ONNX file.
+"""The ``export`` half of :mod:`advmnist.interop.convert`: a frozen model.pb as a SavedModel or an ONNX file.
 
 Runs in the converter's process (eager TensorFlow). What it writes is loaded again and
 its probabilities compared with the frozen graph's, run in a TensorFlow 1 session.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist.convert import SIZE, ConversionError, _first_line, _tf
+from advmnist.interop.convert import SIZE, ConversionError, _first_line, _tf
 
 
 def graph_outputs(graph_def, meta: dict, images: np.ndarray) -> np.ndarray:

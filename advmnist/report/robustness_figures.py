@@ -1,13 +1,13 @@
 """Figures of the minimal-norm, robustness, transfer and PGD-training experiments.
 
-The other half of the figure layer (:mod:`advmnist.report` holds the shared tile grids
+The other half of the figure layer (:mod:`advmnist.report.figures` holds the shared tile grids
 and the reference experiments' figures); every write is atomic.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from advmnist.report import MAX_TILES, _subplots, digit_grid, noise_grid, save_figure
+from advmnist.report.figures import MAX_TILES, _subplots, digit_grid, noise_grid, save_figure
 
 
 def minimal_figures(result, report, out_dir) -> dict[str, str]:

@@ -1,11 +1,11 @@
-"""The session of :mod:`advmnist.pgd_training`: the network, the training attack and the loss in one graph.
+"""The session of :mod:`advmnist.defences.pgd_training`: the network, the training attack and the loss in one graph.
 
 Each training step is a pure function of the weights, the optimizer's state, the seed and
 the step's index: the batch order is drawn per epoch, the shift, the clean images, the
 attack's random start and the dropout masks per step, all from generators keyed by
 (seed, step). The step counter is a variable of the graph, advanced by the training op
 itself, so a checkpoint of every variable (:attr:`PGDTrainer.state_saver`) holds all
-that a resumed run needs besides :class:`advmnist.pgd_training.TrainingProgress`.
+that a resumed run needs besides :class:`advmnist.defences.pgd_training.TrainingProgress`.
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from typing import Callable
 import numpy as np
 
 from advmnist.attacks.base import progress_bar, row_cross_entropy
-from advmnist.data import IMAGE_SIZE, Split
-from advmnist.defence_losses import ball_attack, ramped_eps, trades_loss
-from advmnist.immunize import RestoredNetwork
-from advmnist.model import cnn_logits, network_variables
-from advmnist.pgd_training import (GUARD_STEP_FACTOR, PGDTrainingResult, PGDTrainingSettings, TrainingProgress,
+from advmnist.data.mnist import IMAGE_SIZE, Split
+from advmnist.defences.losses import ball_attack, ramped_eps, trades_loss
+from advmnist.defences.universal_immunization import RestoredNetwork
+from advmnist.model.network import cnn_logits, network_variables
+from advmnist.defences.pgd_training import (GUARD_STEP_FACTOR, PGDTrainingResult, PGDTrainingSettings, TrainingProgress,
                                    collapsed, interrupts_deferred)
 from advmnist.tfcompat import tf1
-from advmnist.train import shifted
+from advmnist.model.training import shifted
 
 #: The second half of the seed pair of every measurement (training steps use their index).
 MEASURE_KEY = 2**40

@@ -1,6 +1,6 @@
 """Results on disk: what each command writes besides its figures, and the records it returns.
 
-With :mod:`advmnist.report` (the figures) this is the only layer that writes results;
+With :mod:`advmnist.report.figures` (the figures) this is the only layer that writes results;
 the library returns values. Every file is written atomically, and every path in a
 record is relative to the working folder when it lies under it
 (:func:`advmnist.fileio.display_path`), so committed results hold no machine's paths.
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from advmnist import fileio, report, report_robustness
-from advmnist.attack import AttackSettings
+from advmnist import fileio
+from advmnist.report import figures
+from advmnist.report import robustness_figures
+from advmnist.experiments.targeted import AttackSettings
 from advmnist.fileio import display_path
 
 
@@ -76,7 +78,7 @@ def _write_arrays(out: Path, stem: str, result, indices: np.ndarray) -> Path:
 
 
 def _shard(shard: dict | None) -> dict:
-    """A shard's entry in its metrics record (:meth:`advmnist.shards.Shard.record`), none for a whole run."""
+    """A shard's entry in its metrics record (:meth:`advmnist.experiments.shards.Shard.record`), none for a whole run."""
     return {} if shard is None else {"shard": shard}
 
 
@@ -84,10 +86,10 @@ def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, set
                  shard=None) -> dict:
     """One regularizer's run of ``attack``: the two grids, the arrays, the metrics; returns the record.
 
-    ``shard``: :meth:`advmnist.shards.Shard.record` when the run is a shard.
+    ``shard``: :meth:`advmnist.experiments.shards.Shard.record` when the run is a shard.
     """
     stem = AttackSettings.file_stem(name)
-    files = report.attack_figures(result, name, out)
+    files = figures.attack_figures(result, name, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {**summary.to_dict(), **_files(files), "settings": settings, **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
@@ -97,7 +99,7 @@ def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, set
 def write_comparison(out: Path, results: dict, records: dict) -> dict:
     """``attack --reg all``: the side-by-side figure and table of the regularizers."""
     figure = out / f"{AttackSettings.COMPARISON_STEM}.png"
-    report.comparison_figure(results, figure)
+    figures.comparison_figure(results, figure)
     keys = ("success", "success_8bit", "count", "L1Norm", "L2Norm", "mean_l1", "mean_l2", "mean_linf")
     table = [{"reg": name, **{key: record["summary"][key] for key in keys}} for name, record in records.items()]
     fileio.write_json(out / f"{AttackSettings.COMPARISON_STEM}.json", {"table": table, "figure": display_path(figure)})
@@ -107,7 +109,7 @@ def write_comparison(out: Path, results: dict, records: dict) -> dict:
 def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, settings: dict, *,
                   shard=None) -> dict:
     """``minimal``: the grids and the curve, the arrays, the metrics; returns the record."""
-    files = report_robustness.minimal_figures(result, report_, out)
+    files = robustness_figures.minimal_figures(result, report_, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {**report_.to_dict(), **_files(files), "settings": settings, **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)
@@ -136,12 +138,12 @@ def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: n
     """``robustness``: the figure; per model and image the smallest fooling eps, its example, the member of
     the attack that found it and at which step, the plain forward pass's verdict; the table.
 
-    ``notes``: warnings about the run itself (:func:`advmnist.robustness.run_notes`); each model's own
-    warnings (:meth:`~advmnist.robustness.RobustnessCurve.warnings`) are added to them.
+    ``notes``: warnings about the run itself (:func:`advmnist.experiments.robustness.run_notes`); each model's own
+    warnings (:meth:`~advmnist.experiments.robustness.RobustnessCurve.warnings`) are added to them.
     """
     stem = settings.file_stem + suffix
     figure = out / f"{stem}.png"
-    report_robustness.robustness_figure(curves, figure, norm=settings.norm, targeted=settings.target is not None,
+    robustness_figures.robustness_figure(curves, figure, norm=settings.norm, targeted=settings.target is not None,
                                         minimal=minimal, attack=settings.attack)
     for curve in curves:
         if curve.model in minimal:
@@ -171,7 +173,7 @@ def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndar
     """``transfer``: the heatmaps, the examples made on each network, the matrices."""
     stem = settings.file_stem
     figure = out / f"{stem}.png"
-    report_robustness.transfer_figure(matrix, figure, attack=settings.attack)
+    robustness_figures.transfer_figure(matrix, figure, attack=settings.attack)
     arrays = out / f"{stem}.npz"
     fileio.write_npz(arrays, indices=indices, labels=labels,
                      targets=targets if targets is not None else np.full(len(labels), -1),
@@ -184,7 +186,7 @@ def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndar
 
 def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
                  seconds: float, *, shard=None) -> dict:
-    files = report.matrix_figures(cells, reg, out)
+    files = figures.matrix_figures(cells, reg, out)
     files["arrays"] = _write_arrays(out, stem, result, indices)
     record = {"settings": settings, **cells.to_dict(), "success_overall": float(result.success.mean()),
               "hardest": cells.hardest(), "easiest": cells.easiest(), "seconds": round(seconds, 2),
@@ -196,7 +198,7 @@ def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndar
 def write_tradeoff(out: Path, stem: str, points, smallest, indices: np.ndarray, settings: dict, seconds: float,
                    title: str) -> dict:
     figure = out / f"{stem}.png"
-    report.tradeoff_figure(points, figure, title=title)
+    figures.tradeoff_figure(points, figure, title=title)
     record = {"settings": settings, "points": [p.summary() for p in points],
               "smallest_success": [None if best is None else {"index": int(indices[i]), **best}
                                    for i, best in enumerate(smallest)],
@@ -209,7 +211,7 @@ def write_universal(out: Path, stem: str, result, targets: list[int], test, sett
                     target: str, noise_file: Path | None) -> dict:
     """``universal``: figures per target, the noises (unless measured from a file), the metrics."""
     tag = "" if noise_file is None else "_given"
-    files = report.universal_figures(result, targets, test.images, test.labels, out,
+    files = figures.universal_figures(result, targets, test.images, test.labels, out,
                                      noise_limit=settings.noise_limit, tag=tag)
     if noise_file is None:
         for t, noise in zip(targets, result.noise):
@@ -229,7 +231,7 @@ def immunize_settings_record(settings) -> dict:
 
 def write_immunize(out: Path, stem: str, result, *, run_dir: Path, base_model: Path, settings, title: str) -> dict:
     figure = out / f"{stem}.png"
-    report.immunize_figure(result, figure, title=title)
+    figures.immunize_figure(result, figure, title=title)
     record = {**result.to_dict(), "run_dir": display_path(run_dir), "model": display_path(run_dir / "model.pb"),
               "base_model": display_path(base_model), "figure": display_path(figure),
               "settings": immunize_settings_record(settings)}
@@ -239,7 +241,7 @@ def write_immunize(out: Path, stem: str, result, *, run_dir: Path, base_model: P
 
 def write_pgd_training(out: Path, stem: str, result, *, run_dir: Path, base_model: Path, settings) -> dict:
     figure = out / f"{stem}.png"
-    report_robustness.pgd_training_figure(result, figure, eps=settings.eps)
+    robustness_figures.pgd_training_figure(result, figure, eps=settings.eps)
     record = {**result.to_dict(), "run_dir": display_path(run_dir), "model": display_path(run_dir / "model.pb"),
               "base_model": display_path(base_model) if base_model else None, "figure": display_path(figure),
               "settings": dataclasses.asdict(settings)}

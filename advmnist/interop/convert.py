@@ -1,7 +1,7 @@
 """Convert an MNIST classifier from Keras, a SavedModel or ONNX into advmnist's frozen graph, and back.
 
 This module runs in its own process, in eager TensorFlow 2 with Keras 3 (``python -m
-advmnist.convert``, started by :mod:`advmnist.importing`), because advmnist itself runs
+advmnist.interop.convert``, started by :mod:`advmnist.interop.importing`), because advmnist itself runs
 in graph mode with the legacy Keras and a process cannot hold both. It never imports
 :mod:`advmnist.tfcompat`.
 
@@ -314,7 +314,7 @@ def run_import(args, workdir: Path) -> dict:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m advmnist.convert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m advmnist.interop.convert", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     read = commands.add_parser("import")
     read.add_argument("--source", required=True)
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
             if args.command == "import":
                 report = run_import(args, Path(workdir))
             else:
-                from advmnist.convert_export import run_export
+                from advmnist.interop.convert_export import run_export
 
                 report = run_export(args, Path(workdir))
             status = 0

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from advmnist import fileio
 from advmnist.fileio import read_json
-from advmnist.data import IMAGE_SIZE
+from advmnist.data.mnist import IMAGE_SIZE
 from advmnist.errors import InvalidInput
-from advmnist.export import TENSOR_NAMES, inference_graph_def, library_versions
-from advmnist.frozen import META_FILE, MODEL_FILE
+from advmnist.model.freezing import TENSOR_NAMES, inference_graph_def, library_versions
+from advmnist.model.frozen import META_FILE, MODEL_FILE
 
 RUN_FILE = "run.json"
 

@@ -19,14 +19,14 @@ import numpy as np
 
 from advmnist.attacks import UniversalNoiseGraph
 from advmnist.attacks.base import progress_bar
-from advmnist.data import IMAGE_SIZE, Split
+from advmnist.data.mnist import IMAGE_SIZE, Split
 from advmnist.errors import InvalidInput
 from advmnist.fileio import display_path
-from advmnist.frozen import DEFAULT_RUN_DIR, FrozenModel
-from advmnist.model import cnn_logits, network_variables
+from advmnist.model.frozen import DEFAULT_RUN_DIR, FrozenModel
+from advmnist.model.network import cnn_logits, network_variables
 from advmnist.tfcompat import PRECISIONS, resolve_precision, session_config, tf1
-from advmnist.train import MAX_SHIFT, shifted
-from advmnist.universal import NoiseEffect, UniversalSettings, check_targets, noise_effect
+from advmnist.model.training import MAX_SHIFT, shifted
+from advmnist.experiments.universal import NoiseEffect, UniversalSettings, check_targets, noise_effect
 
 SCHEDULES = ("sequential", "interleaved")
 
@@ -43,7 +43,7 @@ class ImmunizeSettings:
     refresh_steps: int = 50
     replay: bool = True
     noise: UniversalSettings = UniversalSettings()
-    #: training images moved by up to this many pixels (:func:`advmnist.train.shifted`), as ``train`` does
+    #: training images moved by up to this many pixels (:func:`advmnist.model.training.shifted`), as ``train`` does
     shift: int = 2
     #: ``auto``, ``fp32`` or ``bf16``, as for ``train`` (:func:`advmnist.tfcompat.resolve_precision`)
     precision: str = "auto"
@@ -175,7 +175,7 @@ class RestoredNetwork:
 class AdversarialTrainer(RestoredNetwork):
     """The network of a training run, in a session, with a universal-noise adversary beside it.
 
-    Built from a checkpoint: the CNN's variables (:data:`advmnist.model.LAYER_SCOPES`)
+    Built from a checkpoint: the CNN's variables (:data:`advmnist.model.network.LAYER_SCOPES`)
     are restored and then trained with Adam (``settings.train_lr``, dropout on) on
     batches where most images carry the adversary's noise. One seed
     (``settings.seed``) drives everything drawn at random. Use as a context manager;
@@ -205,7 +205,7 @@ class AdversarialTrainer(RestoredNetwork):
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self.labels, logits=logits))
             self.train_step = tf.train.AdamOptimizer(settings.train_lr).minimize(loss, var_list=network_vars)
             restore = tf.train.Saver(network_vars)
-            #: what the run layer saves (advmnist.runs.save_trained): the network's variables only
+            #: what the run layer saves (advmnist.model.runs.save_trained): the network's variables only
             self.saver = tf.train.Saver(network_vars, max_to_keep=1)
             init = tf.global_variables_initializer()
         self._open_session(init, restore, checkpoint, settings.precision)
@@ -326,7 +326,7 @@ class AdversarialTrainer(RestoredNetwork):
 
 
 class Augmenter:
-    """``shift`` > 0: each batch's images moved by random offsets (:func:`advmnist.train.shifted`) from a stream
+    """``shift`` > 0: each batch's images moved by random offsets (:func:`advmnist.model.training.shifted`) from a stream
     of their own (seeded by ``seed``), so the other random draws of a run are those it makes without it."""
 
     def __init__(self, shift: int, seed: int):
@@ -358,12 +358,12 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
     """Adversarially train the network of ``model``'s run against universal noise for ``targets``.
 
     If ``out_dir`` is given, the network is saved there as a new run by the run layer
-    (:func:`advmnist.runs.save_trained`: checkpoint, model.pb, model.json), also when
+    (:func:`advmnist.model.runs.save_trained`: checkpoint, model.pb, model.json), also when
     interrupted (marked so). ``given_noise`` (one per target, e.g. saved by ``advmnist
     universal``) is the noise of each target's first training phase, and is measured
     before and after.
     """
-    from advmnist.runs import save_trained
+    from advmnist.model.runs import save_trained
 
     targets = check_targets(targets)
     checkpoint = checkpoint_of(model)

@@ -90,7 +90,7 @@ def find_parts(folders) -> dict[str, list[Part]]:
     Temporary files of an interrupted write (``.<stem>.*.tmp.json``) are not results. Each
     ``.npz`` must be the one its ``.json`` was written with, and hold that shard's images.
     """
-    from advmnist.results import check_files
+    from advmnist.experiments.results import check_files
 
     parts: dict[str, list[Part]] = {}
     for folder in folders:
@@ -188,19 +188,21 @@ def total_seconds(parts: list[Part], get=lambda record: record["seconds"]) -> fl
 
 
 def _merge_attack(out: Path, stem: str, parts: list[Part]):
-    from advmnist import attack, results
+    from advmnist.experiments import targeted
+    from advmnist.experiments import results
     from advmnist.attacks import make_regularizer
 
     reg = stem[len("mnist_adv_"):]
     result, indices = merged_result(parts)
     settings = parts[0].record["settings"]
-    summary = attack.summarize(result, make_regularizer(reg, settings["weight"]), indices=indices,
+    summary = targeted.summarize(result, make_regularizer(reg, settings["weight"]), indices=indices,
                                seconds=total_seconds(parts))
     return results.write_attack(out, reg, result, summary, indices, settings), result
 
 
 def _merge_minimal(out: Path, stem: str, parts: list[Part]):
-    from advmnist import minimal, results
+    from advmnist.experiments import minimal
+    from advmnist.experiments import results
 
     result, indices = merged_result(parts)
     settings = parts[0].record["settings"]
@@ -209,7 +211,8 @@ def _merge_minimal(out: Path, stem: str, parts: list[Part]):
 
 
 def _merge_matrix(out: Path, stem: str, parts: list[Part]):
-    from advmnist import matrix, results
+    from advmnist.experiments import matrix
+    from advmnist.experiments import results
 
     result, indices = merged_result(parts)
     settings = parts[0].record["settings"]
@@ -218,8 +221,8 @@ def _merge_matrix(out: Path, stem: str, parts: list[Part]):
 
 
 def _merge_robustness(out: Path, stem: str, parts: list[Part]):
-    from advmnist import results
-    from advmnist.robustness import RobustnessCurve, RobustnessSettings, run_notes
+    from advmnist.experiments import results
+    from advmnist.experiments.robustness import RobustnessCurve, RobustnessSettings, run_notes
 
     recorded = parts[0].record["settings"]
     settings = RobustnessSettings(**{**recorded, "eps": tuple(recorded["eps"])})
@@ -258,8 +261,8 @@ def merge(folders, out: Path) -> list[dict]:
 
     Everything is checked before anything is written.
     """
-    from advmnist import results
-    from advmnist.attack import AttackSettings
+    from advmnist.experiments import results
+    from advmnist.experiments.targeted import AttackSettings
 
     groups = find_parts(folders)
     for stem, parts in groups.items():

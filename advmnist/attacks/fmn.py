@@ -38,7 +38,7 @@ import numpy as np
 
 from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, progress_bar
 from advmnist.attacks.norms import NORMS, get_norm
-from advmnist.data import NUM_CLASSES
+from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 

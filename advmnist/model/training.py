@@ -15,13 +15,13 @@ from typing import Callable
 
 import numpy as np
 
-from advmnist.data import Split
+from advmnist.data.mnist import Split
 from advmnist.errors import InvalidInput
-from advmnist.export import TENSOR_NAMES, inference_graph_def
+from advmnist.model.freezing import TENSOR_NAMES, inference_graph_def
 from advmnist.fileio import display_path, read_json
-from advmnist.frozen import META_FILE, MODEL_FILE, FrozenModel
-from advmnist.model import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.runs import (RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file, reconcile_stats,
+from advmnist.model.frozen import META_FILE, MODEL_FILE, FrozenModel
+from advmnist.model.network import ACCURACY_NAME, COST_NAME, make_model
+from advmnist.model.runs import (RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file, reconcile_stats,
                            write_frozen)
 from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
                                tf1, verbose)

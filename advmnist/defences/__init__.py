@@ -1,0 +1,1 @@
+"""Training a network to resist: against universal noise, and PGD adversarial training."""

@@ -1,0 +1,1 @@
+"""One module per experiment (settings, run, summary), their result files and shard merges."""

@@ -1,0 +1,1 @@
+"""Networks from elsewhere (Keras, SavedModel, ONNX) in, frozen graphs out."""

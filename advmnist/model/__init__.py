@@ -1,0 +1,1 @@
+"""The CNN: its graph, tensorpack training, run folders, freezing, and loading a frozen model."""
