@@ -149,3 +149,19 @@ def autoattack_members(monkeypatch):
         monkeypatch.setitem(REGISTRY, name, entry)
     monkeypatch.setattr(autoattack, "STANDARD", ("pgd-weak", "pgd", "pgd-blind"))
     return autoattack.STANDARD
+
+
+def pytest_sessionstart(session):
+    """Under pytest-xdist (``-n 2``), each worker's TensorFlow uses one thread: two workers on two cores
+    then keep both busy, where one process's small graphs leave the second core idle much of the time."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import advmnist.tfcompat
+
+        make = advmnist.tfcompat.session_config
+
+        def one_thread(*args, **kwargs):
+            config = make(*args, **kwargs)
+            config.intra_op_parallelism_threads = 1  # the inter-op pool stays: two towers in sync need it
+            return config
+
+        advmnist.tfcompat.session_config = one_thread
