@@ -195,21 +195,7 @@ class FMNSearch:
         targets = tf.constant(np.maximum(targets, 0).astype(np.int32))
         worst = norm.size(tf.maximum(x, 1.0 - x))  # the largest change any pixel values allow
 
-        def variable(name, value):
-            return tf.get_variable(name, initializer=value, trainable=False, use_resource=True)
-
-        zeros, infinite = np.zeros((batch, pixels), np.float32), np.full(batch, np.inf, np.float32)
-        with tf.variable_scope("minimal"):
-            self.delta = variable("delta", zeros)
-            self.epsilon = variable("epsilon", np.zeros(batch, np.float32))
-            self.best_delta = variable("best_delta", zeros)
-            self.best_norm = variable("best_norm", infinite)
-            self.closest_delta = variable("closest_delta", zeros)
-            self.closest_margin = variable("closest_margin", infinite)
-            self.begin = tf.placeholder(tf.int32, (), name="begin")
-            self.end = tf.placeholder(tf.int32, (), name="end")
-            self.initial = tf.placeholder(tf.float32, (batch, pixels), name="initial")
-        state = [self.delta, self.epsilon, self.best_delta, self.best_norm, self.closest_delta, self.closest_margin]
+        state = self._state_variables(batch, pixels)
 
         def cosine(i, high, low):
             return low + (high - low) * (1.0 + tf.cos(math.pi * tf.cast(i, tf.float32) / total_steps)) / 2.0
@@ -251,6 +237,26 @@ class FMNSearch:
                 self.best_after = tf.identity(loop[4])
             self.init = tf.variables_initializer(state)
             self.set_delta = self.delta.assign(self.initial)
+
+    def _state_variables(self, batch: int, pixels: int) -> list:
+        """The search's per-row state (graph variables) and the placeholders of a call: the state, in order."""
+        tf = tf1()
+
+        def variable(name, value):
+            return tf.get_variable(name, initializer=value, trainable=False, use_resource=True)
+
+        zeros, infinite = np.zeros((batch, pixels), np.float32), np.full(batch, np.inf, np.float32)
+        with tf.variable_scope("minimal"):
+            self.delta = variable("delta", zeros)
+            self.epsilon = variable("epsilon", np.zeros(batch, np.float32))
+            self.best_delta = variable("best_delta", zeros)
+            self.best_norm = variable("best_norm", infinite)
+            self.closest_delta = variable("closest_delta", zeros)
+            self.closest_margin = variable("closest_margin", infinite)
+            self.begin = tf.placeholder(tf.int32, (), name="begin")
+            self.end = tf.placeholder(tf.int32, (), name="end")
+            self.initial = tf.placeholder(tf.float32, (batch, pixels), name="initial")
+        return [self.delta, self.epsilon, self.best_delta, self.best_norm, self.closest_delta, self.closest_margin]
 
     def start(self, sess, initial: np.ndarray) -> None:
         sess.run(self.init)

@@ -58,11 +58,9 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     On N processes or machines (then `advmnist merge assets/shard-*`):
       advmnist attack --split test --offset 0 --count 1000 --target d+1 --shard K/N
     """
-    from advmnist.experiments import targeted
-    from advmnist.report import figures
-    from advmnist.experiments import results
-    from advmnist.attacks import AttackInterrupted
+    from advmnist.experiments import results, targeted
     from advmnist.fileio import display_path
+    from advmnist.report import figures
 
     output = Output(json_mode)
     if not early_stop and click.get_current_context().get_parameter_source("margin").name != "DEFAULT":
@@ -76,30 +74,15 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     shard_record = shard.record(count) if shard else None
     settings = AttackSettings(reg=reg, weight=weight, count=count, offset=offset, split=split, target=rule,
                               steps=steps, seed=seed, early_stop=early_stop, margin=margin)
-    record = {"model": display_path(model.path), "model_sha256": model.sha256, **{k: v for k, v in vars(settings).items() if k != "reg"}}
+    record = {"model": display_path(model.path), "model_sha256": model.sha256,
+              **{k: v for k, v in vars(settings).items() if k != "reg"}}
     figures.import_in_background()
     runs, records = {}, {}
     for name in settings.regs:
         attack = settings.attack(name)
         started = time.time()
-        try:
-            result = attack(model.logits, images, labels, targets=targets, seed=seed, progress=progress_enabled(),
-                            positions=positions, population=count)
-        except AttackInterrupted as stop:  # keep the chunks that finished, beside (not over) earlier results
-            done = len(stop.partial)
-            summary = targeted.summarize(stop.partial, attack.regularizer, indices=indices[:done],
-                                           seconds=time.time() - started)
-            partial = results.write_attack(out, f"{name}_partial", stop.partial, summary, indices[:done],
-                                           {**record, "completed": done})
-            click.echo(f"\nInterrupted during {name}: the first {done} of {len(images)} images were done; their "
-                       f"results are in {partial['files']['arrays']} and beside it.", err=True)
-            sys.exit(130)
-        except KeyboardInterrupt:
-            kept = f" The finished regularizers' results are in {out}." if records else ""
-            click.echo(f"\nInterrupted during {name} before its first {min(len(images), attack.chunk_size)} images "
-                       f"(optimized together) were finished: nothing of {name} was written.{kept} Run the same "
-                       "command again; a smaller --count or --steps finishes sooner.", err=True)
-            sys.exit(130)
+        result = _run_or_keep_partial(attack, name, model, images, labels, targets, positions, count, indices,
+                                      out, record, kept=bool(records))
         summary = targeted.summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
         runs[name] = result
         records[name] = results.write_attack(out, name, result, summary, indices, record, shard=shard_record)
@@ -109,9 +92,37 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         payload = results.write_comparison(out, runs, records)
         output.say("\ncomparison (same images, targets and seed):")
         output.say(figures.format_table(list(payload["comparison"][0]),
-                                       [list(row.values()) for row in payload["comparison"]]))
+                                        [list(row.values()) for row in payload["comparison"]]))
         output.say(f"comparison figure: {payload['figure']}")
     output.result(payload)
+
+
+def _run_or_keep_partial(attack, name, model, images, labels, targets, positions, count, indices, out, record, *,
+                         kept: bool):
+    """One regularizer's result; on Ctrl-C, the chunks that finished are written beside (not over) earlier
+    results and the command exits 130."""
+    from advmnist.attacks import AttackInterrupted
+    from advmnist.experiments import results, targeted
+
+    started = time.time()
+    try:
+        return attack(model.logits, images, labels, targets=targets, seed=record["seed"],
+                      progress=progress_enabled(), positions=positions, population=count)
+    except AttackInterrupted as stop:
+        done = len(stop.partial)
+        summary = targeted.summarize(stop.partial, attack.regularizer, indices=indices[:done],
+                                     seconds=time.time() - started)
+        partial = results.write_attack(out, f"{name}_partial", stop.partial, summary, indices[:done],
+                                       {**record, "completed": done})
+        click.echo(f"\nInterrupted during {name}: the first {done} of {len(images)} images were done; their "
+                   f"results are in {partial['files']['arrays']} and beside it.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        finished = f" The finished regularizers' results are in {out}." if kept else ""
+        click.echo(f"\nInterrupted during {name} before its first {min(len(images), attack.chunk_size)} images "
+                   f"(optimized together) were finished: nothing of {name} was written.{finished} Run the same "
+                   "command again; a smaller --count or --steps finishes sooner.", err=True)
+        sys.exit(130)
 
 
 def attack_inputs(model_path, no_verify, split, offset, count, target, seed, data_dir, output: Output):

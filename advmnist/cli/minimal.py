@@ -63,11 +63,10 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     Ctrl-C stops the run; images already finished (searched 512 rows of images x
     starts at a time) are kept in minimal_<norm>_partial.*.
     """
-    from advmnist.experiments.minimal import summarize
-    from advmnist.report import figures
     from advmnist.experiments import results
-    from advmnist.attacks import AttackInterrupted
+    from advmnist.experiments.minimal import summarize
     from advmnist.fileio import display_path
+    from advmnist.report import figures
 
     output = Output(json_mode)
     select_shard(shard, count)  # an empty shard is refused before anything is loaded
@@ -83,22 +82,33 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     output.say(f"minimal {norm}: {len(images)} image(s), {starts} start(s) x {steps} steps each"
                + (f" (shard {shard} of {count})" if shard else ""))
     started = time.time()
-    try:
-        result = attack(model.logits, images, labels, targets=targets, seed=seed, progress=progress_enabled(),
-                        positions=positions, population=count)
-    except AttackInterrupted as stop:
-        done = len(stop.partial)
-        summary = summarize(stop.partial, norm, indices=indices[:done], seconds=time.time() - started)
-        partial = results.write_minimal(out, f"{settings.file_stem}_partial", stop.partial, summary, indices[:done],
-                                        {**record, "completed": done})
-        click.echo(f"\nInterrupted: the first {done} of {len(images)} images were done; their results are in "
-                   f"{partial['files']['arrays']} and beside it.", err=True)
-        sys.exit(130)
+    result = _run_or_keep_partial(attack, settings, model, images, labels, targets, positions, indices, out, record)
     summary = summarize(result, norm, indices=indices, seconds=time.time() - started)
     payload = results.write_minimal(out, settings.file_stem, result, summary, indices, record,
                                     shard=shard.record(count) if shard else None)
     print_minimal(output, summary, payload["files"])
     output.result(payload)
+
+
+def _run_or_keep_partial(attack, settings, model, images, labels, targets, positions, indices, out, record):
+    """The search's result; on Ctrl-C, the images already finished are written beside (not over) earlier
+    results and the command exits 130."""
+    from advmnist.attacks import AttackInterrupted
+    from advmnist.experiments import results
+    from advmnist.experiments.minimal import summarize
+
+    started = time.time()
+    try:
+        return attack(model.logits, images, labels, targets=targets, seed=settings.seed,
+                      progress=progress_enabled(), positions=positions, population=settings.count)
+    except AttackInterrupted as stop:
+        done = len(stop.partial)
+        summary = summarize(stop.partial, settings.norm, indices=indices[:done], seconds=time.time() - started)
+        partial = results.write_minimal(out, f"{settings.file_stem}_partial", stop.partial, summary, indices[:done],
+                                        {**record, "completed": done})
+        click.echo(f"\nInterrupted: the first {done} of {len(images)} images were done; their results are in "
+                   f"{partial['files']['arrays']} and beside it.", err=True)
+        sys.exit(130)
 
 
 def print_minimal(output: Output, summary, files: dict) -> None:

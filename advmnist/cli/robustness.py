@@ -94,15 +94,67 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
       advmnist robustness --norm l2 --model runs/cnn --model runs/cnn-immune-3
       advmnist robustness --shard K/N   # one of N processes; then `advmnist merge assets/shard-*`
     """
-    from advmnist.report import figures
-    from advmnist.experiments import results
-    from advmnist.experiments.robustness import DEFAULT_EPS, parse_eps, run_notes
-    from advmnist.attacks import choose_targets
     from advmnist.cli.options import load_model
-    from advmnist.data.mnist import load_split
-    from advmnist.errors import InvalidInput
+    from advmnist.report import figures
 
     output = Output(json_mode)
+    settings = _settings_from_options(attack, norm, eps_text, count, offset, split, steps, restarts, old_restarts,
+                                      target, old_target, seed)
+    check_range(split, offset, count)
+    select_shard(shard, count)  # an empty shard is refused before anything is loaded
+    models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
+    check_same_input_shape(models, "--model")
+    positions, indices, images, labels, targets = _images(settings, shard, data_dir, output)
+    out = shard_out(out, shard)
+    shard_record = shard.record(count) if shard else None
+    figures.import_in_background()
+    curves = []
+    try:
+        for model in models:
+            curves.append(_measure(model, settings, images, labels, targets, positions, shard, output))
+    except KeyboardInterrupt:
+        _keep_measured(curves, len(models), out, settings, indices, labels, shard_record)
+    _write_and_say(output, out, settings, curves, indices, labels, shard_record)
+
+
+def _write_and_say(output, out, settings, curves, indices, labels, shard_record) -> None:
+    """The result set (with the minimal-norm curve of a matching `minimal` run), its tables and warnings."""
+    from advmnist.experiments import results
+    from advmnist.experiments.robustness import run_notes
+
+    notes = run_notes(settings, settings.members())
+    minimal = (results.matching_minimal(out, settings.norm, indices, [c.model for c in curves])
+               if settings.target is None else {})
+    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record,
+                                      notes=notes)
+    _say_tables(output, settings, curves)
+    for warning in record["warnings"]:
+        output.say(f"warning: {warning}")
+    output.say("files: " + ", ".join(record["files"].values()))
+    output.result(record)
+
+
+def _keep_measured(curves, total, out, settings, indices, labels, shard_record):
+    """After Ctrl-C: the models already measured are written beside (not over) earlier results; exit 130."""
+    from advmnist.experiments import results
+    from advmnist.experiments.robustness import run_notes
+
+    notes = run_notes(settings, settings.members())
+    if not curves:
+        raise KeyboardInterrupt
+    partial = results.write_robustness(out, settings, curves, indices, labels, {}, suffix="_partial",
+                                       shard=shard_record, notes=notes)
+    click.echo(f"\nInterrupted: {len(curves)} of {total} models were measured; their curves are in "
+               f"{partial['files']['figure']} and beside it.", err=True)
+    sys.exit(130)
+
+
+def _settings_from_options(attack, norm, eps_text, count, offset, split, steps, restarts, old_restarts, target,
+                           old_target, seed) -> RobustnessSettings:
+    """The settings the options ask for (old spellings taken with a note); a bad value: exit 2."""
+    from advmnist.errors import InvalidInput
+    from advmnist.experiments.robustness import DEFAULT_EPS, parse_eps
+
     restarts = take_renamed(restarts, old_restarts, "robustness", "--restarts", "--starts",
                             "it counts starts, as minimal --starts")
     target = take_renamed(target, old_target, "robustness", "--targeted", "--target", "as in every other command")
@@ -111,47 +163,25 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
         eps = parse_eps(eps_text, norm) if eps_text else DEFAULT_EPS[norm]
     except InvalidInput as err:
         raise click.BadParameter(str(err), param_hint="--eps") from err
-    settings = _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, target)
-    check_range(split, offset, count)
-    select_shard(shard, count)  # an empty shard is refused before anything is loaded
-    models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
-    check_same_input_shape(models, "--model")
-    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
+    return _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, target)
+
+
+def _images(settings: RobustnessSettings, shard, data_dir, output):
+    """This shard's selection: positions, indices, images, labels and targets (None: untargeted)."""
+    from advmnist.attacks import choose_targets
+    from advmnist.data.mnist import load_split
+    from advmnist.errors import InvalidInput
+
+    offset, count = settings.offset, settings.count
+    data = load_split(settings.split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     targets = None
-    if target is not None:
+    if settings.target is not None:
         try:
-            targets = choose_targets(data.labels, target, seed=seed, indices=indices)
+            targets = choose_targets(data.labels, settings.target, seed=settings.seed, indices=indices)
         except InvalidInput as err:
             raise click.BadParameter(str(err), param_hint="--target") from err
-    positions, indices, images, labels, targets = select_shard(shard, count, indices, data.images, data.labels,
-                                                               targets)
-    out = shard_out(out, shard)
-    shard_record = shard.record(count) if shard else None
-    members = settings.members()
-    notes = run_notes(settings, members)
-    figures.import_in_background()
-    curves = []
-    try:
-        for model in models:
-            curves.append(_measure(model, settings, images, labels, targets, positions, shard, output))
-    except KeyboardInterrupt:
-        if not curves:
-            raise
-        # the models already measured are kept, beside (not over) earlier results
-        partial = results.write_robustness(out, settings, curves, indices, labels, {}, suffix="_partial",
-                                           shard=shard_record, notes=notes)
-        click.echo(f"\nInterrupted: {len(curves)} of {len(models)} models were measured; their curves are in "
-                   f"{partial['files']['figure']} and beside it.", err=True)
-        sys.exit(130)
-    minimal = results.matching_minimal(out, norm, indices, [c.model for c in curves]) if target is None else {}
-    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record,
-                                      notes=notes)
-    _say_tables(output, settings, curves)
-    for warning in record["warnings"]:
-        output.say(f"warning: {warning}")
-    output.say("files: " + ", ".join(record["files"].values()))
-    output.result(record)
+    return select_shard(shard, count, indices, data.images, data.labels, targets)
 
 
 def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, target) -> RobustnessSettings:

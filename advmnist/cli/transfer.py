@@ -70,37 +70,19 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
     from advmnist.experiments import results
     from advmnist.experiments.transfer import transfer_matrix
     from advmnist.attacks import choose_targets
-    from advmnist.cli.options import load_model
     from advmnist.data.mnist import load_split
     from advmnist.errors import InvalidInput
-    from advmnist.fileio import display_path
 
     output = Output(json_mode)
     sources = take_renamed(sources, old_sources, "transfer", "--from", "--model", "as in every other command")
     others = take_renamed(others, old_others, "transfer", "--to", "--evaluate-on")
     if not sources:
         raise click.BadParameter("expected at least one network to make the examples on", param_hint="--model")
-    if attack != "pgd" and click.get_current_context().get_parameter_source("eps").name not in ("DEFAULT",
-                                                                                               "DEFAULT_MAP"):
-        raise click.BadParameter(f"--eps only applies to --attack pgd (--attack {attack} has no budget)",
-                                 param_hint="--eps")
-    if target == "untargeted" and attack not in ("pgd", "minimal"):
-        raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: pgd and minimal only)",
-                                 param_hint="--target")
+    _check_attack_options(attack, target)
     check_range(split, offset, count)
     settings = TransferSettings(attack=attack, count=count, offset=offset, split=split, target=target, eps=eps,
                                 steps=steps, seed=seed)
-    models, source_names = {}, []
-    for k, path in enumerate((*sources, *others)):
-        model = load_model(path, no_verify, output)
-        name = display_path(model.path)
-        models.setdefault(name, model)
-        if k < len(sources) and name not in source_names:
-            source_names.append(name)
-    check_same_input_shape(models.values(), "--evaluate-on")
-    if len(models) < 2:
-        raise click.BadParameter(f"expected at least two different networks in --model and --evaluate-on, got only "
-                                 f"{name}: a transfer matrix compares the networks", param_hint="--evaluate-on")
+    models, source_names = _load_models(sources, others, no_verify, output)
     data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
     indices = np.arange(offset, offset + count)
     targets = None
@@ -112,7 +94,7 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
     fit = load_split("train", data_dir, log=output.say).images if attack == "universal" else None
     figures.import_in_background()
     matrix, examples = transfer_matrix(models, source_names, data.images, data.labels, targets, settings,
-                                                    fit_images=fit, progress=progress_enabled(), log=output.say)
+                                       fit_images=fit, progress=progress_enabled(), log=output.say)
     record = results.write_transfer(out, settings, matrix, examples, indices, data.labels, targets)
     for title, values in (("reached the intended target", matrix.reached), ("misclassified", matrix.misclassified)):
         output.say(f"\n{title} (rows: made on, columns: evaluated on):")
@@ -121,3 +103,33 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
                                         for s, row in zip(matrix.sources, values)]))
     output.say("files: " + ", ".join(record["files"].values()))
     output.result(record)
+
+
+def _check_attack_options(attack: str, target: str) -> None:
+    """--eps only for pgd, untargeted only for pgd and minimal: otherwise exit 2."""
+    if attack != "pgd" and click.get_current_context().get_parameter_source("eps").name not in ("DEFAULT",
+                                                                                               "DEFAULT_MAP"):
+        raise click.BadParameter(f"--eps only applies to --attack pgd (--attack {attack} has no budget)",
+                                 param_hint="--eps")
+    if target == "untargeted" and attack not in ("pgd", "minimal"):
+        raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: pgd and minimal only)",
+                                 param_hint="--target")
+
+
+def _load_models(sources, others, no_verify, output) -> tuple[dict, list]:
+    """Every network once by its path (the examples' sources first), all taking the same input shape."""
+    from advmnist.cli.options import load_model
+    from advmnist.fileio import display_path
+
+    models, source_names = {}, []
+    for k, path in enumerate((*sources, *others)):
+        model = load_model(path, no_verify, output)
+        name = display_path(model.path)
+        models.setdefault(name, model)
+        if k < len(sources) and name not in source_names:
+            source_names.append(name)
+    check_same_input_shape(models.values(), "--evaluate-on")
+    if len(models) < 2:
+        raise click.BadParameter(f"expected at least two different networks in --model and --evaluate-on, got only "
+                                 f"{name}: a transfer matrix compares the networks", param_hint="--evaluate-on")
+    return models, source_names

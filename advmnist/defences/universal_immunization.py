@@ -264,19 +264,7 @@ class AdversarialTrainer(RestoredNetwork):
         """
         settings, log = self.settings, self.log
         started = time.time()
-        clean_before = self.clean_accuracy()
-        before, current = {}, {}
-        for target in targets:
-            current[target], effect = self.fresh_noise(target)
-            before[target] = effect.accuracy
-            log(f"before: target {target}: accuracy under fresh noise {effect.accuracy:.2%} "
-                f"({effect.fooled:.2%} read as {target}); clean {clean_before:.2%}")
-        given_before = {}
-        if given_noise is not None:
-            for target, noise in zip(targets, given_noise):
-                current[target] = noise
-                given_before[target] = self.measure(noise, target).accuracy
-                log(f"before: target {target}: accuracy under the given noise {given_before[target]:.2%}")
+        clean_before, before, current, given_before = self._measure_before(targets, given_noise)
         order = schedule_order(targets, settings)
         history, after_own = [], {}
         pool = {target: [current[target]] for target in targets}
@@ -306,16 +294,8 @@ class AdversarialTrainer(RestoredNetwork):
                     f"{trained_on.accuracy:.2%}, under fresh noise {effect.accuracy:.2%}")
             phase = None
             clean_after = self.clean_accuracy()
-            after, final_noise = {}, []
-            for target in targets:
-                if order[-1][1] == target:  # the last phase already measured it against the final network
-                    after[target] = after_own[target]
-                else:
-                    current[target], effect = self.fresh_noise(target)
-                    after[target] = effect.accuracy
-                final_noise.append(current[target])
-            given_after = {target: self.measure(noise, target).accuracy
-                           for target, noise in zip(targets, given_noise if given_noise is not None else [])}
+            after, final_noise, given_after = self._measure_after(targets, order[-1][1], current, after_own,
+                                                                  given_noise)
         except KeyboardInterrupt:
             raise ImmunizeInterrupted(targets=targets, before=before, clean_before=clean_before, history=history,
                                       phase=phase, seconds=round(time.time() - started, 1)) from None
@@ -323,6 +303,40 @@ class AdversarialTrainer(RestoredNetwork):
                               clean_after=clean_after, history=history, after_own_training=after_own,
                               final_noise=np.stack(final_noise), seconds=round(time.time() - started, 1),
                               given_before=given_before, given_after=given_after)
+
+
+    def _measure_before(self, targets: list[int], given_noise):
+        """Clean accuracy, accuracy under a fresh noise per target (and under the given noise, which then starts
+        each target's training instead of the fresh one)."""
+        clean_before = self.clean_accuracy()
+        before, current = {}, {}
+        for target in targets:
+            current[target], effect = self.fresh_noise(target)
+            before[target] = effect.accuracy
+            self.log(f"before: target {target}: accuracy under fresh noise {effect.accuracy:.2%} "
+                     f"({effect.fooled:.2%} read as {target}); clean {clean_before:.2%}")
+        given_before = {}
+        if given_noise is not None:
+            for target, noise in zip(targets, given_noise):
+                current[target] = noise
+                given_before[target] = self.measure(noise, target).accuracy
+                self.log(f"before: target {target}: accuracy under the given noise {given_before[target]:.2%}")
+        return clean_before, before, current, given_before
+
+    def _measure_after(self, targets: list[int], last_target: int, current: dict, after_own: dict, given_noise):
+        """Accuracy under a fresh noise per target against the final network, the final noises, and accuracy
+        under the given noise."""
+        after, final_noise = {}, []
+        for target in targets:
+            if last_target == target:  # the last phase already measured it against the final network
+                after[target] = after_own[target]
+            else:
+                current[target], effect = self.fresh_noise(target)
+                after[target] = effect.accuracy
+            final_noise.append(current[target])
+        given_after = {target: self.measure(noise, target).accuracy
+                       for target, noise in zip(targets, given_noise if given_noise is not None else [])}
+        return after, final_noise, given_after
 
 
 class Augmenter:

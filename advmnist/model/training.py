@@ -153,9 +153,7 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
     """
     tf = tf1()
     load_tensorpack()
-    from tensorpack import (AutoResumeTrainConfig, InferenceRunner, QueueInput, ScalarStats,
-                            SimpleTrainer, SyncMultiGPUTrainerReplicated, launch_train_with_config)
-    from tensorpack.tfutils.sesscreate import NewSessionCreator
+    from tensorpack import SimpleTrainer, SyncMultiGPUTrainerReplicated, launch_train_with_config
     from tensorpack.utils import logger
 
     run_dir = Path(run_dir)
@@ -176,7 +174,23 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         reconcile_stats(run_dir)  # tensorpack then starts right after the last checkpoint's epoch
     else:
         mark_run(run_dir, {**dataclasses.asdict(settings), "steps_per_epoch": steps_per_epoch})
-    config = AutoResumeTrainConfig(
+    config = _train_config(settings, flow, test_split, steps_per_epoch, resume, callbacks, log)
+    if config.starting_epoch <= settings.epochs:
+        # replicated: a copy of the network per tower, gradients averaged over the towers at every step
+        trainer = SimpleTrainer() if settings.gpus == 1 else SyncMultiGPUTrainerReplicated(settings.gpus)
+        launch_train_with_config(config, trainer)
+    return freeze_run(run_dir, test_split, settings, started=started)
+
+
+def _train_config(settings: TrainSettings, flow, test_split: Split, steps_per_epoch: int, resume: bool,
+                  callbacks: tuple, log):
+    """tensorpack's config: the model, the batches, checkpoints, validation after every epoch, the learning
+    rate, one log line per epoch; resumed from the run's last checkpoint when there is one."""
+    tf = tf1()
+    from tensorpack import AutoResumeTrainConfig, InferenceRunner, QueueInput, ScalarStats
+    from tensorpack.tfutils.sesscreate import NewSessionCreator
+
+    return AutoResumeTrainConfig(
         always_resume=resume,
         model=make_model(settings.lr, settings.average_decay),
         data=QueueInput(flow),
@@ -192,11 +206,6 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         steps_per_epoch=steps_per_epoch,
         max_epoch=settings.epochs,
     )
-    if config.starting_epoch <= settings.epochs:
-        # replicated: a copy of the network per tower, gradients averaged over the towers at every step
-        trainer = SimpleTrainer() if settings.gpus == 1 else SyncMultiGPUTrainerReplicated(settings.gpus)
-        launch_train_with_config(config, trainer)
-    return freeze_run(run_dir, test_split, settings, started=started)
 
 
 def checkpoint_saver(**kwargs):

@@ -224,69 +224,14 @@ def collect(out: Path) -> dict:
         if record and "seconds" in record:  # finished (an interrupted step's record says "running")
             records[name] = record
     rows, figures = [], []
-
     model_meta = _model_meta(records)
     if model_meta and "test_accuracy" in model_meta:
         rows.append(_row("test accuracy of the trained CNN", model_meta["test_accuracy"], reference.TRAIN_ACCURACY,
                          unit="%", note="the reference trained 60 epochs"))
-
-    comparison = _json(out / "attack" / "mnist_adv_comparison.json")
-    if comparison:
-        for line in comparison["table"]:
-            theirs = reference.ATTACK[line["reg"]]
-            ours = _json(out / "attack" / f"mnist_adv_{line['reg']}.json")["summary"]
-            reg = line["reg"]
-            rows.append(_row(f"{reg}: images at their target (of 16)", ours["success"], theirs["success"]))
-            for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost"):
-                rows.append(_row(f"{reg}: {key}", ours[key], theirs[key],
-                                 note=reference.NOTES.get((reg, key), "")))
-        figures += [("per-image targeted noise, the three regularizers side by side",
-                     out / "attack" / "mnist_adv_comparison.png")]
-
-    universal = _json(out / "universal" / "universal_all.json")
-    if universal:
-        three = next(e for e in universal["effects"] if e["target"] == 3)
-        rows.append(_row("universal noise: clean test accuracy", universal["clean_accuracy"],
-                         reference.UNIVERSAL_CLEAN_ACCURACY, unit="%", note="the reference's network is smaller"))
-        rows.append(_row("universal noise: test accuracy under the target-3 noise", three["accuracy"],
-                         reference.UNIVERSAL_TARGET3_ACCURACY, unit="%"))
-        figures += [("one universal noise per target class", out / "universal" / "universal_noise_all.png"),
-                    ("the target-3 noise on nine test images", out / "universal" / "universal_samples_3.png")]
-
-    for name in ("immunize", "immunize-reference", "immunize-all"):
-        folder = out / name
-        found = [p for p in sorted(folder.glob("immunize_*.json")) if not p.stem.endswith("_partial")] \
-            if folder.is_dir() else []
-        result = _json(found[0]) if found else None
-        if not result or "after" not in result:
-            continue
-        last = result["history"][-1] if result["history"] else {}
-        if name in ("immunize", "immunize-reference"):
-            recipe, how = (("advmnist's", "noise refreshed during training, earlier noises replayed")
-                           if name == "immunize" else
-                           ("the reference's", "the reference's measure: the noise of its last training phase"))
-            rows.append(_row(f"target 3, {recipe} recipe: accuracy under the noise it trained on",
-                             last.get("accuracy_trained_noise"), reference.IMMUNIZED_TARGET3_ACCURACY, unit="%",
-                             note=how))
-            rows.append(_row(f"target 3, {recipe} recipe: accuracy under a freshly optimized noise",
-                             result["after"]["3"], None, unit="%", note="a new noise against the final network"))
-            rows.append(_row(f"target 3, {recipe} recipe: clean test accuracy", result["clean_after"], None,
-                             unit="%"))
-        else:
-            rows.append(_row("every target in turn, the reference's recipe: clean test accuracy",
-                             result["clean_after"], reference.SEQUENTIAL_ALL_CLEAN_ACCURACY, unit="%"))
-            lost = result.get("lost_since_own_training", {})
-            if lost:
-                rows.append(_row("every target in turn: most fresh-noise accuracy an earlier target lost since "
-                                 "its own training", max(lost.values()), None, unit="%",
-                                 note="the reference lost its earlier immunities"))
-        figures.append((f"immunization ({name})", found[0].with_suffix(".png")))
-
-    for name, title in (("matrix", "source x target: the cost of every pair"),
-                        ("tradeoff", "noise size against success, over regularization weights")):
-        images = [p for p in sorted((out / name).glob(f"{name}_*.png")) if not p.stem.endswith("_examples")] \
-            if (out / name).is_dir() else []
-        figures += [(title, image) for image in images[:1]]
+    for part in (_attack_rows, _universal_rows, _immunize_rows, _sweep_figures):
+        more_rows, more_figures = part(out)
+        rows += more_rows
+        figures += more_figures
 
     warnings = _mixed_set_warnings(out, records)
     models = {r["model_sha256"] for r in records.values() if r.get("model_sha256")}
@@ -304,6 +249,86 @@ def collect(out: Path) -> dict:
             "settings": settings, "model": model_meta, "versions": (model_meta or {}).get("versions", {}),
             "hardware": first.get("hardware", {}), "advmnist": advmnist.__version__, "sources": reference.SOURCES,
             "warnings": warnings}
+
+
+def _attack_rows(out: Path) -> tuple[list, list]:
+    """The attack step: per regularizer, images at their target and the four measures, beside the reference's."""
+    comparison = _json(out / "attack" / "mnist_adv_comparison.json")
+    if not comparison:
+        return [], []
+    rows = []
+    for line in comparison["table"]:
+        reg = line["reg"]
+        theirs = reference.ATTACK[reg]
+        ours = _json(out / "attack" / f"mnist_adv_{reg}.json")["summary"]
+        rows.append(_row(f"{reg}: images at their target (of 16)", ours["success"], theirs["success"]))
+        for key in ("L1Norm", "L2Norm", "cross_entropy_loss", "regularize_cost"):
+            rows.append(_row(f"{reg}: {key}", ours[key], theirs[key], note=reference.NOTES.get((reg, key), "")))
+    return rows, [("per-image targeted noise, the three regularizers side by side",
+                   out / "attack" / "mnist_adv_comparison.png")]
+
+
+def _universal_rows(out: Path) -> tuple[list, list]:
+    """The universal step: clean accuracy and accuracy under the target-3 noise."""
+    universal = _json(out / "universal" / "universal_all.json")
+    if not universal:
+        return [], []
+    three = next(e for e in universal["effects"] if e["target"] == 3)
+    rows = [_row("universal noise: clean test accuracy", universal["clean_accuracy"],
+                 reference.UNIVERSAL_CLEAN_ACCURACY, unit="%", note="the reference's network is smaller"),
+            _row("universal noise: test accuracy under the target-3 noise", three["accuracy"],
+                 reference.UNIVERSAL_TARGET3_ACCURACY, unit="%")]
+    return rows, [("one universal noise per target class", out / "universal" / "universal_noise_all.png"),
+                  ("the target-3 noise on nine test images", out / "universal" / "universal_samples_3.png")]
+
+
+def _immunize_rows(out: Path) -> tuple[list, list]:
+    """The three immunize steps: target 3 under both recipes, and every target in turn."""
+    rows, figures = [], []
+    for name in ("immunize", "immunize-reference", "immunize-all"):
+        folder = out / name
+        found = [p for p in sorted(folder.glob("immunize_*.json")) if not p.stem.endswith("_partial")] \
+            if folder.is_dir() else []
+        result = _json(found[0]) if found else None
+        if not result or "after" not in result:
+            continue
+        rows += _target3_rows(name, result) if name != "immunize-all" else _every_target_rows(result)
+        figures.append((f"immunization ({name})", found[0].with_suffix(".png")))
+    return rows, figures
+
+
+def _target3_rows(name: str, result: dict) -> list:
+    last = result["history"][-1] if result["history"] else {}
+    recipe, how = (("advmnist's", "noise refreshed during training, earlier noises replayed")
+                   if name == "immunize" else
+                   ("the reference's", "the reference's measure: the noise of its last training phase"))
+    return [_row(f"target 3, {recipe} recipe: accuracy under the noise it trained on",
+                 last.get("accuracy_trained_noise"), reference.IMMUNIZED_TARGET3_ACCURACY, unit="%", note=how),
+            _row(f"target 3, {recipe} recipe: accuracy under a freshly optimized noise",
+                 result["after"]["3"], None, unit="%", note="a new noise against the final network"),
+            _row(f"target 3, {recipe} recipe: clean test accuracy", result["clean_after"], None, unit="%")]
+
+
+def _every_target_rows(result: dict) -> list:
+    rows = [_row("every target in turn, the reference's recipe: clean test accuracy",
+                 result["clean_after"], reference.SEQUENTIAL_ALL_CLEAN_ACCURACY, unit="%")]
+    lost = result.get("lost_since_own_training", {})
+    if lost:
+        rows.append(_row("every target in turn: most fresh-noise accuracy an earlier target lost since "
+                         "its own training", max(lost.values()), None, unit="%",
+                         note="the reference lost its earlier immunities"))
+    return rows
+
+
+def _sweep_figures(out: Path) -> tuple[list, list]:
+    """The first figure of the matrix and tradeoff steps (no reference numbers)."""
+    figures = []
+    for name, title in (("matrix", "source x target: the cost of every pair"),
+                        ("tradeoff", "noise size against success, over regularization weights")):
+        images = [p for p in sorted((out / name).glob(f"{name}_*.png")) if not p.stem.endswith("_examples")] \
+            if (out / name).is_dir() else []
+        figures += [(title, image) for image in images[:1]]
+    return [], figures
 
 
 def _model_meta(records: dict) -> dict | None:
