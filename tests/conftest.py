@@ -1,14 +1,17 @@
-"""Shared fixtures: real MNIST digits committed under tests/data, and one tiny trained run.
+"""Shared fixtures: real MNIST digits and a trained tiny network, both committed under tests/data.
 
-``pytest`` alone runs the fast tests: they need no download, and to make sure of it the
-MNIST cache is an empty folder and no remote source is asked, so a test that touches
-the full data set fails instead of fetching it. ``pytest --slow`` also runs the tests
-marked ``slow``: end-to-end commands on the full MNIST (fetched on first need), which
-CI runs too.
+``pytest`` alone runs the fast tests: they need no download and train nothing. To make
+sure of it the MNIST cache is an empty folder, no remote source is asked and tensorpack's
+training entry point refuses, so a test that touches the full data set or trains fails
+instead. ``pytest --slow`` also runs the tests marked ``slow``: trainings, end-to-end
+commands on the full MNIST (fetched on first need), and the longer attack tests; CI runs
+them all, on both cores with ``-n auto`` (pytest-xdist).
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 SMALL = Path(__file__).with_name("data") / "mnist_small.npz"
+TINY_RUN = Path(__file__).with_name("data") / "tiny_run"
 
 
 def pytest_addoption(parser):
@@ -39,9 +43,16 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def no_download_in_fast_tests(request, monkeypatch, tmp_path_factory):
-    """Outside ``--slow``, the full MNIST is out of reach: an empty cache and no remote source."""
+    """Outside ``--slow``, the full MNIST is out of reach: an empty cache and no remote source; and tensorpack
+    trains nothing (the fast tests attack the committed tests/data/tiny_run): a test that trains is slow."""
     if request.config.getoption("--slow") or "slow" in request.keywords:
         return
+    from advmnist.tfcompat import load_tensorpack
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a fast test started a tensorpack training: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(load_tensorpack(), "launch_train_with_config", no_training)
     import advmnist.data.mnist
 
     monkeypatch.setenv("ADVMNIST_CACHE", str(tmp_path_factory.mktemp("empty-cache")))
@@ -62,16 +73,38 @@ def mnist_small():
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, mnist_small):
-    """Four short epochs of the real tensorpack training on 600 digits: a run folder with model.pb."""
-    from advmnist.model.training import TrainSettings, train
+def tiny_run(tmp_path_factory):
+    """A run folder as `advmnist train` leaves it, with no training: a copy of tests/data/tiny_run (made by
+    tests/data/make_tiny_model.py: 4 epochs on the 600 digits) and a checkpoint holding the frozen weights.
 
+    Returns ``(run_dir, None)``: the second item was the training's result when the fixture trained."""
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train_split, test_split = mnist_small
-    # shift=0 (no augmentation, the reference's recipe): on 600 digits, 4 epochs of the default --shift 2 reach
-    # about 69 % instead of 85 %, and the attack tests want a network that reads digits well
-    result = train(train_split, test_split, run_dir, TrainSettings(epochs=4, batch_size=32, seed=0, shift=0))
-    return run_dir, result
+    shutil.copytree(TINY_RUN, run_dir)
+    write_checkpoint_from_frozen(run_dir)
+    return run_dir, None
+
+
+def write_checkpoint_from_frozen(run_dir: Path) -> None:
+    """The checkpoint that model.json names, holding model.pb's weights: the frozen graph's constants carry the
+    names of the variables they were frozen from (conv0/W, ...), so the checkpoint is the one training wrote,
+    for every variable that freezing, immunize and adversarial training restore (not the optimizer's)."""
+    from advmnist.model.network import LAYER_SCOPES
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    meta = json.loads((run_dir / "model.json").read_text())
+    graph_def = tf.GraphDef()
+    graph_def.ParseFromString((run_dir / "model.pb").read_bytes())
+    weights = {node.name: tf.make_ndarray(node.attr["value"].tensor) for node in graph_def.node
+               if node.op == "Const" and node.name.split("/")[0] in LAYER_SCOPES and node.name.count("/") == 1}
+    step = int(meta["checkpoint"].rsplit("-", 1)[1])
+    with tf.Graph().as_default():
+        variables = [tf.Variable(value, name=name) for name, value in weights.items()]
+        global_step = tf.Variable(step, dtype=tf.int64, name="global_step")
+        saver = tf.train.Saver(variables + [global_step], save_relative_paths=True)  # as tensorpack writes it
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            saver.save(sess, str(run_dir / "model"), global_step=step, write_meta_graph=False)
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +116,7 @@ def tiny_model(tiny_run):
 
 @pytest.fixture(scope="session")
 def second_model(tmp_path_factory, mnist_small):
-    """Another tiny network: same data, another seed."""
+    """Another tiny network: same data, another seed (trained here: only ``--slow`` tests use it)."""
     from advmnist.model.frozen import FrozenModel
     from advmnist.model.training import TrainSettings, train
 

@@ -78,6 +78,7 @@ def step_sizes(logits_fn, images, labels, norm, eps, steps):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_a_stalled_images_step_size_halves_at_each_checkpoint(mnist_small, norm):
     images = mnist_small[1].images[:2]
     trace = step_sizes(constant_logits, images, np.array([3, 3]), norm, 0.2, 100)
@@ -113,6 +114,7 @@ def linear_model(seed: int = 0):
 
 @pytest.mark.parametrize("loss", ["ce", "dlr-targeted"])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_a_linear_model_is_fooled_just_beyond_its_exact_boundary_and_never_inside(norm, loss):
     w, c, logits_fn = linear_model()
     rng = np.random.default_rng(1)
@@ -151,6 +153,7 @@ def decoy_model():
     return logits_fn
 
 
+@pytest.mark.slow
 def test_apgd_t_reaches_the_class_of_the_third_highest_logit_with_two_target_classes():
     images = np.full((1, 28, 28), 0.5, np.float32)
     logits_fn = decoy_model()
@@ -163,6 +166,7 @@ def test_apgd_t_reaches_the_class_of_the_third_highest_logit_with_two_target_cla
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+@pytest.mark.slow
 def test_apgd_stays_in_the_ball_and_in_valid_pixels(tiny_apgd, digits, norm, eps):
     images, labels = digits
     for loss in ("ce", "dlr-targeted"):
@@ -185,6 +189,7 @@ def test_same_seed_same_result_other_seed_other_result(tiny_apgd, digits):
     assert not np.array_equal(runs[0].adversarial, runs[2].adversarial)
 
 
+@pytest.mark.slow
 def test_more_steps_restarts_or_target_classes_never_make_apgd_weaker(tiny_apgd, digits):
     images, labels = digits
 
@@ -203,6 +208,7 @@ def test_more_steps_restarts_or_target_classes_never_make_apgd_weaker(tiny_apgd,
 
 
 @pytest.mark.parametrize("norm,eps,loss", [("linf", 0.08, "ce"), ("l2", 1.2, "dlr-targeted")])
+@pytest.mark.slow
 def test_alone_in_a_batch_or_in_a_shard_an_image_gets_the_same_bits(tiny_model, tiny_apgd, digits, norm, eps, loss):
     images, labels = digits
     count = len(images)

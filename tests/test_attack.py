@@ -130,6 +130,7 @@ def test_the_contract_passes_untargeted_on():
     assert result.targets.tolist() == [-1, -1] and not result.success.any()
 
 
+@pytest.mark.slow
 def test_more_steps_reach_more_targets(tiny_model, digits):
     images, labels, targets = digits
     few = PerImageNoise(L2(1e-2), steps=3)(tiny_model.logits, images, labels, targets=targets)
@@ -141,6 +142,7 @@ def test_more_steps_reach_more_targets(tiny_model, digits):
     np.testing.assert_allclose(many.adversarial, np.clip(images + many.noise, 0, 1))
 
 
+@pytest.mark.slow
 def test_larger_weight_gives_smaller_noise(tiny_model, digits):
     images, labels, targets = digits
     norms = {}
@@ -150,6 +152,7 @@ def test_larger_weight_gives_smaller_noise(tiny_model, digits):
     assert norms[1e-1] < 0.8 * norms[1e-3]
 
 
+@pytest.mark.slow
 def test_l1_gives_sparser_noise_than_l2_and_none(tiny_model, digits):
     images, labels, targets = digits
     results = {reg.name: PerImageNoise(reg, steps=400)(tiny_model.logits, images, labels, targets=targets)
@@ -160,6 +163,7 @@ def test_l1_gives_sparser_noise_than_l2_and_none(tiny_model, digits):
     assert small["l1"] > small["l2"]
 
 
+@pytest.mark.slow
 def test_an_images_objective_does_not_depend_on_the_others(tiny_model, digits):
     """CE_i / 16 + R(noise_i): an image's gradient is the same alone, in a batch of 3 or of 8, bit for bit."""
     images, _, targets = digits
@@ -203,6 +207,7 @@ def test_row_cross_entropy_and_softmax_do_not_depend_on_the_other_rows():
                 assert got.tobytes() == expected[start:stop].tobytes(), (start, stop)
 
 
+@pytest.mark.slow
 def test_chunks_cover_every_image_in_order(tiny_model, digits):
     """Chunks of 3 give exactly the run of the whole batch: an image's computation does not depend on the others."""
     images, labels, targets = digits
@@ -218,6 +223,7 @@ def test_chunks_cover_every_image_in_order(tiny_model, digits):
         np.testing.assert_array_equal(chunked.info[key], whole.info[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_session_calls_of_any_length_give_the_same_noise_and_move_the_bar(tiny_model, digits, monkeypatch):
     """Steps are split into session calls of about ``call_seconds`` (so the bar moves and Ctrl-C takes effect
     within a second); how they are split changes nothing, bit for bit."""
@@ -253,6 +259,7 @@ def test_session_calls_of_any_length_give_the_same_noise_and_move_the_bar(tiny_m
     np.testing.assert_array_equal(step_by_step.info["steps_run"], one_call_per_check.info["steps_run"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_noise_other_seed_other_noise(tiny_model, digits):
     images, labels, targets = digits
     def run(seed):
@@ -263,6 +270,7 @@ def test_same_seed_same_noise_other_seed_other_noise(tiny_model, digits):
     assert not np.array_equal(first.noise, other.noise)
 
 
+@pytest.mark.slow
 def test_early_stop_stops_early_once_margin_reached(tiny_model, digits):
     images, labels, _ = digits
     # the easiest targets, each image's runner-up class: the one-epoch test model is not the same
@@ -288,6 +296,7 @@ def test_early_stop_stops_early_once_margin_reached(tiny_model, digits):
         assert chunked.info[key].tobytes() == result.info[key].tobytes()
 
 
+@pytest.mark.slow
 def test_summary_follows_reference_definitions(tiny_model, digits):
     images, labels, targets = digits
     reg = L1(1e-2)
@@ -307,6 +316,7 @@ def test_summary_follows_reference_definitions(tiny_model, digits):
     assert any(r["l1"] < np.abs(result.noise[i]).sum() - 1e-3 for i, r in enumerate(report.rows))  # clipping bit
 
 
+@pytest.mark.slow
 def test_8bit_predictions_are_those_of_the_rounded_images(tiny_model, digits):
     images, labels, targets = digits
     result = PerImageNoise(L1(1e-2), steps=60)(tiny_model.logits, images, labels, targets=targets)
@@ -366,6 +376,7 @@ def test_constant_weight_gradients_equal_tensorflows(tiny_model, digits):
     np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
 
 
+@pytest.mark.slow
 def test_in_graph_adam_loop_matches_the_textbook_loop(tiny_model, digits):
     """AdamLoop (many steps per session call) gives what tf.train.AdamOptimizer's loop gives."""
     images, _, targets = digits
@@ -380,6 +391,7 @@ def test_in_graph_adam_loop_matches_the_textbook_loop(tiny_model, digits):
     assert (ours.info["steps_run"] == 30).all()
 
 
+@pytest.mark.slow
 def test_learning_rate_switch_lands_on_its_step(tiny_model, digits):
     """9 steps: 6 at 3e-3, then 3 at 1e-3 (two thirds in), whatever the check cadence."""
     images, _, targets = digits

@@ -63,6 +63,7 @@ def check_contract(result, images, labels, eps: float, norm: str, model) -> None
 
 
 @pytest.mark.parametrize("name,norm", [(name, norm) for name, entry in REGISTRY.items() for norm in entry.norms])
+@pytest.mark.slow
 def test_every_registered_attack_keeps_the_contract(name, norm, tiny_model, digits, autoattack_members):
     images, labels = digits
     attack = small(name, norm, EPS[norm])
@@ -80,12 +81,14 @@ def test_every_registered_attack_keeps_the_contract(name, norm, tiny_model, digi
             attack(tiny_model.logits, images, labels, targets=(labels + 1) % 10, seed=1)
 
 
+@pytest.mark.slow
 def test_pgd_draws_again_with_another_seed(tiny_model, digits):
     images, labels = digits
     runs = [small("pgd", "linf", 0.1)(tiny_model.logits, images, labels, seed=s).adversarial for s in (1, 2)]
     assert runs[0].tobytes() != runs[1].tobytes()
 
 
+@pytest.mark.slow
 def test_the_ensemble_is_the_worst_case_of_its_members(tiny_model, digits, autoattack_members):
     images, labels = digits
     ensemble = AutoAttack("linf", 0.06, steps=2)
@@ -176,6 +179,7 @@ def test_robust_accuracy_after_each_member_per_eps():
         assert row == pytest.approx(want)
 
 
+@pytest.mark.slow
 def test_the_plain_forward_pass_catches_a_false_claim(tiny_model, digits):
     images, labels = digits
     settings = RobustnessSettings(eps=(0.0, 0.1), steps=5)
@@ -191,6 +195,7 @@ def test_the_plain_forward_pass_catches_a_false_claim(tiny_model, digits):
     assert "2 of 20 verdicts not confirmed" in curve.warnings()[0]
 
 
+@pytest.mark.slow
 def test_robustness_attack_auto_reports_each_member(tiny_run, mnist_small, monkeypatch, tmp_path, autoattack_members):
     from advmnist.data.mnist import Split
 

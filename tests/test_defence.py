@@ -74,6 +74,7 @@ def test_settings_refuse_what_cannot_be_trained():
 @pytest.mark.parametrize("overrides", [{}, {"attack": "fgsm-rs"}, {"loss": "trades"},
                                        {"loss": "trades", "attack": "fgsm-rs"}, {"step_size": 3.0}])
 @pytest.mark.parametrize("eps", [0.3, 0.05])
+@pytest.mark.slow
 def test_training_attacks_stay_in_the_ball_and_in_valid_pixels(trainer_of, mnist_small, overrides, eps):
     _, test = mnist_small
     trainer = trainer_of(tiny(**overrides))
@@ -146,6 +147,7 @@ def test_collapse_is_pgd_accuracy_falling_while_fgsm_accuracy_does_not():
     assert not collapsed(None, robust=0.0, fgsm=1.0)
 
 
+@pytest.mark.slow
 def test_guard_rolls_back_weights_and_optimizer_and_lowers_the_step(tiny_model, mnist_small, tmp_path, monkeypatch):
     import advmnist.defences.pgd_trainer as trainer_module
     from advmnist.defences.pgd_training import train_against_pgd
@@ -185,6 +187,7 @@ def _weights(run_dir) -> dict:
     ({"loss": "trades", "clean_fraction": 0.25}, ("measure", 2)),  # after epoch 1, before its measurement
     ({"attack": "fgsm-rs"}, ("_feed", 12)),                       # in epoch 2, which the guard rolls back
 ])
+@pytest.mark.slow
 def test_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tiny_model, mnist_small, tmp_path,
                                                                            monkeypatch, overrides, where):
     import advmnist.defences.pgd_trainer as trainer_module
@@ -228,6 +231,7 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing in the process runs after it (no handler saves anything)."""
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run(tiny_model, mnist_small, tmp_path,
                                                                                    monkeypatch):
     import advmnist.defences.pgd_trainer as trainer_module
@@ -261,6 +265,7 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_r
     assert not has_resume_state(run)
 
 
+@pytest.mark.slow
 def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
     import advmnist.data.mnist
     import advmnist.defences.pgd_trainer as trainer_module

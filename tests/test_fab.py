@@ -84,6 +84,7 @@ def check_on_the_hyperplane_in_the_box(points, w, c, d):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_projection_matches_brute_force_on_tiny_problems(norm):
     points, w, c = random_problems(np.random.default_rng(0), 300, 4)
     d = project(norm, points, w, c)
@@ -131,6 +132,7 @@ def linear_model(seed: int = 0):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("targeted", [True, False])
+@pytest.mark.slow
 def test_on_a_linear_model_fab_finds_the_exact_distance_to_the_boundary(norm, targeted):
     logits_fn, images, weights, bias = linear_model()
     flat = images.reshape(len(images), -1).astype(np.float64)
@@ -156,6 +158,7 @@ def test_on_a_linear_model_fab_finds_the_exact_distance_to_the_boundary(norm, ta
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+@pytest.mark.slow
 def test_fab_stays_in_the_ball_and_in_valid_pixels(tiny_model, digits, norm, eps):
     images, labels = digits
     result = FAB(norm, eps, steps=10, n_target_classes=3)(tiny_model.logits, images, labels, seed=0)
@@ -175,6 +178,7 @@ def test_fab_stays_in_the_ball_and_in_valid_pixels(tiny_model, digits, norm, eps
     assert (info["steps_run"][~broken] == 30).all()  # three targets of ten steps each
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_bytes_alone_in_a_batch_or_in_a_shard(tiny_model, digits):
     images, labels = digits
     # two searches per target: the second from a random start (drawn per image), every image to the end
@@ -194,6 +198,7 @@ def test_the_same_seed_gives_the_same_bytes_alone_in_a_batch_or_in_a_shard(tiny_
     assert not np.array_equal(other.info["norm_found"], whole.info["norm_found"])
 
 
+@pytest.mark.slow
 def test_more_steps_never_make_fab_weaker(tiny_model, digits):
     images, labels = digits
     runs = [FAB("linf", 0.1, steps=steps, n_target_classes=2, check_every=3)(tiny_model.logits, images, labels).success

@@ -61,6 +61,7 @@ def short_training(monkeypatch, mnist_small):
     return interrupt
 
 
+@pytest.mark.slow
 def test_train_is_quiet_but_for_a_line_per_epoch_unless_verbose(runner, short_training, tmp_path):
     result = runner.invoke(main, ["train", "--run-dir", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "32"])
     assert result.exit_code == 0, result.output
@@ -101,6 +102,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(runner, short_traini
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_training_began_advises_the_command_that_works(runner, short_training, monkeypatch, tmp_path):
     import advmnist.model.training
 
@@ -120,6 +122,7 @@ def test_ctrl_c_before_training_began_advises_the_command_that_works(runner, sho
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_can_be_resumed_from_scratch(runner, short_training, tmp_path):
     run = tmp_path / "run"
     short_training(epoch=1, step=2)
@@ -140,6 +143,7 @@ def test_ctrl_c_before_the_first_checkpoint_can_be_resumed_from_scratch(runner, 
     assert json.loads(resumed.stdout)["epochs"] == 2 and (run / "model.pb").is_file()
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_later_epoch_resumes_from_the_last_checkpoint(runner, short_training, tmp_path):
     run = tmp_path / "run"
     short_training(epoch=2, step=1)
@@ -153,6 +157,7 @@ def test_ctrl_c_in_a_later_epoch_resumes_from_the_last_checkpoint(runner, short_
     assert [h["epoch"] for h in json.loads(resumed.stdout)["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_stops_training_with_one_line_and_resume_goes_on(runner, short_training,
                                                                                      tmp_path, monkeypatch):
     from advmnist.tfcompat import tf1

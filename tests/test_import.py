@@ -97,6 +97,7 @@ def test_attacks_work_on_an_imported_model_in_pixel_space(models, mnist_small):
     assert fooled[0] < fooled[1] and fooled[1] > 0.5
 
 
+@pytest.mark.slow
 def test_import_command_writes_a_run_that_every_command_loads(savedmodel, mnist_small, monkeypatch, tmp_path):
     from advmnist.data.mnist import Split
 
@@ -195,6 +196,7 @@ def test_a_pytorch_network_exported_to_onnx_gives_its_own_predictions(mnist_smal
 
 
 @pytest.mark.parametrize("fmt", ["savedmodel", "onnx"])
+@pytest.mark.slow
 def test_export_and_import_back_gives_the_same_network(tiny_run, tiny_model, mnist_small, tmp_path, fmt):
     if fmt == "onnx":
         needs_onnx_extra()

@@ -156,6 +156,7 @@ def test_results_are_8bit_images_that_fool_the_network_as_saved(tiny_model, l2_r
     np.testing.assert_array_equal(l2_result.info["found"], l2_result.success_8bit)
 
 
+@pytest.mark.slow
 def test_more_starts_never_do_worse_on_the_same_seed(tiny_model, digits):
     images, labels, targets = digits
     few = MinimalNorm("l2", steps=40, starts=1)(tiny_model.logits, images, labels, targets=targets, seed=0)
@@ -167,6 +168,7 @@ def test_more_starts_never_do_worse_on_the_same_seed(tiny_model, digits):
     assert many.norms["l2"][both].mean() <= few.norms["l2"][both].mean() + 1e-3
 
 
+@pytest.mark.slow
 def test_untargeted_and_batches_of_any_size(tiny_model, digits):
     images, labels, _ = digits
     attack = MinimalNorm("linf", steps=30, starts=2, batch_rows=6)  # 3 images per graph: 3 chunks
@@ -178,6 +180,7 @@ def test_untargeted_and_batches_of_any_size(tiny_model, digits):
     np.testing.assert_allclose(result.norms["linf"], whole.norms["linf"], atol=2 / 255)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(tiny_model, digits):
     images, labels, targets = digits
     runs = [MinimalNorm("l1", steps=20, starts=3)(tiny_model.logits, images, labels, targets=targets, seed=s)

@@ -39,8 +39,19 @@ def test_dropout_only_in_training_graph():
         assert len(dropout_random) == (2 if expect_random else 0)
 
 
-def test_training_run_reaches_useful_accuracy(tiny_run):
-    run_dir, result = tiny_run
+@pytest.mark.slow
+def test_training_run_reaches_useful_accuracy(mnist_small, tmp_path):
+    """The recipe of tests/data/tiny_run (tests/data/make_tiny_model.py), trained again."""
+    import sys
+    from pathlib import Path
+
+    from advmnist.model.training import train
+
+    sys.path.insert(0, str(Path(__file__).with_name("data")))
+    from make_tiny_model import SETTINGS
+
+    run_dir = tmp_path / "tiny"
+    result = train(*mnist_small, run_dir, SETTINGS)
     # four epochs on 600 real digits: far from 99 %, far above chance (10 %)
     assert result.test_accuracy > 0.80
     stats = json.loads((run_dir / "stats.json").read_text())
@@ -54,6 +65,7 @@ def test_training_run_reaches_useful_accuracy(tiny_run):
     assert {"tensorflow", "tensorpack", "numpy"} <= set(meta["versions"])
 
 
+@pytest.mark.slow
 def test_model_pb_holds_the_moving_average_of_the_weights(mnist_small, tmp_path):
     from tensorflow.python.framework import tensor_util
 
@@ -84,6 +96,7 @@ def test_model_pb_holds_the_moving_average_of_the_weights(mnist_small, tmp_path)
         assert not np.array_equal(averaged[name], weights[name])
 
 
+@pytest.mark.slow
 def test_linear_schedule_warms_up_then_ends_at_zero(mnist_small, tmp_path):
     from advmnist.tfcompat import tf1
     from advmnist.model.training import TrainSettings, lr_setter, train
@@ -137,6 +150,7 @@ def test_frozen_graph_matches_checkpoint(tiny_run, tiny_model, mnist_small):
     assert (probs.argmax(1) == expected.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(tmp_path, mnist_small):
     from advmnist.model.training import TrainSettings, train
 
@@ -154,6 +168,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, mnist_small):
 
 
 @pytest.mark.parametrize("damage", ["epoch missing", "stats cut short", "no stats"])
+@pytest.mark.slow
 def test_resume_after_a_kill_between_checkpoint_and_validation(tmp_path, mnist_small, damage):
     """A kill after an epoch's checkpoint but before stats.json records it: --resume goes on right after that
     epoch (neither failing nor training it twice), and the epoch is marked as not validated."""
@@ -216,6 +231,7 @@ def test_constant_weight_gradients_on_small_graphs(padding, channels):
     assert bool(our_ops) == (not covered)  # ... ours replaces it only where it applies
 
 
+@pytest.mark.slow
 def test_two_towers_train_in_sync_on_the_cpu(mnist_small, tmp_path):
     """``gpus=2``: tensorpack's replicated data-parallel trainer, its towers placed on the CPU here."""
     from tensorpack.callbacks import Callback
@@ -250,6 +266,7 @@ def test_two_towers_train_in_sync_on_the_cpu(mnist_small, tmp_path):
     assert json.loads((tmp_path / "run" / "model.json").read_text())["gpus"] == 2
 
 
+@pytest.mark.slow
 def test_bfloat16_training_freezes_a_float32_model(mnist_small, tmp_path):
     from advmnist.model.frozen import FrozenModel
     from advmnist.model.training import TrainSettings, train
@@ -288,6 +305,7 @@ def test_precision_auto_is_bf16_only_on_a_cpu_with_native_bfloat16_and_no_gpu():
         resolve_precision("fp16", flags=set(), gpus=0)
 
 
+@pytest.mark.slow
 def test_the_default_training_shifts_and_records_the_precision_it_chose(mnist_small, tmp_path):
     from advmnist.tfcompat import resolve_precision
     from advmnist.model.training import TrainSettings, train
@@ -343,6 +361,7 @@ def test_shift_changes_the_images_but_not_their_order(mnist_small):
         assert (xs.sum(axis=(1, 2)) <= x.sum(axis=(1, 2)) + 1e-4).all()
 
 
+@pytest.mark.slow
 def test_training_with_shift_records_it(mnist_small, tmp_path):
     from advmnist.model.training import TrainSettings, train
 

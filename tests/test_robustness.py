@@ -21,6 +21,7 @@ def test_digits(mnist_small):
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+@pytest.mark.slow
 def test_pgd_stays_in_the_ball_and_in_valid_pixels(tiny_model, test_digits, norm, eps):
     images, labels = test_digits
     result = PGD(norm, eps, steps=20)(tiny_model.logits, images, labels, seed=0)
@@ -35,6 +36,7 @@ def test_pgd_stays_in_the_ball_and_in_valid_pixels(tiny_model, test_digits, norm
                                   result.predictions_8bit)
 
 
+@pytest.mark.slow
 def test_more_steps_or_restarts_never_make_pgd_weaker(tiny_model, test_digits):
     images, labels = test_digits
     runs = {(steps, restarts): PGD("linf", 0.05, steps=steps, restarts=restarts)(tiny_model.logits, images, labels,
@@ -45,6 +47,7 @@ def test_more_steps_or_restarts_never_make_pgd_weaker(tiny_model, test_digits):
     assert runs[(40, 1)].sum() > runs[(5, 1)].sum()
 
 
+@pytest.mark.slow
 def test_a_fooled_image_stops_costing_steps(tiny_model, test_digits):
     images, labels = test_digits
     result = PGD("linf", 0.2, steps=40, check_every=5)(tiny_model.logits, images, labels, seed=0)
@@ -53,6 +56,7 @@ def test_a_fooled_image_stops_costing_steps(tiny_model, test_digits):
     assert (steps[~result.success] == 40).all()
 
 
+@pytest.mark.slow
 def test_robust_accuracy_is_non_increasing_in_eps_and_starts_at_clean_accuracy(tiny_model, test_digits):
     images, labels = test_digits
     settings = robustness.RobustnessSettings(eps=(0.0, 0.02, 0.05, 0.1, 0.2), steps=10)
@@ -118,6 +122,7 @@ def test_robustness_command_two_models_and_the_minimal_curve(tiny_run, tmp_path)
 
 # ---------------------------------------------------------------------------- PGD training
 
+@pytest.mark.slow
 def test_pgd_training_raises_robust_accuracy_on_held_apart_images(tiny_run, mnist_small, tmp_path):
     from advmnist.model.frozen import FrozenModel
     from advmnist.defences.pgd_training import PGDTrainingSettings, train_against_pgd
@@ -164,6 +169,7 @@ def test_immunize_options_of_the_other_adversary_are_refused(tmp_path, args):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_models_already_measured(tiny_run, mnist_small, monkeypatch, tmp_path):
     import advmnist.cli.robustness  # noqa: F401 (the command module whose library call is patched)
     from advmnist.experiments import robustness as robustness_lib

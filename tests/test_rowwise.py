@@ -77,6 +77,7 @@ def _isas() -> list[str]:
 
 
 @pytest.mark.parametrize("isa", _isas())
+@pytest.mark.slow
 def test_an_images_logits_and_gradient_do_not_depend_on_its_batch(isa):
     env = dict(os.environ)
     if isa != "DEFAULT":

@@ -105,6 +105,7 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.slow
 def test_merged_shards_equal_one_whole_run(command, small_cli, tiny_run, tmp_path, autoattack_members):
     args = COMMANDS[command] + ["--model", tiny_run[0]]
     whole = small_cli(*args, "--out", tmp_path / "whole")
@@ -125,6 +126,7 @@ def test_merged_shards_equal_one_whole_run(command, small_cli, tiny_run, tmp_pat
     assert_same_results(tmp_path / "whole", tmp_path / "merged")
 
 
+@pytest.mark.slow
 def test_merge_refuses_incomplete_or_mixed_shards(small_cli, tiny_run, tmp_path):
     args = COMMANDS["minimal"] + ["--model", tiny_run[0]]
     for k in (0, 2):
@@ -145,6 +147,7 @@ def test_merge_refuses_incomplete_or_mixed_shards(small_cli, tiny_run, tmp_path)
     assert [p.name for p in out.iterdir()] == ["earlier.txt"]
 
 
+@pytest.mark.slow
 def test_merge_refuses_other_models_misplaced_arrays_and_damaged_records(small_cli, tiny_run, tmp_path):
     args = COMMANDS["minimal"] + ["--model", tiny_run[0]]
     for k in range(3):
@@ -182,6 +185,7 @@ def test_merge_refuses_other_models_misplaced_arrays_and_damaged_records(small_c
     assert result.exit_code == 2 and "different models" in result.output and not out.exists()
 
 
+@pytest.mark.slow
 def test_merge_refuses_shards_of_different_attacks(small_cli, tiny_run, tmp_path, autoattack_members):
     common = ["robustness", "--eps", "0,0.1", "--steps", "2", "--count", "4", "--model", tiny_run[0]]
     small_cli(*common, "--shard", "0/2")

@@ -42,6 +42,7 @@ def same(a, b) -> bool:
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 5.0)])
+@pytest.mark.slow
 def test_square_stays_in_the_ball_and_fools_a_weak_model(tiny_model, digits, norm, eps):
     images, labels = digits
     result = Square(norm, eps, queries=100)(tiny_model.logits, images, labels, seed=0)
@@ -74,6 +75,7 @@ def test_the_graph_holds_no_gradient(tiny_model, sessions):
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+@pytest.mark.slow
 def test_same_seed_same_bytes_another_seed_another_result(sessions, digits, norm, eps):
     first, again = (attack(sessions, digits, norm, eps, seed=4) for _ in range(2))
     assert same(first, again)
@@ -82,6 +84,7 @@ def test_same_seed_same_bytes_another_seed_another_result(sessions, digits, norm
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.2), ("l2", 3.0)])
+@pytest.mark.slow
 def test_an_image_gets_the_same_result_alone_in_a_batch_or_in_a_shard(sessions, digits, norm, eps):
     images, labels = digits
     whole = attack(sessions, digits, norm, eps, seed=2)
@@ -100,6 +103,7 @@ def test_an_image_gets_the_same_result_alone_in_a_batch_or_in_a_shard(sessions, 
         assert same(alone, whole.take([index]))
 
 
+@pytest.mark.slow
 def test_more_queries_or_restarts_never_make_square_weaker(sessions, digits):
     # without rescaling, a budget's queries are the first ones of a larger budget: per image, never weaker
     runs = {queries: attack(sessions, digits, eps=0.25, queries=queries, rescale_schedule=False, seed=1)

@@ -18,6 +18,7 @@ def test_weights_are_parsed_sorted_and_checked():
             tradeoff.parse_weights(bad)
 
 
+@pytest.mark.slow
 def test_heavier_weights_give_smaller_noise_and_the_smallest_success_is_found(tiny_model, mnist_small):
     train, _ = mnist_small
     images, labels = train.images[16:22], train.labels[16:22]

@@ -12,6 +12,7 @@ from advmnist.cli import main
 from advmnist.experiments.transfer import TransferSettings, transfer_matrix
 
 
+@pytest.mark.slow
 def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_examples(tiny_model, second_model, mnist_small):
     _, test = mnist_small
     images, labels = test.images[:40], test.labels[:40]

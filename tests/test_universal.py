@@ -14,6 +14,7 @@ from advmnist.tfcompat import resolve_precision
 from advmnist.experiments.universal import UniversalSettings, universal_attack
 
 
+@pytest.mark.slow
 def test_universal_noise_pushes_images_to_the_target(tiny_model, mnist_small):
     train, test = mnist_small
     settings = UniversalSettings(steps=150, noise_limit=0.35)
@@ -26,6 +27,7 @@ def test_universal_noise_pushes_images_to_the_target(tiny_model, mnist_small):
     assert effect.confusion.sum() == len(test) and effect.confusion[:, 3].sum() == round(effect.fooled * len(test))
 
 
+@pytest.mark.slow
 def test_smaller_noise_limit_fools_less(tiny_model, mnist_small):
     train, test = mnist_small
     fooled = {limit: universal_attack(tiny_model, train.images, test, [5],
@@ -59,6 +61,7 @@ def _tiny_immunize(seed: int = 0, **overrides) -> ImmunizeSettings:
     return ImmunizeSettings(**options)
 
 
+@pytest.mark.slow
 def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, mnist_small, tmp_path):
     train, test = mnist_small
     original = {p.name: p.read_bytes() for p in tiny_run[0].iterdir() if p.is_file()}
@@ -81,6 +84,7 @@ def test_immunize_saves_a_new_run_and_leaves_the_original(tiny_run, tiny_model, 
     assert accuracy == pytest.approx(result.clean_after)
 
 
+@pytest.mark.slow
 def test_training_on_the_noise_makes_it_harmless(tiny_model, mnist_small):
     """The network trained against a noise is far more accurate under that noise than before."""
     train, test = mnist_small
@@ -93,6 +97,7 @@ def test_training_on_the_noise_makes_it_harmless(tiny_model, mnist_small):
     ("sequential", [(1, 1), (2, 1), (1, 2), (2, 2)]),
     ("interleaved", [(1, 1), (1, 2), (2, 1), (2, 2)]),
 ])
+@pytest.mark.slow
 def test_schedules_order_rounds_and_targets(tiny_model, mnist_small, schedule, order):
     train, test = mnist_small
     settings = _tiny_immunize(rounds=2, train_steps=2, refresh_every=0, schedule=schedule,
@@ -133,6 +138,7 @@ def test_immunize_cli_refuses_to_overwrite_its_own_model(tiny_run):
     assert result.exit_code == 2 and "new folder" in result.output
 
 
+@pytest.mark.slow
 def test_same_seed_same_universal_noise(tiny_model, mnist_small):
     train, test = mnist_small
     run = lambda seed: universal_attack(tiny_model, train.images, test, [4],  # noqa: E731
@@ -142,6 +148,7 @@ def test_same_seed_same_universal_noise(tiny_model, mnist_small):
     assert not np.array_equal(first, other)
 
 
+@pytest.mark.slow
 def test_given_noise_starts_immunization_and_is_measured(tiny_model, mnist_small):
     train, test = mnist_small
     noise = universal_attack(tiny_model, train.images, test, [6], UniversalSettings(steps=120)).noise
