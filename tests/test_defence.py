@@ -270,7 +270,13 @@ def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
     import advmnist.data.mnist
     import advmnist.defences.pgd_trainer as trainer_module
 
+    import advmnist.cli.immunize_pgd
+    from advmnist.data.mnist import Split
+
     monkeypatch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+    monkeypatch.setattr(advmnist.data.mnist, "load_split", lambda split, data_dir=None, log=None, rows=slice(None):
+                        Split(mnist_small[1].images[rows], mnist_small[1].labels[rows]))
+    monkeypatch.setattr(advmnist.cli.immunize_pgd, "EVALUATION_STEPS", 5)  # AutoAttack's members, 5 iterations
     real, calls = trainer_module.PGDTrainer._feed, []
 
     def interrupted(self, *args):
@@ -291,12 +297,19 @@ def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
     assert again.exit_code == 2 and "--resume" in again.output
     other = runner.invoke(main, command.split()[1:] + ["--eps", "0.2", "--out", str(out)])
     assert other.exit_code == 2 and "expected the interrupted run's 0.3" in other.output
-    resumed = runner.invoke(main, command.split()[1:] + ["--out", str(out), "--json"])
+    resumed = runner.invoke(main, command.split()[1:] + ["--out", str(out), "--json", "--evaluate", "6"])
     assert resumed.exit_code == 0, resumed.output
     record = json.loads(resumed.stdout)
     assert record["settings"]["loss"] == "trades" and record["settings"]["beta"] == 3
     assert len(record["history"]) == 1 and record["base_model"] == str(tiny_run[0] / "model.pb")
     assert (out / "immunize_trades_eps0.3.json").is_file() and not (run / "resume").exists()
+    # at the end, AutoAttack at eps/3, 2 eps/3, eps on the first 6 test images, as `robustness --attack auto` writes it
+    final = record["autoattack"]
+    assert final["settings"]["attack"] == "auto" and final["settings"]["eps"] == [0.1, 0.2, 0.3]
+    assert final["settings"]["count"] == 6 and final["models"][0]["model"].endswith("model.pb")
+    assert final == json.loads((out / "robustness_linf_auto.json").read_text())
+    curve = final["models"][0]["robust_accuracy"]
+    assert len(curve) == 3 and all(a >= b for a, b in zip(curve, curve[1:]))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -75,7 +75,8 @@ def commands(run, other, out):
                       "--noise-steps", "20", "--refresh-every", "0", "--run-dir", str(out / "immune"), "--out",
                       str(out)]),
         ("immunize --against pgd", ["immunize", "--against", "pgd", *model, "--epochs", "1", "--eps", "0.1",
-                                    "--pgd-steps", "2", "--run-dir", str(out / "pgd"), "--out", str(out)]),
+                                    "--pgd-steps", "2", "--evaluate", "0", "--run-dir", str(out / "pgd"), "--out",
+                                    str(out)]),
     ]
 
 

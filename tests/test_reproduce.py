@@ -10,6 +10,9 @@ from click.testing import CliRunner
 
 from advmnist.cli import main
 
+#: with pytest -n, these tests share one worker: the reproduction fixture is made once
+pytestmark = pytest.mark.xdist_group("reproduce")
+
 QUICK = """
 [attack]
 steps = 5

@@ -288,6 +288,11 @@ def rounded_to_8bit(images):
     return tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
 
 
+def as_8bit(images: np.ndarray) -> np.ndarray:
+    """What a saved 8-bit PNG holds, in numpy: :func:`rounded_to_8bit` outside a graph."""
+    return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
 def progress_bar(total: int, description: str, enabled: bool, initial: int = 0):
     """A tqdm bar on stderr (with its ETA); ``initial``: the part already done (a resumed run)."""
     from tqdm import tqdm

@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, progress_bar
+from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, progress_bar, rounded_to_8bit
 from advmnist.attacks.norms import NORMS, get_norm
 from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
@@ -171,11 +171,6 @@ def margin_and_success(logits, labels, targets, targeted: bool):
     return chosen_logit - best_other, tf.not_equal(predictions, labels)
 
 
-def rounded(images):
-    tf = tf1()
-    return tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
-
-
 class FMNSearch:
     """The in-graph search state of a batch and the loop that advances it (see the module's text).
 
@@ -203,7 +198,7 @@ class FMNSearch:
         def body(i, delta, epsilon, best_delta, best_norm, closest_delta, closest_margin):
             step_size = cosine(i, max_step, max_step / 100.0)
             rate = cosine(i, gamma, min_gamma)
-            on_grid = rounded(x + delta)
+            on_grid = rounded_to_8bit(x + delta)
             logits = logits_fn(tf.reshape(x + delta, shape))
             margin, success = margin_and_success(logits, labels, targets, targeted)
             (gradient,) = tf.gradients(tf.reduce_sum(margin), [delta])
@@ -281,7 +276,7 @@ def refine(logits_fn, images, labels, targets, delta, found, norm: str, steps: i
         x = tf.constant(images.reshape(count, -1))
         fraction = tf.placeholder(tf.float32, (count,))
         given = tf.placeholder(tf.float32, (count, x.shape[1]))
-        candidate = rounded(x + NORMS[norm].shrink(given, fraction))
+        candidate = rounded_to_8bit(x + NORMS[norm].shrink(given, fraction))
         logits = logits_fn(tf.reshape(candidate, images.shape))
         _, success = margin_and_success(logits, tf.constant(np.maximum(labels, 0).astype(np.int32)),
                                         tf.constant(np.maximum(targets, 0).astype(np.int32)),

@@ -5,14 +5,12 @@ import sys
 import time
 
 import click
-import numpy as np
 
 from advmnist.experiments.targeted import REG_CHOICES, AttackSettings
-from advmnist.cli.options import (MAX_TABLE_ROWS, Output, check_range, config_option, data_dir_option, finite,
-                                  image_options, json_option, load_model, model_option, out_option, progress_enabled,
+from advmnist.cli.options import (MAX_TABLE_ROWS, Output, attack_inputs, config_option, data_dir_option, finite,
+                                  image_options, json_option, model_option, out_option, progress_enabled,
                                   reg_option, seed_option, select_shard, shard_option, shard_out, steps_option,
                                   translate_errors, weight_option)
-from advmnist.errors import InvalidInput
 
 DEFAULTS = AttackSettings()
 
@@ -123,29 +121,6 @@ def _run_or_keep_partial(attack, name, model, images, labels, targets, positions
                    f"(optimized together) were finished: nothing of {name} was written.{finished} Run the same "
                    "command again; a smaller --count or --steps finishes sooner.", err=True)
         sys.exit(130)
-
-
-def attack_inputs(model_path, no_verify, split, offset, count, target, seed, data_dir, output: Output):
-    """Check the image range and target rule, then load the model, the digits and their targets.
-
-    The targets are None for ``--target untargeted`` (offered by the commands whose attack can be untargeted).
-    """
-    from advmnist.attacks import choose_targets, parse_target_rule
-    from advmnist.data.mnist import load_split
-
-    # a click.Choice already: this only normalizes it
-    rule = target if target == "untargeted" else parse_target_rule(target)
-    check_range(split, offset, count)
-    model = load_model(model_path, no_verify, output)
-    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
-    indices = np.arange(offset, offset + count)
-    if rule == "untargeted":
-        return model, indices, data.images, data.labels, None, rule
-    try:
-        targets = choose_targets(data.labels, rule, seed=seed, indices=indices)
-    except InvalidInput as err:
-        raise click.BadParameter(str(err), param_hint="--target") from err
-    return model, indices, data.images, data.labels, targets, rule
 
 
 def print_attack(output: Output, name: str, summary, files: dict) -> None:

@@ -15,7 +15,9 @@ PGD_DEFAULTS = PGDTrainingSettings()
 PGD_FIELDS = ("eps", "epochs", "eps_ramp", "attack", "pgd_steps", "step_size", "loss", "beta", "guard",
               "from_scratch")
 #: options that only mean something with --against pgd
-PGD_ONLY = PGD_FIELDS + ("resume",)
+PGD_ONLY = PGD_FIELDS + ("resume", "evaluate")
+#: The final AutoAttack's iterations (None: the standard version's; tests make it short)
+EVALUATION_STEPS = None
 #: options both adversaries have, which are settings of the PGD training too
 SHARED_FIELDS = ("clean_fraction", "shift", "precision", "seed")
 
@@ -54,6 +56,10 @@ def pgd_options(func):
                           "and optimizer state of the epoch before and multiply the FGSM step by 0.8."),
         click.option("--from-scratch", is_flag=True,
                      help="With --against pgd: start from fresh initial weights (same network) instead of --model's."),
+        click.option("--evaluate", type=click.IntRange(0, 10000), default=100, show_default=True, metavar="COUNT",
+                     help="With --against pgd: after training, AutoAttack (`robustness --attack auto`, its standard "
+                          "version) at eps/3, 2 eps/3 and eps on the first COUNT test images, written to --out; 0: "
+                          "skip. On 2 CPU cores it costs a robust network about 5-10 s per image at eps 0.3."),
         click.option("--resume", is_flag=True,
                      help="With --against pgd: continue the interrupted training in --run-dir where it stopped "
                           "(its settings, step, optimizer state and random draws): it ends as an uninterrupted "
@@ -112,8 +118,11 @@ def immunize_pgd(options: dict, shared: dict, model_path, no_verify, run_dir, ov
     with run_dir_lock(run_dir):  # a second process on the same folder is refused until this one ends
         if options["resume"]:
             settings = resumed_settings(settings, run_dir)
-        train_and_report(settings, options["resume"], model_path, no_verify, run_dir, overwrite, out, data_dir,
-                         output)
+        record = train_and_report(settings, options["resume"], model_path, no_verify, run_dir, overwrite, out,
+                                  data_dir, output)
+    if options["evaluate"]:
+        record["autoattack"] = final_autoattack(settings, run_dir, options["evaluate"], out, data_dir, output)
+    output.result(record)
 
 
 def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no_verify, run_dir: Path, overwrite,
@@ -152,6 +161,24 @@ def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no
                f"{settings.eps:g}, first {settings.monitor} test images) {result.robust_before:.2%} -> "
                f"{result.robust_after:.2%}; {result.seconds:.0f} s")
     output.say(f"trained network: {run_dir / 'model.pb'}; measure it with "
-               f"`advmnist robustness --model {run_dir}`; figure: {record['figure']}")
-    output.result(record)
+               f"`advmnist robustness --attack auto --model {run_dir}`; figure: {record['figure']}")
+    return record
+
+
+def final_autoattack(settings: PGDTrainingSettings, run_dir: Path, count: int, out, data_dir, output: Output) -> dict:
+    """`robustness --attack auto` on the trained network at eps/3, 2 eps/3 and eps (0.1, 0.2, 0.3 for eps 0.3), on
+    the first ``count`` test images; its record (the files are written to ``out`` as the command writes them)."""
+    from advmnist.cli.options import load_model
+    from advmnist.cli.robustness import _images, _measure, _write_and_say
+    from advmnist.experiments.robustness import RobustnessSettings
+
+    eps = tuple(round(settings.eps * k / 3, 6) for k in (1, 2, 3))
+    robust = RobustnessSettings(norm="linf", eps=eps, count=count, attack="auto", steps=EVALUATION_STEPS,
+                                seed=settings.seed).resolved()
+    output.say(f"\nAutoAttack (standard version) on the trained network, first {count} test images, eps "
+               f"{', '.join(f'{e:g}' for e in eps)}:")
+    model = load_model(run_dir, False, output)
+    positions, indices, images, labels, targets = _images(robust, None, data_dir, output)
+    curve = _measure(model, robust, images, labels, targets, positions, None, output)
+    return _write_and_say(output, out, robust, [curve], indices, labels, None)
 

@@ -6,8 +6,7 @@ import time
 
 import click
 
-from advmnist.cli.attack import attack_inputs
-from advmnist.cli.options import (MAX_TABLE_ROWS, Output, config_option, data_dir_option, image_options,
+from advmnist.cli.options import (MAX_TABLE_ROWS, Output, attack_inputs, config_option, data_dir_option, image_options,
                                   json_option, model_option, out_option, progress_enabled, seed_option,
                                   select_shard, shard_option, shard_out, steps_option, translate_errors)
 from advmnist.experiments.minimal import NORM_CHOICES, MinimalSettings

@@ -327,3 +327,26 @@ def load_model(model_path: Path | None, no_verify: bool, output: Output):
     for note in model.notes:
         output.say(note)
     return model
+
+
+def attack_inputs(model_path, no_verify, split, offset, count, target, seed, data_dir, output: Output):
+    """Check the image range and target rule, then load the model, the digits and their targets.
+
+    The targets are None for ``--target untargeted`` (offered by the commands whose attack can be untargeted).
+    """
+    from advmnist.attacks import choose_targets, parse_target_rule
+    from advmnist.data.mnist import load_split
+
+    # a click.Choice already: this only normalizes it
+    rule = target if target == "untargeted" else parse_target_rule(target)
+    check_range(split, offset, count)
+    model = load_model(model_path, no_verify, output)
+    data = load_split(split, data_dir, log=output.say, rows=slice(offset, offset + count))
+    indices = np.arange(offset, offset + count)
+    if rule == "untargeted":
+        return model, indices, data.images, data.labels, None, rule
+    try:
+        targets = choose_targets(data.labels, rule, seed=seed, indices=indices)
+    except InvalidInput as err:
+        raise click.BadParameter(str(err), param_hint="--target") from err
+    return model, indices, data.images, data.labels, targets, rule

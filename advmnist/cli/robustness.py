@@ -114,10 +114,10 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
             curves.append(_measure(model, settings, images, labels, targets, positions, shard, output))
     except KeyboardInterrupt:
         _keep_measured(curves, len(models), out, settings, indices, labels, shard_record)
-    _write_and_say(output, out, settings, curves, indices, labels, shard_record)
+    output.result(_write_and_say(output, out, settings, curves, indices, labels, shard_record))
 
 
-def _write_and_say(output, out, settings, curves, indices, labels, shard_record) -> None:
+def _write_and_say(output, out, settings, curves, indices, labels, shard_record) -> dict:
     """The result set (with the minimal-norm curve of a matching `minimal` run), its tables and warnings."""
     from advmnist.experiments import results
     from advmnist.experiments.robustness import run_notes
@@ -131,7 +131,7 @@ def _write_and_say(output, out, settings, curves, indices, labels, shard_record)
     for warning in record["warnings"]:
         output.say(f"warning: {warning}")
     output.say("files: " + ", ".join(record["files"].values()))
-    output.result(record)
+    return record
 
 
 def _keep_measured(curves, total, out, settings, indices, labels, shard_record):

@@ -25,7 +25,7 @@ DEFAULTS = TransferSettings()
                    "repeat for several.")
 @renamed_option("--from", "--model", "old_sources", type=click.Path(path_type=Path), multiple=True)
 @renamed_option("--to", "--evaluate-on", "old_others", type=click.Path(path_type=Path), multiple=True)
-@click.option("--attack", type=click.Choice(ATTACKS), default=DEFAULTS.attack, show_default=True,
+@click.option("--attack", type=click.Choice(list(ATTACKS)), default=DEFAULTS.attack, show_default=True,
               help="How the examples are made: pgd (Linf --eps, 40 steps), minimal (the smallest L2 change), "
                    "attack (the reference's L2 noise, 1000 steps) or universal (one noise per target class, "
                    "fitted on the training images).")
@@ -106,13 +106,14 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
 
 
 def _check_attack_options(attack: str, target: str) -> None:
-    """--eps only for pgd, untargeted only for pgd and minimal: otherwise exit 2."""
+    """--eps only for pgd, untargeted only for the attacks that can be: otherwise exit 2."""
     if attack != "pgd" and click.get_current_context().get_parameter_source("eps").name not in ("DEFAULT",
                                                                                                "DEFAULT_MAP"):
         raise click.BadParameter(f"--eps only applies to --attack pgd (--attack {attack} has no budget)",
                                  param_hint="--eps")
-    if target == "untargeted" and attack not in ("pgd", "minimal"):
-        raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: pgd and minimal only)",
+    if target == "untargeted" and not ATTACKS[attack].untargeted:
+        can = " and ".join(name for name, entry in ATTACKS.items() if entry.untargeted)
+        raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: {can} only)",
                                  param_hint="--target")
 
 

@@ -32,7 +32,7 @@ from advmnist import fileio
 from advmnist.errors import InvalidInput
 # re-exported: the sources are part of this module's interface
 from advmnist.data.sources import (MIRRORS, NPM_PACKAGE, MirrorSource, NpmSource, Source,  # noqa: F401
-                                    SourceError, default_remote_sources)
+                                   SourceError, default_remote_sources)
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10

@@ -196,7 +196,8 @@ def train_against_pgd(model, train: Split, test: Split, settings: PGDTrainingSet
     from advmnist.fileio import display_path
     from advmnist.defences.universal_immunization import checkpoint_of
     from advmnist.defences.pgd_trainer import PGDTrainer
-    from advmnist.model.runs import clear_resume_state, read_resume_state, resume_checkpoint, save_resume_state, save_trained
+    from advmnist.model.runs import (clear_resume_state, read_resume_state, resume_checkpoint, save_resume_state,
+                                     save_trained)
 
     if resume:
         record = read_resume_state(out_dir)

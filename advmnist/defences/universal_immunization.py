@@ -249,7 +249,8 @@ class AdversarialTrainer(RestoredNetwork):
                     pool[target].append(noise)
                 batch = self.rng.integers(0, len(self.train.images), settings.train_batch_size)
                 self.sess.run(self.train_step, {
-                    self.images: self.augment(self.train.images[batch]), self.labels: self.train.labels[batch].astype(np.int32),
+                    self.images: self.augment(self.train.images[batch]),
+                    self.labels: self.train.labels[batch].astype(np.int32),
                     self.noise_batch: _noise_batch(self.rng, settings, noise, pool, scope)})
         return noise
 
@@ -340,8 +341,8 @@ class AdversarialTrainer(RestoredNetwork):
 
 
 class Augmenter:
-    """``shift`` > 0: each batch's images moved by random offsets (:func:`advmnist.model.training.shifted`) from a stream
-    of their own (seeded by ``seed``), so the other random draws of a run are those it makes without it."""
+    """``shift`` > 0: each batch's images moved by random offsets (:func:`advmnist.model.training.shifted`) from a
+    stream of their own (seeded by ``seed``), so the other random draws of a run are those it makes without it."""
 
     def __init__(self, shift: int, seed: int):
         self.shift = shift

@@ -9,6 +9,7 @@ large the perturbation had to be. The optimization is exactly the ``attack`` com
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -117,3 +118,18 @@ def summarize(result: AttackResult) -> Matrix:
                 example[s, s] = result.originals[cell[0]]
     return Matrix(success=success, mean_l2=mean_l2, mean_l1=mean_l1, example=example,
                   example_reached=example_reached, count=count)
+
+
+#: The command, and the start of its result files' names (for ``merge``: :mod:`advmnist.experiments.shards`).
+COMMAND, SHARD_PREFIX = "matrix", "matrix_"
+
+
+def merge_shards(out: Path, stem: str, parts: list):
+    """The shards of one matrix, merged into the files a whole run writes; its record and merged result."""
+    from advmnist.experiments import results
+    from advmnist.experiments.shards import merged_result, total_seconds
+
+    result, indices = merged_result(parts)
+    settings = parts[0].record["settings"]
+    return results.write_matrix(out, stem, settings["reg"], result, summarize(result), indices, settings,
+                                total_seconds(parts)), result

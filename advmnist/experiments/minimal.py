@@ -4,11 +4,13 @@ The attack itself is :class:`advmnist.attacks.MinimalNorm`; this module turns it
 :class:`~advmnist.attacks.AttackResult` into a summary, a per-image table and the curve
 that the minimal norms give for free: for every budget eps, the share of images whose
 smallest successful perturbation is larger than eps (an image the search never fooled
-counts as larger than any eps). It neither prints nor writes files.
+counts as larger than any eps). It prints nothing; its files are written
+through :mod:`advmnist.experiments.results` (``merge_shards``: the merge of its shards).
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -89,3 +91,18 @@ def summarize(result: AttackResult, norm: str, *, indices: np.ndarray, seconds: 
              "linf": float(norms["linf"][i]), "adversarial_8bit": bool(fooled[i])} for i in range(count)]
     return MinimalReport(norm=norm, summary=summary, rows=rows, curve=robust_curve(norms[norm], fooled),
                          seconds=round(seconds, 2))
+
+
+#: The command, and the start of its result files' names (for ``merge``: :mod:`advmnist.experiments.shards`).
+COMMAND, SHARD_PREFIX = "minimal", "minimal_"
+
+
+def merge_shards(out: Path, stem: str, parts: list):
+    """The shards of one search, merged into the files a whole run writes; its record and merged result."""
+    from advmnist.experiments import results
+    from advmnist.experiments.shards import merged_result, total_seconds
+
+    result, indices = merged_result(parts)
+    settings = parts[0].record["settings"]
+    report = summarize(result, settings["norm"], indices=indices, seconds=total_seconds(parts))
+    return results.write_minimal(out, stem, result, report, indices, settings), result

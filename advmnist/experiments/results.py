@@ -78,7 +78,8 @@ def _write_arrays(out: Path, stem: str, result, indices: np.ndarray) -> Path:
 
 
 def _shard(shard: dict | None) -> dict:
-    """A shard's entry in its metrics record (:meth:`advmnist.experiments.shards.Shard.record`), none for a whole run."""
+    """A shard's entry in its metrics record (:meth:`advmnist.experiments.shards.Shard.record`), none for a whole
+    run."""
     return {} if shard is None else {"shard": shard}
 
 

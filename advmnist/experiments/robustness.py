@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from advmnist.attacks import PGD, Draws
 from advmnist.attacks import autoattack
 from advmnist.attacks.autoattack import MISCLASSIFIED, ROBUST, IncompleteEnsemble
-from advmnist.attacks.base import check_images, check_labels, check_targets, is_targeted, untargeted
+from advmnist.attacks.base import as_8bit, check_images, check_labels, check_targets, is_targeted, untargeted
 from advmnist.attacks.forward import predict
 from advmnist.attacks.norms import get_norm
 from advmnist.attacks.pgd import PGDSession
@@ -188,7 +189,7 @@ class RobustnessCurve:
             return predictions == targets if is_targeted(targets) else predictions != labels
 
         fooled = np.isfinite(self.eps_fooled)
-        rounded = (np.round(np.clip(self.adversarial, 0, 1) * 255) / 255).astype(np.float32)
+        rounded = as_8bit(self.adversarial)
         radius = np.where(fooled, self.eps_fooled, 0.0)
         size = get_norm(norm).measure(self.adversarial - images).astype(np.float64)
         in_ball = ((size <= radius * (1 + 1e-5) + 1e-6)
@@ -315,3 +316,38 @@ class _Runner:
                 self.session = PGDSession(self.logits_fn, self.norm, targeted=self.targeted)
             return attack.run_in(self.session, images, labels, targets, draws=draws, progress=progress)
         return attack.run(self.logits_fn, images, labels, targets, draws=draws, progress=progress)
+
+
+#: The command, and the start of its result files' names (for ``merge``: :mod:`advmnist.experiments.shards`).
+COMMAND, SHARD_PREFIX = "robustness", "robustness_"
+
+
+def merge_shards(out: Path, stem: str, parts: list):
+    """The shards' curves, merged into the files a whole run writes; its record (and None: no AttackResult)."""
+    from advmnist.experiments import results
+    from advmnist.experiments.shards import interleave, total_seconds
+
+    recorded = parts[0].record["settings"]
+    settings = RobustnessSettings(**{**recorded, "eps": tuple(recorded["eps"])})
+    keys = ("eps_fooled", "adversarial", "fools_8bit", "broken_by", "broken_at")
+    missing = [key for key in keys + ("members",) if key not in parts[0].arrays]
+    if missing:
+        raise InvalidInput(f"{parts[0].path}: expected the arrays {', '.join(missing)} (written by this version of "
+                           "advmnist robustness); run the shards again")
+    indices, labels = interleave(parts, "indices"), interleave(parts, "labels")
+    per_model = {key: interleave(parts, key, axis=1) for key in keys}
+    confirmed = interleave(parts, "confirmed", axis=1) if "confirmed" in parts[0].arrays else None
+    members = [str(m) for m in parts[0].arrays["members"]]
+    curves = []
+    for m, model in enumerate(parts[0].record["models"]):
+        member_seconds = [total_seconds(parts, lambda record: record["models"][m]["member_seconds"][k])
+                          for k in range(len(members))]
+        curves.append(RobustnessCurve.from_images(
+            model["model"], settings.eps, per_model["eps_fooled"][m], per_model["adversarial"][m],
+            per_model["fools_8bit"][m], total_seconds(parts, lambda record: record["models"][m]["seconds"]),
+            members=members, broken_by=per_model["broken_by"][m], broken_at=per_model["broken_at"][m],
+            member_seconds=member_seconds, confirmed=None if confirmed is None else confirmed[m]))
+    minimal = ({} if settings.target is not None
+               else results.matching_minimal(out, settings.norm, indices, [c.model for c in curves]))
+    return results.write_robustness(out, settings, curves, indices, labels, minimal,
+                                    notes=run_notes(settings, members)), None

@@ -187,73 +187,14 @@ def total_seconds(parts: list[Part], get=lambda record: record["seconds"]) -> fl
     return round(sum(float(get(p.record)) for p in parts), 2)
 
 
-def _merge_attack(out: Path, stem: str, parts: list[Part]):
-    from advmnist.experiments import targeted
-    from advmnist.experiments import results
-    from advmnist.attacks import make_regularizer
+def shardable() -> dict:
+    """The experiments whose commands take ``--shard``: the start of their result files' names -> the module,
+    whose ``merge_shards(out, stem, parts)`` writes the merged files and returns their record and the merged
+    AttackResult (None when there is none), and whose optional ``merged_extras(out, groups, merged)`` writes
+    what is made from several merged results (``attack --reg all``'s comparison)."""
+    from advmnist.experiments import matrix, minimal, robustness, targeted
 
-    reg = stem[len("mnist_adv_"):]
-    result, indices = merged_result(parts)
-    settings = parts[0].record["settings"]
-    summary = targeted.summarize(result, make_regularizer(reg, settings["weight"]), indices=indices,
-                               seconds=total_seconds(parts))
-    return results.write_attack(out, reg, result, summary, indices, settings), result
-
-
-def _merge_minimal(out: Path, stem: str, parts: list[Part]):
-    from advmnist.experiments import minimal
-    from advmnist.experiments import results
-
-    result, indices = merged_result(parts)
-    settings = parts[0].record["settings"]
-    report = minimal.summarize(result, settings["norm"], indices=indices, seconds=total_seconds(parts))
-    return results.write_minimal(out, stem, result, report, indices, settings), result
-
-
-def _merge_matrix(out: Path, stem: str, parts: list[Part]):
-    from advmnist.experiments import matrix
-    from advmnist.experiments import results
-
-    result, indices = merged_result(parts)
-    settings = parts[0].record["settings"]
-    return results.write_matrix(out, stem, settings["reg"], result, matrix.summarize(result), indices, settings,
-                                total_seconds(parts)), result
-
-
-def _merge_robustness(out: Path, stem: str, parts: list[Part]):
-    from advmnist.experiments import results
-    from advmnist.experiments.robustness import RobustnessCurve, RobustnessSettings, run_notes
-
-    recorded = parts[0].record["settings"]
-    settings = RobustnessSettings(**{**recorded, "eps": tuple(recorded["eps"])})
-    keys = ("eps_fooled", "adversarial", "fools_8bit", "broken_by", "broken_at")
-    missing = [key for key in keys + ("members",) if key not in parts[0].arrays]
-    if missing:
-        raise InvalidInput(f"{parts[0].path}: expected the arrays {', '.join(missing)} (written by this version of "
-                           "advmnist robustness); run the shards again")
-    indices, labels = interleave(parts, "indices"), interleave(parts, "labels")
-    per_model = {key: interleave(parts, key, axis=1) for key in keys}
-    confirmed = interleave(parts, "confirmed", axis=1) if "confirmed" in parts[0].arrays else None
-    members = [str(m) for m in parts[0].arrays["members"]]
-    curves = []
-    for m, model in enumerate(parts[0].record["models"]):
-        member_seconds = [total_seconds(parts, lambda record: record["models"][m]["member_seconds"][k])
-                          for k in range(len(members))]
-        curves.append(RobustnessCurve.from_images(
-            model["model"], settings.eps, per_model["eps_fooled"][m], per_model["adversarial"][m],
-            per_model["fools_8bit"][m], total_seconds(parts, lambda record: record["models"][m]["seconds"]),
-            members=members, broken_by=per_model["broken_by"][m], broken_at=per_model["broken_at"][m],
-            member_seconds=member_seconds, confirmed=None if confirmed is None else confirmed[m]))
-    minimal = ({} if settings.target is not None
-               else results.matching_minimal(out, settings.norm, indices, [c.model for c in curves]))
-    return results.write_robustness(out, settings, curves, indices, labels, minimal,
-                                    notes=run_notes(settings, members)), None
-
-
-#: The commands that can be sharded: the start of their metrics file's name, and their merge, which writes the
-#: merged files and returns their record and the merged AttackResult (None for robustness's curves).
-MERGERS = {"mnist_adv_": _merge_attack, "minimal_": _merge_minimal, "matrix_": _merge_matrix,
-           "robustness_": _merge_robustness}
+    return {module.SHARD_PREFIX: module for module in (targeted, minimal, matrix, robustness)}
 
 
 def merge(folders, out: Path) -> list[dict]:
@@ -261,23 +202,20 @@ def merge(folders, out: Path) -> list[dict]:
 
     Everything is checked before anything is written.
     """
-    from advmnist.experiments import results
-    from advmnist.experiments.targeted import AttackSettings
-
+    experiments = shardable()
     groups = find_parts(folders)
     for stem, parts in groups.items():
-        if not stem.startswith(tuple(MERGERS)):
-            raise InvalidInput(f"{parts[0].path}: expected the results of attack, matrix, minimal or robustness")
+        if not stem.startswith(tuple(experiments)):
+            names = sorted(module.COMMAND for module in experiments.values())
+            raise InvalidInput(f"{parts[0].path}: expected the results of {', '.join(names[:-1])} or {names[-1]}")
         check_complete(stem, parts)
-    merged = {stem: MERGERS[next(p for p in MERGERS if stem.startswith(p))](Path(out), stem, parts)
-              for stem, parts in sorted(groups.items())}
-    # `attack --reg all` shards also wrote a comparison: so does the merge, from the merged runs
-    regs = [reg for reg in AttackSettings(reg="all").regs if AttackSettings.file_stem(reg) in groups]
-    compared = [p for reg in regs for p in groups[AttackSettings.file_stem(reg)]
-                if (p.path.parent / f"{AttackSettings.COMPARISON_STEM}.json").is_file()]
+
+    def experiment(stem):
+        return experiments[next(prefix for prefix in experiments if stem.startswith(prefix))]
+
+    merged = {stem: experiment(stem).merge_shards(Path(out), stem, parts) for stem, parts in sorted(groups.items())}
     records = [record for record, _ in merged.values()]
-    if compared:
-        stems = {reg: AttackSettings.file_stem(reg) for reg in regs}
-        records.append(results.write_comparison(Path(out), {reg: merged[stems[reg]][1] for reg in regs},
-                                                {reg: merged[stems[reg]][0] for reg in regs}))
+    for module in experiments.values():
+        if hasattr(module, "merged_extras"):
+            records += module.merged_extras(Path(out), groups, merged)
     return records

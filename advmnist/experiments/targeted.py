@@ -3,11 +3,13 @@
 The attack itself is :class:`advmnist.attacks.PerImageNoise`; this module holds the
 ``attack`` command's defaults (which reproduce the reference) and turns an
 :class:`~advmnist.attacks.AttackResult` into the reference's summary and our
-per-image table. It neither prints nor writes files.
+per-image table. It prints nothing; its files are written
+through :mod:`advmnist.experiments.results` (``merge_shards``: the merge of its shards).
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -91,3 +93,35 @@ def summarize(result: AttackResult, regularizer: Regularizer, *, indices: np.nda
             for i in range(count)]
     return AttackReport(reg=regularizer.name, weight=regularizer.weight, summary=summary, rows=rows,
                         seconds=round(seconds, 2))
+
+
+#: The command, and the start of its result files' names (for ``merge``: :mod:`advmnist.experiments.shards`).
+COMMAND, SHARD_PREFIX = "attack", "mnist_adv_"
+
+
+def merge_shards(out: Path, stem: str, parts: list):
+    """One regularizer's shards, merged into the files a whole run writes; its record and merged result."""
+    from advmnist.attacks import make_regularizer
+    from advmnist.experiments import results
+    from advmnist.experiments.shards import merged_result, total_seconds
+
+    reg = stem[len(SHARD_PREFIX):]
+    result, indices = merged_result(parts)
+    settings = parts[0].record["settings"]
+    summary = summarize(result, make_regularizer(reg, settings["weight"]), indices=indices,
+                        seconds=total_seconds(parts))
+    return results.write_attack(out, reg, result, summary, indices, settings), result
+
+
+def merged_extras(out: Path, groups: dict, merged: dict) -> list[dict]:
+    """`attack --reg all` shards also wrote a comparison: so does the merge, from the merged runs."""
+    from advmnist.experiments import results
+
+    regs = [reg for reg in AttackSettings(reg="all").regs if AttackSettings.file_stem(reg) in groups]
+    compared = [p for reg in regs for p in groups[AttackSettings.file_stem(reg)]
+                if (p.path.parent / f"{AttackSettings.COMPARISON_STEM}.json").is_file()]
+    if not compared:
+        return []
+    stems = {reg: AttackSettings.file_stem(reg) for reg in regs}
+    return [results.write_comparison(out, {reg: merged[stems[reg]][1] for reg in regs},
+                                     {reg: merged[stems[reg]][0] for reg in regs})]

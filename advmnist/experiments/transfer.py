@@ -11,12 +11,33 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Callable
 
 import numpy as np
 
 from advmnist.attacks import PGD, MinimalNorm, PerImageNoise, UniversalNoise, make_regularizer
+from advmnist.attacks.base import as_8bit
 
-ATTACKS = ("pgd", "minimal", "attack", "universal")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferAttack:
+    """An attack that ``transfer`` can make its examples with: ``make(settings, fit_images, steps)``."""
+
+    make: Callable
+    default_steps: int
+    untargeted: bool  # can make examples that aim at any wrong class (``--target untargeted``)
+
+
+#: ``transfer --attack``: each attack's maker, its default steps, and whether it can be untargeted. ``attack`` is
+#: the reference's L2 noise (weight 0.01); ``universal`` fits one noise per target on the training images.
+ATTACKS = {
+    "pgd": TransferAttack(lambda settings, fit, steps: PGD("linf", settings.eps, steps=steps), 40, True),
+    "minimal": TransferAttack(lambda settings, fit, steps: MinimalNorm("l2", steps=steps), 125, True),
+    "attack": TransferAttack(lambda settings, fit, steps: PerImageNoise(make_regularizer("l2", 1e-2), steps=steps),
+                             1000, False),
+    "universal": TransferAttack(lambda settings, fit, steps: UniversalNoise(fit, steps=steps), 1000, False),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +57,8 @@ class TransferSettings:
         """The attack that makes the examples: ``pgd`` (Linf ``eps``, 40 steps), ``minimal`` (L2, 8 x 125 steps),
         ``attack`` (the reference's L2 noise, weight 0.01, 1000 steps) or ``universal`` (one noise per target,
         fitted on ``fit_images``, 1000 steps)."""
-        if self.attack == "pgd":
-            return PGD("linf", self.eps, steps=self.steps or 40)
-        if self.attack == "minimal":
-            return MinimalNorm("l2", steps=self.steps or 125)
-        if self.attack == "attack":
-            return PerImageNoise(make_regularizer("l2", 1e-2), steps=self.steps or 1000)
-        return UniversalNoise(fit_images, steps=self.steps or 1000)
+        entry = ATTACKS[self.attack]
+        return entry.make(self, fit_images, self.steps or entry.default_steps)
 
     @property
     def file_stem(self) -> str:
@@ -65,9 +81,6 @@ class TransferMatrix:
                 "misclassified": self.misclassified.round(4).tolist(), "own_success_8bit": self.own,
                 "seconds": round(self.seconds, 2)}
 
-
-def as_8bit(images: np.ndarray) -> np.ndarray:
-    return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
 def transfer_matrix(models: dict, sources: list[str], images: np.ndarray, labels: np.ndarray,

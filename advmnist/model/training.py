@@ -21,8 +21,8 @@ from advmnist.model.freezing import TENSOR_NAMES, inference_graph_def
 from advmnist.fileio import display_path, read_json
 from advmnist.model.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model.network import ACCURACY_NAME, COST_NAME, make_model
-from advmnist.model.runs import (RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file, reconcile_stats,
-                           write_frozen)
+from advmnist.model.runs import (RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file,
+                                 reconcile_stats, write_frozen)
 from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
                                tf1, verbose)
 

@@ -1,4 +1,5 @@
-"""Figures and tables: with :mod:`advmnist.experiments.results`, the layer that writes results; every write is atomic."""
+"""Figures and tables: with :mod:`advmnist.experiments.results`, the layer that writes results; every write is
+atomic."""
 from __future__ import annotations
 
 import math
