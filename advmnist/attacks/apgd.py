@@ -39,7 +39,7 @@ import dataclasses
 
 import numpy as np
 
-from advmnist.attacks.base import Attack, AttackResult, is_targeted, progress_bar, row_cross_entropy
+from advmnist.attacks.base import Attack, AttackResult, check_counts, is_targeted, progress_bar, row_cross_entropy
 from advmnist.attacks.norms import get_norm
 from advmnist.attacks.pgd import GraphSession, Predictions, check_budget, random_start
 from advmnist.data.mnist import IMAGE_SIZE, NUM_CLASSES
@@ -123,9 +123,7 @@ class APGD(Attack):
         check_budget("APGD", APGD_NORMS, norm, eps)
         if loss not in LOSSES:
             raise InvalidInput(f"expected an APGD loss in {list(LOSSES)}, got {loss!r}")
-        if steps < 1 or restarts < 1 or check_every < 1 or chunk_size < 1:
-            raise InvalidInput(f"expected steps, restarts, check_every and chunk_size >= 1, got {steps}, {restarts}, "
-                               f"{check_every}, {chunk_size}")
+        check_counts(steps=steps, restarts=restarts, check_every=check_every, chunk_size=chunk_size)
         if not 1 <= n_target_classes <= NUM_CLASSES - 1:
             raise InvalidInput(f"expected n_target_classes in 1..{NUM_CLASSES - 1}, got {n_target_classes}")
         if not (0 < rho <= 1 and 0 < alpha <= 1):

@@ -282,6 +282,14 @@ def row_log_softmax(logits):
     return tf.nn.log_softmax(padded)[:tf.shape(logits)[0]]
 
 
+def check_counts(**counts: int) -> None:
+    """Refuse a count below 1 (steps, restarts, check_every, ...) in one message that names them all."""
+    if min(counts.values()) < 1:
+        names = list(counts)
+        named = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        raise InvalidInput(f"expected {named} >= 1, got {', '.join(str(v) for v in counts.values())}")
+
+
 def rounded_to_8bit(images):
     """What a saved 8-bit PNG holds, as a graph op: round to 1/255 steps."""
     tf = tf1()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import Attack, AttackResult, is_targeted, progress_bar, rounded_to_8bit
+from advmnist.attacks.base import Attack, AttackResult, check_counts, is_targeted, progress_bar, rounded_to_8bit
 from advmnist.attacks.norms import get_norm
 from advmnist.attacks.pgd import Predictions
 from advmnist.data.mnist import NUM_CLASSES
@@ -83,9 +83,7 @@ class FAB(Attack):
         if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
                 norm == "linf" and eps_values.max(initial=0) > 1):
             raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
-        if min(steps, restarts, check_every, chunk_size) < 1:
-            raise InvalidInput(f"expected steps, restarts, check_every and chunk_size >= 1, got {steps}, {restarts}, "
-                               f"{check_every}, {chunk_size}")
+        check_counts(steps=steps, restarts=restarts, check_every=check_every, chunk_size=chunk_size)
         if not 1 <= n_target_classes <= NUM_CLASSES - 1:
             raise InvalidInput(f"expected n_target_classes in 1..{NUM_CLASSES - 1}, got {n_target_classes}")
         if not (0 <= alpha_max <= 1 and eta >= 1 and 0 < beta < 1):

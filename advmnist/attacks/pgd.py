@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from advmnist.attacks.base import (Attack, AttackResult, check_eps, is_targeted, progress_bar, rounded_to_8bit,
-                                   row_cross_entropy)
+from advmnist.attacks.base import (Attack, AttackResult, check_counts, check_eps, is_targeted, progress_bar,
+                                   rounded_to_8bit, row_cross_entropy)
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 
@@ -56,9 +56,7 @@ class PGD(Attack):
     def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 0.1,
                  check_every: int = 10, chunk_size: int = 1024):
         check_budget("PGD", PGD_NORMS, norm, eps)
-        if steps < 1 or restarts < 1 or check_every < 1 or chunk_size < 1:
-            raise InvalidInput(f"expected steps, restarts, check_every and chunk_size >= 1, got {steps}, {restarts}, "
-                               f"{check_every}, {chunk_size}")
+        check_counts(steps=steps, restarts=restarts, check_every=check_every, chunk_size=chunk_size)
         if not 0 < rel_step <= 1:
             raise InvalidInput(f"expected 0 < rel_step <= 1, got {rel_step}")
         self.norm = norm

@@ -30,7 +30,8 @@ import dataclasses
 
 import numpy as np
 
-from advmnist.attacks.base import Attack, AttackResult, check_eps, is_targeted, progress_bar, rounded_to_8bit
+from advmnist.attacks.base import (Attack, AttackResult, check_counts, check_eps, is_targeted, progress_bar,
+                                   rounded_to_8bit)
 from advmnist.attacks.fmn import margin_and_success
 from advmnist.attacks.norms import get_norm
 from advmnist.attacks.pgd import PGDLoop
@@ -74,9 +75,7 @@ class Square(Attack):
         if norm not in self.NORMS:
             raise InvalidInput(f"expected a Square norm in {list(self.NORMS)}, got {norm!r}")
         check_eps(norm, eps)
-        if queries < 1 or restarts < 1 or check_every < 1 or chunk_size < 1:
-            raise InvalidInput(f"expected queries, restarts, check_every and chunk_size >= 1, got {queries}, "
-                               f"{restarts}, {check_every}, {chunk_size}")
+        check_counts(queries=queries, restarts=restarts, check_every=check_every, chunk_size=chunk_size)
         if not 0 < p_init <= 1:
             raise InvalidInput(f"expected 0 < p_init <= 1, got {p_init}")
         self.norm = norm
