@@ -129,15 +129,17 @@ def immunize_universal(settings: ImmunizeSettings, target: str, given, model_pat
     """``immunize`` (against universal noise): rounds of noise and training, saved as a new run."""
     from advmnist.report import figures
     from advmnist.experiments import results
-    from advmnist.defences.universal_immunization import ImmunizeInterrupted, immunize as immunize_network
+    from advmnist.defences import universal_immunization
+    from advmnist.defences.universal_immunization import ImmunizeInterrupted
 
     targets = target_list(target)
     schedule, rounds = settings.schedule, settings.rounds
     model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output)
     stem = settings.file_stem(target)
     try:
-        result = immunize_network(model, train_split, test, targets, settings, progress=progress_enabled(),
-                                  log=output.say, out_dir=run_dir, given_noise=given)
+        result = universal_immunization.immunize(model, train_split, test, targets, settings,
+                                                 progress=progress_enabled(), log=output.say, out_dir=run_dir,
+                                                 given_noise=given)
     except ImmunizeInterrupted as stop:
         partial = results.write_immunize_partial(out, stem, stop, base_model=model.path, settings=settings)
         where = f" in round {stop.phase[0]}, target {stop.phase[1]}" if stop.phase else " during the final measurements"

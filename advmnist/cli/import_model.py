@@ -65,7 +65,7 @@ def import_model(source, out, old_out, input_range, mean, std, output, data_dir,
     from advmnist.model.freezing import TENSOR_NAMES
     from advmnist.fileio import check_writable_dir, display_path
     from advmnist.model.frozen import MODEL_FILE, FrozenModel
-    from advmnist.interop.importing import ImportSettings, import_model as convert
+    from advmnist.interop import importing
     from advmnist.model.runs import write_frozen
 
     out = take_renamed(out, old_out, "import", "--out", "--run-dir", "the run folder it makes, as in train")
@@ -76,11 +76,11 @@ def import_model(source, out, old_out, input_range, mean, std, output, data_dir,
         out = Path("runs") / source.stem
         check_writable_dir(out, "--run-dir")
     _check_out(out)
-    settings = ImportSettings(input_range, MNIST_MEAN if mean is None else mean, MNIST_STD if std is None else std,
-                              output)
+    settings = importing.ImportSettings(input_range, MNIST_MEAN if mean is None else mean,
+                                        MNIST_STD if std is None else std, output)
     say = Output(json_mode).say
     say(f"converting {source} in a separate process ...")
-    imported = convert(source, settings)
+    imported = importing.import_model(source, settings)
     test = load_split("test", data_dir, log=say)
     predictions = FrozenModel(imported.graph_def, TENSOR_NAMES, out / MODEL_FILE).predict_proba(test.images)
     accuracy = float((predictions.argmax(1) == test.labels).mean())

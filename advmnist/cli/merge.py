@@ -30,10 +30,10 @@ def merge(folders, out, json_mode) -> None:
       advmnist merge assets/shard-*-of-4
     """
     from advmnist.fileio import display_path
-    from advmnist.experiments.shards import merge as merge_shards
+    from advmnist.experiments import shards
 
     output = Output(json_mode)
-    records = merge_shards(folders, out)
+    records = shards.merge(folders, out)
     for record in records:
         files = record.get("files") or {"figure": record.get("figure")}
         output.say("merged: " + ", ".join(str(v) for v in files.values() if isinstance(v, str)))

@@ -29,15 +29,15 @@ def check_before_running(steps, config: Path | None) -> None:
     """Every step's options, config table and folders, checked as the step itself will check them, before the
     first step runs: a typo in a late step's table fails now, not an hour in. Tables that match no step's
     command are refused."""
-    from advmnist.report import reproduce as lib
+    from advmnist.report.reproduce import STEPS, config_table, plan
     from advmnist.cli import main
     from advmnist.fileio import read_toml
 
     if not steps:
         raise click.BadParameter("nothing to run: `train` runs only without --model (the model is given); "
-                                 f"expected some of {list(lib.STEPS)}", param_hint="--only")
+                                 f"expected some of {list(STEPS)}", param_hint="--only")
     if config is not None:
-        commands = {"reproduce", *(step.command for step in lib.plan(Path("."), None))}
+        commands = {"reproduce", *(step.command for step in plan(Path("."), None))}
         unknown = sorted(key for key, value in read_toml(config).items() if isinstance(value, dict)
                          and key not in commands)
         if unknown:
@@ -45,7 +45,7 @@ def check_before_running(steps, config: Path | None) -> None:
                                      f"expected tables of {sorted(commands)}", param_hint="--config")
     for step in steps:
         args = [*step.args, *step.extra]
-        if config is not None and lib.config_table(config, step.command):
+        if config is not None and config_table(config, step.command):
             args += ["--config", str(config)]
         command = main.commands[step.command]
         try:
@@ -86,29 +86,29 @@ def reproduce(model_path, out, config, step_names, old_step_names, json_mode) ->
     page from what is on disk.
     """
     from advmnist.report import pages
-    from advmnist.report import reproduce as lib
+    from advmnist.report.reproduce import STEPS, collect, config_table, plan, run_steps
 
     output = Output(json_mode)
     if old_step_names is not None:
         click.echo("note: `reproduce --steps` is now `--only` (in every other command --steps counts iterations); "
                    "--steps will be removed in the next release", err=True)
         step_names = step_names or old_step_names
-    names = lib.STEPS
-    table = lib.config_table(config, "reproduce")
+    names = STEPS
+    table = config_table(config, "reproduce")
     if not step_names and "steps" in table and (not isinstance(table["steps"], list)
                                                 or not all(isinstance(n, str) for n in table["steps"])):
         raise click.BadParameter(f"{config}: expected [reproduce] steps = a list of step names, got "
                                  f"{table['steps']!r}", param_hint="--config")
     if step_names or table.get("steps"):
         names = tuple(n.strip() for n in (step_names.split(",") if step_names else table["steps"]) if n.strip())
-        unknown = sorted(set(names) - set(lib.STEPS))
+        unknown = sorted(set(names) - set(STEPS))
         if unknown:
-            raise click.BadParameter(f"unknown step(s) {unknown}; expected some of {list(lib.STEPS)}",
+            raise click.BadParameter(f"unknown step(s) {unknown}; expected some of {list(STEPS)}",
                                      param_hint="--only")
-    steps = lib.plan(out, model_path, names)
+    steps = plan(out, model_path, names)
     check_before_running(steps, config)
     try:
-        lib.run_steps(steps, out, config, _run_in_process, log=output.say if not json_mode else
+        run_steps(steps, out, config, _run_in_process, log=output.say if not json_mode else
                       (lambda message: click.echo(message, err=True)))
     except (KeyboardInterrupt, SystemExit) as stop:
         if isinstance(stop, SystemExit) and stop.code != 130:
@@ -116,7 +116,7 @@ def reproduce(model_path, out, config, step_names, old_step_names, json_mode) ->
         click.echo(f"\nInterrupted; the finished steps are kept in {out} and the same command reuses them.",
                    err=True)
         sys.exit(130)
-    report = lib.collect(out)
+    report = collect(out)
     files = pages.write(report, out)
     output.say(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
     output.result({**report, "files": {k: display_path(v) for k, v in files.items()}})
@@ -132,10 +132,10 @@ def report(folder, json_mode) -> None:
     FOLDER is what `advmnist reproduce --out FOLDER` wrote (default: report).
     """
     from advmnist.report import pages
-    from advmnist.report import reproduce as lib
+    from advmnist.report.reproduce import collect
 
     output = Output(json_mode)
-    collected = lib.collect(folder)
+    collected = collect(folder)
     if not collected["steps"]:
         raise InputError(f"{folder} holds no finished step of `advmnist reproduce` ({folder}/steps/*.json)")
     files = pages.write(collected, folder)

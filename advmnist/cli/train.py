@@ -73,7 +73,7 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpu
     """
     from advmnist.data.mnist import load_train_test
     from advmnist.model.runs import interrupt_message, prepare_run_dir, read_run_file, run_dir_lock
-    from advmnist.model.training import train as train_model
+    from advmnist.model import training
 
     out = Output(json_mode)
     if resume and overwrite:
@@ -96,7 +96,7 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpu
         if note:
             out.say(note)
         try:
-            result = train_model(train_split, test_split, run_dir, settings, resume=resume, log=out.say)
+            result = training.train(train_split, test_split, run_dir, settings, resume=resume, log=out.say)
         except KeyboardInterrupt:
             click.echo("\n" + interrupt_message(run_dir, epochs), err=True)
             sys.exit(130)
