@@ -22,9 +22,6 @@ from advmnist.model.freezing import TENSOR_NAMES
 from advmnist.model.frozen import FrozenModel
 from advmnist.interop.importing import ImportSettings, converter_env, import_model
 
-#: with pytest -n, these tests share one worker: the converted models are made once
-pytestmark = pytest.mark.xdist_group("import")
-
 BUILDER = Path(__file__).with_name("make_import_models.py")
 #: what each model's last layer gives -> what the import must find
 OUTPUTS = {"logits": "logits", "softmax": "Softmax", "probabilities": "probabilities"}

@@ -10,9 +10,6 @@ from click.testing import CliRunner
 
 from advmnist.cli import main
 
-#: with pytest -n, these tests share one worker: the reproduction fixture is made once
-pytestmark = pytest.mark.xdist_group("reproduce")
-
 QUICK = """
 [attack]
 steps = 5

@@ -40,13 +40,13 @@ import dataclasses
 import numpy as np
 
 from advmnist.attacks.base import Attack, AttackResult, check_counts, is_targeted, progress_bar, row_cross_entropy
-from advmnist.attacks.norms import get_norm
+from advmnist.attacks.norms import L2, Linf, get_norm
 from advmnist.attacks.pgd import GraphSession, Predictions, check_budget, random_start
 from advmnist.data.mnist import IMAGE_SIZE, NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import tf1
 
-APGD_NORMS = ("linf", "l2")
+APGD_NORMS = (Linf.name, L2.name)
 LOSSES = ("ce", "dlr-targeted")
 _LOSS_KEYS = {"ce": 0, "dlr-targeted": 1}  # part of each random start's key: the two losses start apart
 
@@ -117,7 +117,7 @@ class APGD(Attack):
 
     NORMS = APGD_NORMS
 
-    def __init__(self, norm: str = "linf", eps=0.3, *, loss: str = "ce", steps: int = 100, restarts: int = 1,
+    def __init__(self, norm: str = Linf.name, eps=0.3, *, loss: str = "ce", steps: int = 100, restarts: int = 1,
                  n_target_classes: int = 9, rho: float = 0.75, alpha: float = 0.75, check_every: int = 10,
                  chunk_size: int = 1024):
         check_budget("APGD", APGD_NORMS, norm, eps)
@@ -329,7 +329,7 @@ class APGDLoop:
 
     def _step(self, k, state: dict, gradient):
         tf = tf1()
-        if self.norm.name == "linf":
+        if self.norm.name == Linf.name:
             direction = tf.sign(gradient)
         else:
             length = self.norm.size(tf.reshape(gradient, (-1, IMAGE_SIZE * IMAGE_SIZE)))

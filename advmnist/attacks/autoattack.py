@@ -26,6 +26,7 @@ import numpy as np
 from advmnist.attacks.base import Attack, AttackResult, is_targeted
 from advmnist.attacks.forward import predict
 from advmnist.errors import InvalidInput
+from advmnist.attacks.norms import L2, Linf
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 #: ``steps`` of the standard version: APGD-CE's iterations; every member's budget is scaled by steps / 100.
@@ -71,9 +72,9 @@ class AutoAttack(Attack):
         >>> robust_accuracy_after(result)   # [clean, after APGD-CE, after APGD-T, after FAB-T, after Square]
     """
 
-    NORMS = ("linf", "l2")
+    NORMS = (Linf.name, L2.name)
 
-    def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = STANDARD_STEPS,
+    def __init__(self, norm: str = Linf.name, eps=0.3, *, steps: int = STANDARD_STEPS,
                  members: Sequence[str] | None = None, member_options: Mapping[str, Mapping] | None = None):
         from advmnist.attacks.registry import REGISTRY
 

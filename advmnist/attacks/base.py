@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from advmnist.attacks.norms import NORMS
+from advmnist.attacks.norms import NORMS, Linf
 from advmnist.data.mnist import IMAGE_SIZE, NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.model.rowwise import padded_rows
@@ -218,7 +218,8 @@ def untargeted(count: int) -> np.ndarray:
 def check_eps(norm: str, eps) -> None:
     """A budget: a number or one per image, finite, >= 0, and <= 1 for L-infinity (pixels are in [0, 1])."""
     values = np.atleast_1d(np.asarray(eps, np.float64))
-    if not np.all(np.isfinite(values)) or values.min(initial=0) < 0 or (norm == "linf" and values.max(initial=0) > 1):
+    if (not np.all(np.isfinite(values)) or values.min(initial=0) < 0
+            or (norm == Linf.name and values.max(initial=0) > 1)):
         raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
 
 

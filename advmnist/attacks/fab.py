@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from advmnist.attacks.base import Attack, AttackResult, check_counts, is_targeted, progress_bar, rounded_to_8bit
-from advmnist.attacks.norms import get_norm
+from advmnist.attacks.norms import L2, Linf, get_norm
 from advmnist.attacks.pgd import Predictions
 from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
@@ -72,16 +72,16 @@ class FAB(Attack):
         >>> 1 - result.success.mean()   # robust accuracy at Linf eps = 0.1 against FAB-T
     """
 
-    NORMS = ("linf", "l2")
+    NORMS = (Linf.name, L2.name)
 
-    def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 100, restarts: int = 1,
+    def __init__(self, norm: str = Linf.name, eps=0.3, *, steps: int = 100, restarts: int = 1,
                  n_target_classes: int = 9, targeted: bool = True, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9, early_stop: bool = True, check_every: int = 10, chunk_size: int = 1024):
         if norm not in self.NORMS:
             raise InvalidInput(f"expected a FAB norm in {list(self.NORMS)}, got {norm!r}")
         eps_values = np.atleast_1d(np.asarray(eps, np.float64))
         if not np.all(np.isfinite(eps_values)) or eps_values.min(initial=0) < 0 or (
-                norm == "linf" and eps_values.max(initial=0) > 1):
+                norm == Linf.name and eps_values.max(initial=0) > 1):
             raise InvalidInput(f"expected eps >= 0{' and <= 1' if norm == 'linf' else ''}, got {eps}")
         check_counts(steps=steps, restarts=restarts, check_every=check_every, chunk_size=chunk_size)
         if not 1 <= n_target_classes <= NUM_CLASSES - 1:
@@ -162,7 +162,7 @@ class FAB(Attack):
         starts = np.empty_like(images)
         for k, index in enumerate(indices):
             rng = draws.generator(index, *key)
-            if self.norm == "linf":
+            if self.norm == Linf.name:
                 direction = rng.uniform(-1.0, 1.0, images.shape[1:])
                 direction /= np.abs(direction).max()
             else:
@@ -299,7 +299,7 @@ def boundary_projection(norm: str, points, w, c):
     magnitude = tf.abs(w)
     moves = magnitude > 0
     room = tf.where(w > 0, t, 1.0 - t)
-    if norm == "linf":
+    if norm == Linf.name:
         weight, knee, scale = magnitude, room, tf.ones_like(w)
     else:
         weight, knee, scale = tf.square(w), tf.where(moves, room / tf.where(moves, magnitude, tf.ones_like(w)),

@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, progress_bar, rounded_to_8bit
-from advmnist.attacks.norms import NORMS, get_norm
+from advmnist.attacks.norms import L1, L2, NORMS, Linf, get_norm
 from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
@@ -45,7 +45,7 @@ from advmnist.tfcompat import session_config, tf1
 #: FMN's first step size (its L2 length), for images in [0, 1]; the last step is 1/100 of it
 MAX_STEP = 1.0
 #: the size, in the norm, of the random perturbation each start but the first begins from
-START_RADIUS = {"l2": 2.0, "l1": 20.0, "linf": 0.1}
+START_RADIUS = {L2.name: 2.0, L1.name: 20.0, Linf.name: 0.1}
 
 
 class MinimalNorm(Attack):
@@ -67,7 +67,7 @@ class MinimalNorm(Attack):
         >>> result.success_8bit.mean(), result.norms["l2"].mean()
     """
 
-    def __init__(self, norm: str = "l2", *, steps: int = 125, starts: int = 8, max_step: float = MAX_STEP,
+    def __init__(self, norm: str = L2.name, *, steps: int = 125, starts: int = 8, max_step: float = MAX_STEP,
                  gamma: float = 0.05, refine_steps: int = 12, batch_rows: int = 512, check_every: int = 25):
         self.norm = get_norm(norm)
         if steps < 1 or starts < 1 or refine_steps < 0:

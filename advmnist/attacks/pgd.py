@@ -24,8 +24,9 @@ from advmnist.attacks.base import (Attack, AttackResult, check_counts, check_eps
                                    rounded_to_8bit, row_cross_entropy)
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
+from advmnist.attacks.norms import L2, Linf
 
-PGD_NORMS = ("linf", "l2")
+PGD_NORMS = (Linf.name, L2.name)
 
 
 class PGD(Attack):
@@ -53,7 +54,7 @@ class PGD(Attack):
 
     NORMS = PGD_NORMS
 
-    def __init__(self, norm: str = "linf", eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 0.1,
+    def __init__(self, norm: str = Linf.name, eps=0.3, *, steps: int = 40, restarts: int = 1, rel_step: float = 0.1,
                  check_every: int = 10, chunk_size: int = 1024):
         check_budget("PGD", PGD_NORMS, norm, eps)
         check_counts(steps=steps, restarts=restarts, check_every=check_every, chunk_size=chunk_size)
@@ -138,7 +139,7 @@ def random_start(norm: str, images, eps, draws, indices, *key: int) -> np.ndarra
     starts = np.empty(images.shape, np.float32)
     for k, (index, radius) in enumerate(zip(indices, eps)):
         rng = draws.generator(index, *key)
-        if norm == "linf":
+        if norm == Linf.name:
             starts[k] = rng.uniform(-radius, radius, images.shape[1:])
         else:
             direction = rng.standard_normal(images.shape[1:])
@@ -200,7 +201,7 @@ class PGDLoop:
             chosen = self.targets if targeted else self.labels
             loss = tf.reduce_sum(row_cross_entropy(logits, chosen))
             (gradient,) = tf.gradients(-loss if targeted else loss, [delta])
-            if norm == "linf":
+            if norm == Linf.name:
                 moved = tf.clip_by_value(delta + step * tf.sign(gradient), -radius, radius)
             else:
                 length = tf.norm(tf.reshape(gradient, (-1, 784)), axis=1)[:, None, None]

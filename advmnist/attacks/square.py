@@ -33,14 +33,14 @@ import numpy as np
 from advmnist.attacks.base import (Attack, AttackResult, check_counts, check_eps, is_targeted, progress_bar,
                                    rounded_to_8bit)
 from advmnist.attacks.fmn import margin_and_success
-from advmnist.attacks.norms import get_norm
+from advmnist.attacks.norms import L2, Linf, get_norm
 from advmnist.attacks.pgd import PGDLoop
 from advmnist.attacks.square_proposals import CORNERS, first_directions, pattern_table, query_draws, square_sides
 from advmnist.data.mnist import IMAGE_SIZE
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
 
-SQUARE_NORMS = ("linf", "l2")
+SQUARE_NORMS = (Linf.name, L2.name)
 DRAW_KEY = 0x5C  # keys Square's generators apart from other attacks' on the same seed
 
 
@@ -70,7 +70,7 @@ class Square(Attack):
 
     NORMS = SQUARE_NORMS
 
-    def __init__(self, norm: str = "linf", eps=0.3, *, queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
+    def __init__(self, norm: str = Linf.name, eps=0.3, *, queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
                  rescale_schedule: bool = True, check_every: int = 20, chunk_size: int = 1024):
         if norm not in self.NORMS:
             raise InvalidInput(f"expected a Square norm in {list(self.NORMS)}, got {norm!r}")
@@ -249,8 +249,8 @@ class SquareLoop:
         self.sides = tf.placeholder(tf.int32, (None,), name="sides")  # one per query
         self.corners = tf.placeholder(tf.int32, (None, None, CORNERS[norm]), name="corners")
         self.signs = tf.placeholder(tf.float32, (None, None), name="signs")
-        self.flips = tf.placeholder(tf.int32, (None, None), name="flips") if norm == "l2" else None
-        self.table = tf.constant(pattern_table().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)) if norm == "l2" else None
+        self.flips = tf.placeholder(tf.int32, (None, None), name="flips") if norm == L2.name else None
+        self.table = tf.constant(pattern_table().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)) if norm == L2.name else None
         x, radius = self.images, self.eps[:, None, None]
 
         def score(delta):
@@ -292,7 +292,7 @@ class SquareLoop:
         x, radius = self.images, self.eps[:, None, None]
         side, corners, sign = self.sides[i], self.corners[:, i], self.signs[:, i][:, None, None]
         first = window(corners[:, 0], corners[:, 1], side)
-        if self.norm == "linf":
+        if self.norm == Linf.name:
             return tf.where_v2(first, tf.clip_by_value(x + radius * sign, 0.0, 1.0) - x, delta)
         second = window(corners[:, 2], corners[:, 3], side)
 
@@ -338,6 +338,6 @@ class SquareLoop:
         (-1 if none did; a fooled image keeps the perturbation that fooled it)."""
         feed = {**self._feed(batch), self.delta: delta, self.margin: margin, self.sides: sides,
                 self.corners: draws["corners"], self.signs: draws["signs"]}
-        if self.norm == "l2":
+        if self.norm == L2.name:
             feed[self.flips] = draws["flips"]
         return sess.run([self.final_delta, self.final_margin, self.broken], feed)

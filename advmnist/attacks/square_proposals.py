@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from advmnist.data.mnist import IMAGE_SIZE
+from advmnist.attacks.norms import L2, Linf
 
 #: Where ``p`` halves, in queries of a 10000-query budget (Sec. 4 of the paper, the authors' schedule).
 CHECKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 L2_GRID = 5  # the L2 first query: a grid of L2_GRID x L2_GRID squares
-CORNERS = {"linf": 2, "l2": 4}  # per query: the corners of one window (L2: two), then a sign (L2: an orientation)
+CORNERS = {Linf.name: 2, L2.name: 4}  # per query: the corners of one window (L2: two), then a sign (L2: an orientation)
 
 
 def square_sides(iterations, queries: int, p_init: float, norm: str) -> np.ndarray:
@@ -28,7 +29,7 @@ def square_sides(iterations, queries: int, p_init: float, norm: str) -> np.ndarr
     iterations = np.asarray(iterations, np.int64)
     passed = (iterations[..., None] * 10000 // queries > np.asarray(CHECKPOINTS)).sum(-1)
     sides = np.rint(np.sqrt(p_init / 2.0 ** passed * IMAGE_SIZE * IMAGE_SIZE)).astype(np.int64)
-    if norm == "l2":
+    if norm == L2.name:
         sides = np.maximum(sides, 3)
         sides += 1 - sides % 2
     return np.clip(sides, 1, IMAGE_SIZE)
@@ -68,7 +69,7 @@ def first_directions(norm: str, rngs: list) -> np.ndarray:
     """The first query's direction of each image (its generator's first draws), before scaling to eps:
     L-infinity, +-1 per column; L2, a grid of centred squares, each with its own sign and orientation."""
     count = len(rngs)
-    if norm == "linf":
+    if norm == Linf.name:
         signs = np.where(np.stack([rng.random(IMAGE_SIZE) for rng in rngs]) < 0.5, -1.0, 1.0)
         return np.repeat(signs[:, None, :], IMAGE_SIZE, axis=1)
     side = IMAGE_SIZE // L2_GRID
@@ -86,11 +87,11 @@ def first_directions(norm: str, rngs: list) -> np.ndarray:
 def query_draws(norm: str, rngs: list, sides: np.ndarray) -> dict:
     """What each image draws for queries of these sides, in query order: the corner of each window (rows and
     columns 0..28-side: two windows for L2), a sign and, for L2, an orientation of the pattern."""
-    columns = CORNERS[norm] + (2 if norm == "l2" else 1)
+    columns = CORNERS[norm] + (2 if norm == L2.name else 1)
     drawn = np.stack([rng.random((len(sides), columns)) for rng in rngs])  # (images, queries, columns)
     span = (IMAGE_SIZE + 1 - np.asarray(sides))[None, :, None]
     corners = np.minimum(np.floor(drawn[..., :CORNERS[norm]] * span), span - 1).astype(np.int32)
     draws = {"corners": corners, "signs": np.where(drawn[..., CORNERS[norm]] < 0.5, -1.0, 1.0).astype(np.float32)}
-    if norm == "l2":
+    if norm == L2.name:
         draws["flips"] = (drawn[..., -1] < 0.5).astype(np.int32)
     return draws

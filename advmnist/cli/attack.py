@@ -11,6 +11,7 @@ from advmnist.cli.options import (MAX_TABLE_ROWS, Output, attack_inputs, config_
                                   image_options, json_option, model_option, out_option, progress_enabled,
                                   reg_option, seed_option, select_shard, shard_option, shard_out, steps_option,
                                   translate_errors, weight_option)
+from advmnist.attacks.norms import L1, L2, Linf
 
 DEFAULTS = AttackSettings()
 
@@ -135,8 +136,9 @@ def print_attack(output: Output, name: str, summary, files: dict) -> None:
         output.say(f"{key}: {s[key]:.5g}")
     output.say(f"reached target: {s['success']}/{s['count']} (after 8-bit rounding: {s['success_8bit']}/{s['count']})")
     headers = ["index", "label", "target", "pred", "p(target)", "L1", "L2", "Linf", "8-bit ok"]
-    rows = [[r["index"], r["label"], r["target"], r["prediction"], r["target_prob"], r["l1"], r["l2"], r["linf"],
-             "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows[:MAX_TABLE_ROWS]]
+    rows = [[r["index"], r["label"], r["target"], r["prediction"], r["target_prob"],
+             *(r[name] for name in (L1.name, L2.name, Linf.name)), "yes" if r["adversarial_8bit"] else "NO"]
+            for r in summary.rows[:MAX_TABLE_ROWS]]
     output.say(figures.format_table(headers, rows))
     if len(summary.rows) > MAX_TABLE_ROWS:
         output.say(f"... {len(summary.rows) - MAX_TABLE_ROWS} more rows in the metrics .json")

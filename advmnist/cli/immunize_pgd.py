@@ -9,6 +9,7 @@ import click
 from advmnist.cli.options import Output, finite, progress_enabled
 from advmnist.defences.losses import ATTACKS, LOSSES
 from advmnist.defences.pgd_training import PGDTrainingSettings
+from advmnist.attacks.norms import Linf
 
 PGD_DEFAULTS = PGDTrainingSettings()
 #: the settings that the command line can set, besides those both adversaries share
@@ -173,7 +174,7 @@ def final_autoattack(settings: PGDTrainingSettings, run_dir: Path, count: int, o
     from advmnist.experiments.robustness import RobustnessSettings
 
     eps = tuple(round(settings.eps * k / 3, 6) for k in (1, 2, 3))
-    robust = RobustnessSettings(norm="linf", eps=eps, count=count, attack="auto", steps=EVALUATION_STEPS,
+    robust = RobustnessSettings(norm=Linf.name, eps=eps, count=count, attack="auto", steps=EVALUATION_STEPS,
                                 seed=settings.seed).resolved()
     output.say(f"\nAutoAttack (standard version) on the trained network, first {count} test images, eps "
                f"{', '.join(f'{e:g}' for e in eps)}:")

@@ -10,6 +10,7 @@ from advmnist.cli.options import (MAX_TABLE_ROWS, Output, attack_inputs, config_
                                   json_option, model_option, out_option, progress_enabled, seed_option,
                                   select_shard, shard_option, shard_out, steps_option, translate_errors)
 from advmnist.experiments.minimal import NORM_CHOICES, MinimalSettings
+from advmnist.attacks.norms import L1, L2, Linf
 
 DEFAULTS = MinimalSettings()
 
@@ -116,8 +117,8 @@ def print_minimal(output: Output, summary, files: dict) -> None:
     s, norm = summary.summary, summary.norm
     output.say(f"\n== minimal {norm}, {summary.seconds:.1f} s")
     headers = ["index", "label", "target", "pred", "L1", "L2", "Linf", "8-bit ok"]
-    rows = [[r["index"], r["label"], "any" if r["target"] < 0 else r["target"], r["prediction"], r["l1"], r["l2"],
-             r["linf"], "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows[:MAX_TABLE_ROWS]]
+    rows = [[r["index"], r["label"], "any" if r["target"] < 0 else r["target"], r["prediction"], r[L1.name], r[L2.name],
+             r[Linf.name], "yes" if r["adversarial_8bit"] else "NO"] for r in summary.rows[:MAX_TABLE_ROWS]]
     output.say(figures.format_table(headers, rows))
     if len(summary.rows) > MAX_TABLE_ROWS:
         output.say(f"... {len(summary.rows) - MAX_TABLE_ROWS} more rows in the metrics .json")

@@ -14,6 +14,7 @@ from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, chec
                                   split_option, take_renamed, translate_errors)
 from advmnist.attacks.registry import REGISTRY
 from advmnist.experiments.robustness import RobustnessSettings
+from advmnist.attacks.norms import L2, Linf
 
 DEFAULTS = RobustnessSettings()
 
@@ -23,7 +24,7 @@ DEFAULTS = RobustnessSettings()
 @click.option("--attack", type=click.Choice(list(REGISTRY)), default=DEFAULTS.attack, show_default=True,
               help="The attack: " + "; ".join(f"{name}: {entry.description}" for name, entry in REGISTRY.items())
                    + ".")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default=DEFAULTS.norm, show_default=True,
+@click.option("--norm", type=click.Choice([Linf.name, L2.name]), default=DEFAULTS.norm, show_default=True,
               help="The attacker's ball: L-infinity (every pixel changes by at most eps) or L2.")
 @click.option("--eps", "eps_text", default=None,
               help="Comma-separated budgets.  [default: 0,0.05,0.1,0.15,0.2,0.25,0.3 for linf, "

@@ -16,11 +16,12 @@ import numpy as np
 from advmnist.attacks import AttackResult, PerImageNoise, make_regularizer
 from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
+from advmnist.attacks.norms import L1, L2
 
 
 @dataclasses.dataclass(frozen=True)
 class MatrixSettings:
-    reg: str = "l2"
+    reg: str = L2.name
     weight: float = 1e-2
     per_class: int = 2
     split: str = "test"
@@ -95,7 +96,7 @@ class Matrix:
 def summarize(result: AttackResult) -> Matrix:
     """Collect per-pair results into the matrices (rows: each attacked image's true digit)."""
     sources = result.labels
-    l1, l2 = result.norms["l1"].astype(np.float64), result.norms["l2"].astype(np.float64)
+    l1, l2 = result.norms[L1.name].astype(np.float64), result.norms[L2.name].astype(np.float64)
     reached = result.success
     shape = (NUM_CLASSES, NUM_CLASSES)
     success, mean_l2, mean_l1 = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)

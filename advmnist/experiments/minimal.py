@@ -16,8 +16,9 @@ import numpy as np
 
 from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import AttackResult, MinimalNorm
+from advmnist.attacks.norms import L1, L2, Linf
 
-NORM_CHOICES = ("l2", "l1", "linf")
+NORM_CHOICES = (L2.name, L1.name, Linf.name)
 UNTARGETED_RULE = "untargeted"
 
 
@@ -25,7 +26,7 @@ UNTARGETED_RULE = "untargeted"
 class MinimalSettings:
     """The ``minimal`` command's defaults: the reference's 16 training images and 9 - d, 8 starts of 125 steps."""
 
-    norm: str = "l2"
+    norm: str = L2.name
     count: int = AttackSettings.count
     offset: int = AttackSettings.offset
     split: str = AttackSettings.split
@@ -83,12 +84,13 @@ def summarize(result: AttackResult, norm: str, *, indices: np.ndarray, seconds: 
         "success": int(result.success.sum()),
         "success_8bit": int(fooled.sum()),
         "targeted": result.targeted,
-        **{f"mean_{name}": over_fooled(norms[name], np.mean) for name in ("l1", "l2", "linf")},
+        **{f"mean_{name}": over_fooled(norms[name], np.mean) for name in (L1.name, L2.name, Linf.name)},
         f"median_{norm}": over_fooled(norms[norm], np.median),
     }
     rows = [{"index": int(indices[i]), "label": int(result.labels[i]), "target": int(result.targets[i]),
-             "prediction": int(result.predictions_8bit[i]), "l1": float(norms["l1"][i]), "l2": float(norms["l2"][i]),
-             "linf": float(norms["linf"][i]), "adversarial_8bit": bool(fooled[i])} for i in range(count)]
+             "prediction": int(result.predictions_8bit[i]),
+             **{name: float(norms[name][i]) for name in (L1.name, L2.name, Linf.name)},
+             "adversarial_8bit": bool(fooled[i])} for i in range(count)]
     return MinimalReport(norm=norm, summary=summary, rows=rows, curve=robust_curve(norms[norm], fooled),
                          seconds=round(seconds, 2))
 

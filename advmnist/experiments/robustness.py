@@ -29,7 +29,7 @@ from advmnist.attacks import autoattack
 from advmnist.attacks.autoattack import MISCLASSIFIED, ROBUST, IncompleteEnsemble
 from advmnist.attacks.base import as_8bit, check_images, check_labels, check_targets, is_targeted, untargeted
 from advmnist.attacks.forward import predict
-from advmnist.attacks.norms import get_norm
+from advmnist.attacks.norms import L2, Linf, get_norm
 from advmnist.attacks.pgd import PGDSession
 from advmnist.attacks.registry import get_entry
 from advmnist.errors import InvalidInput
@@ -41,7 +41,7 @@ from advmnist.errors import InvalidInput
 MASKING_SHARE = 0.01
 #: Options the robustness settings pass on to the attacks that take them (PGD's).
 ATTACK_OPTIONS = ("restarts", "rel_step")
-DEFAULT_EPS = {"linf": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), "l2": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)}
+DEFAULT_EPS = {Linf.name: (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), L2.name: (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)}
 
 
 def parse_eps(text: str, norm: str) -> tuple[float, ...]:
@@ -52,7 +52,7 @@ def parse_eps(text: str, norm: str) -> tuple[float, ...]:
         raise InvalidInput(f"expected comma-separated numbers for --eps, got {text!r}") from err
     if not values:
         raise InvalidInput("expected at least one eps")
-    top = 1.0 if norm == "linf" else np.sqrt(784.0)
+    top = 1.0 if norm == Linf.name else np.sqrt(784.0)
     if not all(np.isfinite(v) and 0 <= v <= top for v in values):
         raise InvalidInput(f"expected every eps in [0, {top:g}] for {norm}, got {text!r}")
     return tuple(values)
@@ -68,8 +68,8 @@ class RobustnessSettings:
     attacks that take them (PGD). :meth:`resolved` fills in every default the attack takes.
     """
 
-    norm: str = "linf"
-    eps: tuple[float, ...] = DEFAULT_EPS["linf"]
+    norm: str = Linf.name
+    eps: tuple[float, ...] = DEFAULT_EPS[Linf.name]
     count: int = 1000
     offset: int = 0
     split: str = "test"

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from advmnist.attacks import AttackResult, PerImageNoise, Regularizer, make_regularizer
+from advmnist.attacks.norms import L1, L2, Linf
 
-REG_CHOICES = ("l2", "l1", "none", "all")
+REG_CHOICES = (L2.name, L1.name, "none", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,7 @@ class AttackSettings:
     :class:`advmnist.attacks.PerImageNoise`.
     """
 
-    reg: str = "l2"
+    reg: str = L2.name
     weight: float = 1e-2
     count: int = 16
     offset: int = 16
@@ -39,7 +40,7 @@ class AttackSettings:
 
     @property
     def regs(self) -> list[str]:
-        return ["l2", "l1", "none"] if self.reg == "all" else [self.reg]
+        return [L2.name, L1.name, "none"] if self.reg == "all" else [self.reg]
 
     def attack(self, reg: str) -> PerImageNoise:
         return PerImageNoise(make_regularizer(reg, self.weight), steps=self.steps,
@@ -82,13 +83,13 @@ def summarize(result: AttackResult, regularizer: Regularizer, *, indices: np.nda
         "success": int(success.sum()),
         "success_8bit": int(result.success_8bit.sum()),
         "count": count,
-        "mean_l1": float(norms["l1"].mean()),
-        "mean_l2": float(norms["l2"].mean()),
-        "mean_linf": float(norms["linf"].mean()),
+        "mean_l1": float(norms[L1.name].mean()),
+        "mean_l2": float(norms[L2.name].mean()),
+        "mean_linf": float(norms[Linf.name].mean()),
     }
     rows = [{"index": int(indices[i]), "label": int(result.labels[i]), "target": int(result.targets[i]),
              "prediction": int(result.predictions[i]), "target_prob": float(result.info["target_probability"][i]),
-             "l1": float(norms["l1"][i]), "l2": float(norms["l2"][i]), "linf": float(norms["linf"][i]),
+             **{name: float(norms[name][i]) for name in (L1.name, L2.name, Linf.name)},
              "adversarial_8bit": bool(result.success_8bit[i]), "steps": int(result.info["steps_run"][i])}
             for i in range(count)]
     return AttackReport(reg=regularizer.name, weight=regularizer.weight, summary=summary, rows=rows,

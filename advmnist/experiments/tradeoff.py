@@ -16,16 +16,17 @@ import numpy as np
 from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import PerImageNoise, make_regularizer
 from advmnist.errors import InvalidInput
+from advmnist.attacks.norms import L1, L2, Linf
 
 DEFAULT_WEIGHTS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-REG_CHOICES = ("l2", "l1", "none")
+REG_CHOICES = (L2.name, L1.name, "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class TradeoffSettings:
     """The ``tradeoff`` command's defaults: the attack command's images, targets and seed, 2000 steps."""
 
-    regs: tuple[str, ...] = ("l2", "l1")
+    regs: tuple[str, ...] = (L2.name, L1.name)
     weights: tuple[float, ...] = DEFAULT_WEIGHTS
     count: int = AttackSettings.count
     offset: int = AttackSettings.offset
@@ -97,7 +98,7 @@ def sweep(logits_fn, images: np.ndarray, targets: np.ndarray, regs: Sequence[str
                                                                  seed=seed, progress=progress)
                 norms = result.norms
                 point = SweepPoint(reg=reg, weight=regularizer.weight, success=result.success,
-                                   l1=norms["l1"], l2=norms["l2"], linf=norms["linf"])
+                                   l1=norms[L1.name], l2=norms[L2.name], linf=norms[Linf.name])
                 if regularizer.weight == 0:
                     unpenalized = point
             on_point(point)
@@ -105,7 +106,7 @@ def sweep(logits_fn, images: np.ndarray, targets: np.ndarray, regs: Sequence[str
     return points
 
 
-def smallest_successes(points: Sequence[SweepPoint], norm: str = "l2") -> list[dict | None]:
+def smallest_successes(points: Sequence[SweepPoint], norm: str = L2.name) -> list[dict | None]:
     """Per image, the successful run with the smallest ``norm`` of the effective perturbation."""
     count = len(points[0].success)
     best: list[dict | None] = [None] * count

@@ -17,6 +17,7 @@ import numpy as np
 
 from advmnist.attacks import PGD, MinimalNorm, PerImageNoise, UniversalNoise, make_regularizer
 from advmnist.attacks.base import as_8bit
+from advmnist.attacks.norms import L2, Linf
 
 
 
@@ -32,9 +33,9 @@ class TransferAttack:
 #: ``transfer --attack``: each attack's maker, its default steps, and whether it can be untargeted. ``attack`` is
 #: the reference's L2 noise (weight 0.01); ``universal`` fits one noise per target on the training images.
 ATTACKS = {
-    "pgd": TransferAttack(lambda settings, fit, steps: PGD("linf", settings.eps, steps=steps), 40, True),
-    "minimal": TransferAttack(lambda settings, fit, steps: MinimalNorm("l2", steps=steps), 125, True),
-    "attack": TransferAttack(lambda settings, fit, steps: PerImageNoise(make_regularizer("l2", 1e-2), steps=steps),
+    "pgd": TransferAttack(lambda settings, fit, steps: PGD(Linf.name, settings.eps, steps=steps), 40, True),
+    "minimal": TransferAttack(lambda settings, fit, steps: MinimalNorm(L2.name, steps=steps), 125, True),
+    "attack": TransferAttack(lambda settings, fit, steps: PerImageNoise(make_regularizer(L2.name, 1e-2), steps=steps),
                              1000, False),
     "universal": TransferAttack(lambda settings, fit, steps: UniversalNoise(fit, steps=steps), 1000, False),
 }
