@@ -65,6 +65,20 @@ def test_training_run_reaches_useful_accuracy(mnist_small, tmp_path):
     assert {"tensorflow", "tensorpack", "numpy"} <= set(meta["versions"])
 
 
+def test_the_committed_tiny_network_is_what_its_script_makes(tiny_model):
+    """tests/data/tiny_run records the recipe of tests/data/make_tiny_model.py, and loads with its checksum."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).with_name("data")))
+    from make_tiny_model import SETTINGS
+
+    meta = tiny_model.meta
+    assert (meta["epochs"], meta["batch_size"], meta["seed"], meta["shift"]) == (SETTINGS.epochs, SETTINGS.batch_size,
+                                                                                SETTINGS.seed, SETTINGS.shift)
+    assert meta["model_sha256"] == tiny_model.sha256 and meta["test_accuracy"] > 0.8
+
+
 @pytest.mark.slow
 def test_model_pb_holds_the_moving_average_of_the_weights(mnist_small, tmp_path):
     from tensorflow.python.framework import tensor_util
