@@ -60,8 +60,7 @@ def pgd_options(func):
         click.option("--evaluate", type=click.IntRange(0, 10000), default=100, show_default=True, metavar="COUNT",
                      help="With --against pgd: after training, AutoAttack (`robustness --attack auto`, its standard "
                           "version) at eps/3, 2 eps/3 and eps on the first COUNT test images, written to --out; 0: "
-                          "skip. On 2 CPU cores it costs a robust network about 5-10 s per image at each eps (100 images: about "
-                          "half an hour)."),
+                          "skip. On 2 idle CPU cores it costs a robust network about 2 s per image at each eps."),
         click.option("--resume", is_flag=True,
                      help="With --against pgd: continue the interrupted training in --run-dir where it stopped "
                           "(its settings, step, optimizer state and random draws): it ends as an uninterrupted "
