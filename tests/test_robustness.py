@@ -144,7 +144,8 @@ def test_pgd_training_raises_robust_accuracy_on_held_apart_images(tiny_run, mnis
 
 
 def test_training_loops_shift_their_images_reproducibly():
-    from advmnist.defences.universal_immunization import Augmenter, ImmunizeSettings
+    from advmnist.defences.universal_immunization import ImmunizeSettings
+    from advmnist.model.training import Augmenter
     from advmnist.defences.pgd_training import PGDTrainingSettings
 
     images = np.random.RandomState(0).rand(64, 28, 28).astype(np.float32)

@@ -29,7 +29,7 @@ from typing import Callable
 from advmnist.data.mnist import Split
 from advmnist.defences.losses import ATTACKS, LOSSES, PGD_STEP_SPAN, default_step_size
 from advmnist.errors import InvalidInput
-from advmnist.defences.universal_immunization import check_training_options
+from advmnist.model.training import check_training_options
 
 #: The guard's sign of catastrophic overfitting: PGD accuracy falls by more than this (a share of the monitor
 #: images) since the last kept epoch while the accuracy under the training FGSM does not fall.

@@ -24,8 +24,8 @@ from advmnist.errors import InvalidInput
 from advmnist.fileio import display_path
 from advmnist.model.frozen import DEFAULT_RUN_DIR, FrozenModel
 from advmnist.model.network import cnn_logits, network_variables
-from advmnist.tfcompat import PRECISIONS, resolve_precision, session_config, tf1
-from advmnist.model.training import MAX_SHIFT, shifted
+from advmnist.tfcompat import resolve_precision, session_config, tf1
+from advmnist.model.training import Augmenter, check_training_options
 from advmnist.experiments.universal import NoiseEffect, UniversalSettings, check_targets, noise_effect
 
 SCHEDULES = ("sequential", "interleaved")
@@ -338,25 +338,6 @@ class AdversarialTrainer(RestoredNetwork):
         given_after = {target: self.measure(noise, target).accuracy
                        for target, noise in zip(targets, given_noise if given_noise is not None else [])}
         return after, final_noise, given_after
-
-
-class Augmenter:
-    """``shift`` > 0: each batch's images moved by random offsets (:func:`advmnist.model.training.shifted`) from a
-    stream of their own (seeded by ``seed``), so the other random draws of a run are those it makes without it."""
-
-    def __init__(self, shift: int, seed: int):
-        self.shift = shift
-        self.rng = np.random.RandomState([seed, 1])
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return shifted(images, self.shift, self.rng) if self.shift else images
-
-
-def check_training_options(shift: int, precision: str) -> None:
-    """The options every training loop shares with ``train``: ``shift`` and ``precision``."""
-    if not 0 <= shift <= MAX_SHIFT or precision not in PRECISIONS:
-        raise InvalidInput(f"expected 0 <= shift <= {MAX_SHIFT} and a precision in {PRECISIONS}, got {shift} "
-                           f"and {precision!r}")
 
 
 def schedule_order(targets: list[int], settings: ImmunizeSettings) -> list[tuple[int, int]]:

@@ -297,3 +297,21 @@ DERIVED_META = ("input", "logits", "prob", "model_sha256", "input_shape", "input
                 "created", "test_accuracy", "test_accuracy_weights")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
+
+class Augmenter:
+    """``shift`` > 0: each batch's images moved by random offsets (:func:`advmnist.model.training.shifted`) from a
+    stream of their own (seeded by ``seed``), so the other random draws of a run are those it makes without it."""
+
+    def __init__(self, shift: int, seed: int):
+        self.shift = shift
+        self.rng = np.random.RandomState([seed, 1])
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return shifted(images, self.shift, self.rng) if self.shift else images
+
+
+def check_training_options(shift: int, precision: str) -> None:
+    """The options every training loop shares with ``train``: ``shift`` and ``precision``."""
+    if not 0 <= shift <= MAX_SHIFT or precision not in PRECISIONS:
+        raise InvalidInput(f"expected 0 <= shift <= {MAX_SHIFT} and a precision in {PRECISIONS}, got {shift} "
+                           f"and {precision!r}")
