@@ -72,6 +72,15 @@ def mnist_small():
         return split("train"), split("test")
 
 
+@pytest.fixture
+def commands_on_small_mnist(monkeypatch, mnist_small):
+    """Commands that read both MNIST splits get the 600 + 300 committed digits instead of the 70,000: for tests
+    of a command's plumbing (its files, JSON, refusals, interruption), where the full data only costs time."""
+    import advmnist.data.mnist
+
+    monkeypatch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A run folder as `advmnist train` leaves it, with no training: a copy of tests/data/tiny_run (made by

@@ -160,7 +160,7 @@ def test_given_noise_starts_immunization_and_is_measured(tiny_model, mnist_small
 
 
 @pytest.mark.slow
-def test_immunize_cli_end_to_end(tiny_run, tmp_path):
+def test_immunize_cli_end_to_end(tiny_run, commands_on_small_mnist, tmp_path):
     runner = CliRunner()
     run_dir, out = tmp_path / "immune", tmp_path / "assets"
     args = ["immunize", "--target", "all", "--schedule", "sequential", "--rounds", "1", "--train-steps", "3",
@@ -185,7 +185,7 @@ def test_immunize_cli_end_to_end(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
+def test_universal_all_and_given_noise_limits(tiny_run, commands_on_small_mnist, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["universal", "--target", "all", "--steps", "3", "--model", str(tiny_run[0]),
                                   "--out", str(tmp_path), "--json"])
@@ -211,7 +211,7 @@ def test_universal_all_and_given_noise_limits(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run, tmp_path, monkeypatch):
+def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run, commands_on_small_mnist, tmp_path, monkeypatch):
     from advmnist.defences import universal_immunization as immunize_module
     from advmnist.model.frozen import FrozenModel
 
