@@ -174,22 +174,10 @@ def bad_input(tmp_path):
 
 
 @pytest.fixture
-def autoattack_members(monkeypatch):
-    """The members of AutoAttack's standard version; while some are not registered yet (their modules are
-    written elsewhere), three PGD stand-ins take the place of the whole list (steps of 0.02 eps, the usual
-    0.1 eps, and 0.3 eps flagged gradient-free), so that the ensemble's bookkeeping can be tested."""
-    from advmnist.attacks import PGD, autoattack
-    from advmnist.attacks.registry import REGISTRY, AttackEntry
+def autoattack_members():
+    """The members of AutoAttack's standard version, as the ensemble runs them."""
+    from advmnist.attacks import autoattack
 
-    if not autoattack.missing_members():
-        return autoattack.STANDARD
-    stand_ins = {"pgd-weak": AttackEntry("pgd-weak", PGD, "stand-in: PGD with steps of 0.02 eps",
-                                         options={"rel_step": 0.02}),
-                 "pgd-blind": AttackEntry("pgd-blind", PGD, "stand-in: PGD, steps of 0.3 eps, as if gradient-free",
-                                          gradient_free=True, options={"rel_step": 0.3})}
-    for name, entry in stand_ins.items():
-        monkeypatch.setitem(REGISTRY, name, entry)
-    monkeypatch.setattr(autoattack, "STANDARD", ("pgd-weak", "pgd", "pgd-blind"))
     return autoattack.STANDARD
 
 

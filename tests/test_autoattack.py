@@ -1,22 +1,20 @@
 """The attack registry, the AutoAttack-style ensemble and `robustness --attack`.
 
-One contract test runs over every registered attack; the ensemble is tested with its
-standard members when they are all registered, and with PGD stand-ins
-(``autoattack_members`` in conftest.py) until then.
+One contract test runs over every registered attack (the bounded ones and those that
+choose their perturbation's size); the ensemble is tested with its standard members.
 """
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from advmnist.attacks import PGD
-from advmnist.attacks.autoattack import MISCLASSIFIED, ROBUST, AutoAttack, IncompleteEnsemble, robust_accuracy_after
+from advmnist.attacks.autoattack import MISCLASSIFIED, ROBUST, AutoAttack, robust_accuracy_after
 from advmnist.attacks.norms import get_norm
-from advmnist.attacks.registry import REGISTRY, AttackEntry, get_entry
+from advmnist.attacks.registry import REGISTRY, AttackEntry, get_entry, names
 from advmnist.cli import main
 from advmnist.errors import InvalidInput
 from advmnist.experiments.robustness import RobustnessCurve, RobustnessSettings, robustness_curve
@@ -33,7 +31,7 @@ def digits(mnist_small):
 
 def small(name: str, norm: str, eps, **options):
     """The registered attack with a fiftieth of its iterations, at least 2 (PGD and APGD 2 steps, Square 100
-    queries; the ensemble's members alike)."""
+    queries; the ensemble's members alike; the per-image noise 120 steps, the universal one 20)."""
     entry = get_entry(name)
     return entry.make(norm, eps, iterations=max(2, entry.default_budget // 50), **options)
 
@@ -46,14 +44,18 @@ def plain_predictions(model, *batches):
     return np.split(predictions, len(predictions) // len(batches[0]))
 
 
-def check_contract(result, images, labels, eps: float, norm: str, model) -> None:
-    """In the ball and in [0, 1]; success and 8-bit success as a plain forward pass sees them; the info."""
-    size = get_norm(norm).measure(result.adversarial - images)
-    assert (size <= eps * (1 + 1e-5) + 1e-6).all(), size.max()
+def check_contract(result, images, labels, eps: float | None, norm: str, model, targets=None) -> None:
+    """In the ball (if bounded) and in [0, 1]; success and 8-bit success as a plain forward pass sees them; the
+    info of a bounded attack (which step broke each image)."""
     assert result.adversarial.min() >= 0 and result.adversarial.max() <= 1
     predictions, clean, predictions_8bit, _ = plain_predictions(model, result.adversarial, images)
-    np.testing.assert_array_equal(predictions != labels, result.success)
+    np.testing.assert_array_equal(predictions != labels if targets is None else predictions == targets,
+                                  result.success)
     np.testing.assert_array_equal(predictions_8bit, result.predictions_8bit)
+    if eps is None:
+        return
+    size = get_norm(norm).measure(result.adversarial - images)
+    assert (size <= eps * (1 + 1e-5) + 1e-6).all(), size.max()
     steps, broken_at = result.info["steps_run"], result.info["broken_at"]
     assert steps.dtype == broken_at.dtype == np.int64 and steps.shape == broken_at.shape == labels.shape
     np.testing.assert_array_equal(broken_at == -1, ~result.success)
@@ -64,19 +66,23 @@ def check_contract(result, images, labels, eps: float, norm: str, model) -> None
 
 @pytest.mark.parametrize("name,norm", [(name, norm) for name, entry in REGISTRY.items() for norm in entry.norms])
 @pytest.mark.slow
-def test_every_registered_attack_keeps_the_contract(name, norm, tiny_model, digits, autoattack_members):
+def test_every_registered_attack_keeps_the_contract(name, norm, tiny_model, digits, mnist_small):
     images, labels = digits
-    attack = small(name, norm, EPS[norm])
-    result = attack(tiny_model.logits, images, labels, seed=1)
-    check_contract(result, images, labels, EPS[norm], norm, tiny_model)
+    entry = get_entry(name)
+    eps = EPS[norm] if entry.bounded else None
+    targets = None if entry.untargeted else (labels + 1) % 10  # the attacks without an untargeted criterion
+    attack = small(name, norm, eps, fit_images=mnist_small[0].images) if name == "universal" else small(name, norm,
+                                                                                                        eps)
+    result = attack(tiny_model.logits, images, labels, targets=targets, seed=1)
+    check_contract(result, images, labels, eps, norm, tiny_model, targets)
     assert result.success.any() and not result.success.all()  # a real attack on a weak model, not a trivial one
     # the same seed, the same bytes: a shard of the images gets, image by image, what the whole run got
     positions = Shard(1, 3).positions(len(images))
     part = attack(tiny_model.logits, images[positions], labels[positions], seed=1, positions=positions,
-                  population=len(images))
+                  population=len(images), targets=None if targets is None else targets[positions])
     for key, value in part.arrays().items():
         assert value.tobytes() == result.arrays()[key][positions].tobytes(), key
-    if not get_entry(name).targeted:
+    if not entry.targeted:
         with pytest.raises(InvalidInput, match="only the untargeted criterion"):
             attack(tiny_model.logits, images, labels, targets=(labels + 1) % 10, seed=1)
 
@@ -127,13 +133,11 @@ def test_the_ensemble_checks_its_members_and_its_criterion(tiny_model, digits, m
             AutoAttack(**{"norm": "linf", "eps": 0.1, **kwargs})
     with pytest.raises(InvalidInput, match="only the untargeted criterion"):
         AutoAttack("linf", 0.1, steps=2)(tiny_model.logits, images, labels, targets=(labels + 1) % 10)
-    # a member of the standard list that is not registered: a warning, the others run; strict: refused
-    monkeypatch.setattr(autoattack, "STANDARD", tuple(autoattack_members) + ("not-yet",))
-    with pytest.warns(IncompleteEnsemble, match="without not-yet"):
-        assert AutoAttack("linf", 0.1).members == tuple(autoattack_members)
-    monkeypatch.setattr(autoattack, "STRICT", True)
-    with pytest.raises(InvalidInput, match="needs not-yet"):
-        AutoAttack("linf", 0.1)
+    # a member must be an attack bounded by eps: not the ensemble, nor an attack that picks its own size
+    for member in ("auto", "minimal", "universal"):
+        with pytest.raises(InvalidInput, match="expected distinct members among"):
+            AutoAttack("linf", 0.1, members=["pgd", member])
+    assert AutoAttack("linf", 0.1).members == autoattack.STANDARD == tuple(autoattack_members)
 
 
 def test_the_registry_makes_and_refuses():
@@ -147,6 +151,15 @@ def test_the_registry_makes_and_refuses():
         entry.make("l2", 0.1)
     with pytest.raises(InvalidInput, match="expected an attack in"):
         get_entry("nope")
+    # the bounded attacks and the others: robustness takes only the first, transfer all of them
+    assert names(bounded=True) == ["pgd", "apgd-ce", "apgd-t", "fab-t", "square", "auto"]
+    assert names(bounded=False) == ["minimal", "attack", "universal"] and len(names()) == len(REGISTRY) == 9
+    with pytest.raises(InvalidInput, match="expected an attack bounded by eps"):
+        RobustnessSettings(attack="minimal").resolved()
+    with pytest.raises(InvalidInput, match="expected the images a universal noise is fitted on"):
+        get_entry("universal").make("linf")
+    noise = get_entry("attack").make("l1", iterations=5)
+    assert noise.regularizer.name == "l1" and noise.regularizer.weight == 1e-2 and noise.steps == 5
 
 
 def _curve(members, broken_by, eps_fooled):
@@ -232,6 +245,4 @@ def test_robustness_attack_bad_input_is_a_clear_error(bad_input, monkeypatch, ar
         NORMS = ("linf",)
 
     monkeypatch.setitem(REGISTRY, "pgd", AttackEntry("pgd", LinfOnly, "PGD for linf only", targeted=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IncompleteEnsemble)
-        bad_input(["robustness"] + args, "robustness_linf_auto.json", message)
+    bad_input(["robustness"] + args, "robustness_linf_auto.json", message)

@@ -44,7 +44,8 @@ def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_exam
     (["--attack", "fgsm"], "Invalid value"),
     (["--eps", "2"], "Invalid value"),
     (["--count", "20000"], "expected --offset + --count"),
-    (["--attack", "minimal", "--eps", "0.1", "--evaluate-on", "{model}.pb"], "--eps only applies to --attack pgd"),
+    (["--attack", "minimal", "--eps", "0.1", "--evaluate-on", "{model}.pb"], "--eps only applies to the attacks bounded"),
+    (["--attack", "apgd-ce"], "expected --target untargeted for --attack apgd-ce"),
     (["--evaluate-on", "{model}/model.pb"], "expected at least two different networks"),
 ])
 def test_transfer_bad_input_is_a_clear_error(tiny_run, bad_input, args, message):
@@ -68,3 +69,16 @@ def test_transfer_command_writes_matrices(tiny_run, second_model, tmp_path):
     arrays = np.load(tmp_path / "transfer_pgd.npz")
     assert arrays["examples"].shape == (1, 20, 28, 28)
     assert (tmp_path / "transfer_pgd.png").read_bytes()[:4] == b"\x89PNG"
+    # any attack of the registry makes examples: here APGD-CE, untargeted, within Linf 0.3
+    result = CliRunner().invoke(main, ["transfer", "--model", str(tiny_run[0]), "--evaluate-on", str(second_model.path.parent),
+                                       "--attack", "apgd-ce", "--target", "untargeted", "--eps", "0.3", "--count", "20",
+                                       "--steps", "5", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["settings"]["attack"] == "apgd-ce" and payload["targeted"] is False
+    from advmnist.data.mnist import load_split
+
+    examples = np.load(tmp_path / "transfer_apgd-ce.npz")["examples"][0]
+    clean = load_split("test", rows=slice(0, 20)).images
+    assert np.abs(examples - clean).max() <= 0.3 + 0.5 / 255 + 1e-6  # in the ball, up to the 8-bit rounding
+    assert payload["own_success_8bit"][0] > 0.5  # 0.3 breaks most of this weak model's digits

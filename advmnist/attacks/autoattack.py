@@ -18,7 +18,6 @@ whole run computes.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -33,19 +32,6 @@ STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 STANDARD_STEPS = 100
 #: ``broken_by`` of an image no member fooled, and of one the network gets wrong without any change.
 ROBUST, MISCLASSIFIED = -1, -2
-#: Refuse to run unless every member of STANDARD is registered (while False: a warning, and the rest run).
-STRICT = False
-
-
-class IncompleteEnsemble(UserWarning):
-    """Some members of the standard ensemble are not registered: the ensemble is weaker than AutoAttack's."""
-
-
-def missing_members(members: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The members (default: :data:`STANDARD`) that are not registered."""
-    from advmnist.attacks.registry import REGISTRY
-
-    return tuple(m for m in (STANDARD if members is None else members) if m not in REGISTRY)
 
 
 class AutoAttack(Attack):
@@ -76,27 +62,17 @@ class AutoAttack(Attack):
 
     def __init__(self, norm: str = Linf.name, eps=0.3, *, steps: int = STANDARD_STEPS,
                  members: Sequence[str] | None = None, member_options: Mapping[str, Mapping] | None = None):
-        from advmnist.attacks.registry import REGISTRY
+        from advmnist.attacks.registry import names
 
         if norm not in self.NORMS:
             raise InvalidInput(f"expected an AutoAttack norm in {list(self.NORMS)}, got {norm!r}")
         if steps < 1:
             raise InvalidInput(f"expected steps >= 1, got {steps}")
         members = tuple(STANDARD if members is None else members)
-        unknown = [m for m in members if (m not in REGISTRY and m not in STANDARD) or m == "auto"]
-        if unknown or len(set(members)) != len(members):
-            raise InvalidInput(f"expected distinct members among {sorted(set(REGISTRY) - {'auto'})}, got "
-                               f"{list(members)}")
-        self.missing = missing_members(members)
-        if self.missing and STRICT:
-            raise InvalidInput(f"AutoAttack needs {', '.join(self.missing)}, which are not registered")
-        self.members = tuple(m for m in members if m not in self.missing)
-        if not self.members:
-            raise InvalidInput(f"expected at least one registered member, got none of {list(members)} (the "
-                               "registry has " + ", ".join(sorted(set(REGISTRY) - {"auto"})) + ")")
-        if self.missing:
-            warnings.warn(f"AutoAttack without {', '.join(self.missing)} (not registered): running "
-                          f"{', '.join(self.members)} only", IncompleteEnsemble, stacklevel=2)
+        allowed = [name for name in names(bounded=True) if name != "auto"]
+        if not members or any(m not in allowed for m in members) or len(set(members)) != len(members):
+            raise InvalidInput(f"expected distinct members among {allowed}, got {list(members)}")
+        self.members = members
         self.norm, self.eps, self.steps = norm, eps, int(steps)
         self.member_options = {m: dict((member_options or {}).get(m, {})) for m in self.members}
         for index in range(len(self.members)):  # the norm, eps and options of every member are checked now

@@ -67,6 +67,8 @@ class MinimalNorm(Attack):
         >>> result.success_8bit.mean(), result.norms["l2"].mean()
     """
 
+    NORMS = (L2.name, L1.name, Linf.name)
+
     def __init__(self, norm: str = L2.name, *, steps: int = 125, starts: int = 8, max_step: float = MAX_STEP,
                  gamma: float = 0.05, refine_steps: int = 12, batch_rows: int = 512, check_every: int = 25):
         self.norm = get_norm(norm)

@@ -13,7 +13,7 @@ import numpy as np
 
 from advmnist.attacks.base import (Attack, AttackInterrupted, AttackResult, LogitsFn, progress_bar, rounded_to_8bit,
                                    row_cross_entropy, row_softmax)
-from advmnist.attacks.norms import Regularizer
+from advmnist.attacks.norms import L1, L2, Regularizer
 from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
@@ -58,6 +58,8 @@ class PerImageNoise(Attack):
     #: Seconds a session call aims at: the progress bar moves and Ctrl-C takes effect about this often. How the
     #: steps are split into calls changes nothing in the result (the steps are the same, in the same order).
     call_seconds = 0.5
+    #: the norms whose penalty it can take (the regularizer ``none`` has no norm)
+    NORMS = (L2.name, L1.name)
 
     def __init__(self, regularizer: Regularizer, *, steps: int = 6000, lr: float = 3e-3, late_lr: float = 1e-3,
                  init_std: float = 0.01, early_stop_margin: float | None = None, chunk_size: int = 256,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from advmnist.attacks.base import Attack, AttackResult, LogitsFn, progress_bar, rounded_to_8bit
-from advmnist.attacks.norms import L2, Regularizer
+from advmnist.attacks.norms import L2, Linf, Regularizer
 from advmnist.data.mnist import IMAGE_SIZE
 from advmnist.errors import InvalidInput
 from advmnist.tfcompat import session_config, tf1
@@ -111,6 +111,7 @@ class UniversalNoise(Attack):
     """
 
     target_may_be_label = True  # every image gets the noise, those already of the target class too
+    NORMS = (Linf.name,)  # the noise is clipped to a Linf bound
 
     def __init__(self, fit_images: np.ndarray, *, steps: int = 1000, noise_limit: float = 0.35,
                  l2_weight: float = 0.02, lr: float = 1e-2, batch_size: int = 64,

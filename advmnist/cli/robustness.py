@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -12,17 +11,19 @@ from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, chec
                                   data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
                                   range_options, renamed_option, seed_option, select_shard, shard_option, shard_out,
                                   split_option, take_renamed, translate_errors)
-from advmnist.attacks.registry import REGISTRY
+from advmnist.attacks.registry import REGISTRY, names
 from advmnist.experiments.robustness import RobustnessSettings
 from advmnist.attacks.norms import L2, Linf
 
 DEFAULTS = RobustnessSettings()
+#: the attacks that work within a budget eps, as the registry lists them
+BOUNDED = {name: REGISTRY[name] for name in names(bounded=True)}
 
 
 @click.command(short_help="Robust accuracy against eps under PGD or AutoAttack, one curve per model.")
 @config_option()
-@click.option("--attack", type=click.Choice(list(REGISTRY)), default=DEFAULTS.attack, show_default=True,
-              help="The attack: " + "; ".join(f"{name}: {entry.description}" for name, entry in REGISTRY.items())
+@click.option("--attack", type=click.Choice(list(BOUNDED)), default=DEFAULTS.attack, show_default=True,
+              help="The attack: " + "; ".join(f"{name}: {entry.description}" for name, entry in BOUNDED.items())
                    + ".")
 @click.option("--norm", type=click.Choice([Linf.name, L2.name]), default=DEFAULTS.norm, show_default=True,
               help="The attacker's ball: L-infinity (every pixel changes by at most eps) or L2.")
@@ -36,10 +37,10 @@ DEFAULTS = RobustnessSettings()
                    "weaker here); for auto, APGD-CE's, every member's budget scaled alike (100: AutoAttack's "
                    "standard version; 10: APGD and FAB 10 iterations, Square 500 queries).  "
                    "[default: the attack's own: " + ", ".join(f"{name} {entry.default_budget}"
-                                                              for name, entry in REGISTRY.items()) + "]")
+                                                              for name, entry in BOUNDED.items()) + "]")
 @click.option("--starts", "restarts", type=click.IntRange(1, 100), default=None,
               help="Random starts per image while it is still classified correctly (FAB-T: per target class), "
-                   "for the attacks that take them: " + ", ".join(n for n, e in REGISTRY.items()
+                   "for the attacks that take them: " + ", ".join(n for n, e in BOUNDED.items()
                                                                   if e.accepts("restarts")) + ".  [default: 1]")
 @renamed_option("--restarts", "--starts", "old_restarts", type=click.IntRange(1, 100))
 @click.option("--target", type=click.Choice(TARGET_RULE_CHOICES + ("untargeted",)), default=None,
@@ -121,13 +122,9 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
 def _write_and_say(output, out, settings, curves, indices, labels, shard_record) -> dict:
     """The result set (with the minimal-norm curve of a matching `minimal` run), its tables and warnings."""
     from advmnist.experiments import results
-    from advmnist.experiments.robustness import run_notes
-
-    notes = run_notes(settings, settings.members())
     minimal = (results.matching_minimal(out, settings.norm, indices, [c.model for c in curves])
                if settings.target is None else {})
-    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record,
-                                      notes=notes)
+    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record)
     _say_tables(output, settings, curves)
     for warning in record["warnings"]:
         output.say(f"warning: {warning}")
@@ -138,13 +135,10 @@ def _write_and_say(output, out, settings, curves, indices, labels, shard_record)
 def _keep_measured(curves, total, out, settings, indices, labels, shard_record):
     """After Ctrl-C: the models already measured are written beside (not over) earlier results; exit 130."""
     from advmnist.experiments import results
-    from advmnist.experiments.robustness import run_notes
-
-    notes = run_notes(settings, settings.members())
     if not curves:
         raise KeyboardInterrupt
     partial = results.write_robustness(out, settings, curves, indices, labels, {}, suffix="_partial",
-                                       shard=shard_record, notes=notes)
+                                       shard=shard_record)
     click.echo(f"\nInterrupted: {len(curves)} of {total} models were measured; their curves are in "
                f"{partial['files']['figure']} and beside it.", err=True)
     sys.exit(130)
@@ -210,18 +204,14 @@ def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, ta
 def _measure(model, settings, images, labels, targets, positions, shard, output):
     """One model's curve, each of its verdicts re-checked by a plain forward pass in a graph of its own."""
     from advmnist.experiments.robustness import robustness_curve
-    from advmnist.attacks.autoattack import IncompleteEnsemble
     from advmnist.fileio import display_path
 
     name = display_path(model.path)
     output.say(f"{name}: {settings.attack} {settings.norm}, {len(images)} images" + (f" (shard {shard})" if shard
                                                                                        else "")
                + f", eps {', '.join(f'{e:g}' for e in settings.eps)}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IncompleteEnsemble)  # said once, in the record's warnings
-        curve = robustness_curve(model.logits, images, labels, settings, model=name,
-                                                targets=targets, progress=progress_enabled(),
-                                                positions=positions, population=settings.count)
+    curve = robustness_curve(model.logits, images, labels, settings, model=name, targets=targets,
+                             progress=progress_enabled(), positions=positions, population=settings.count)
     curve.recheck(model.predict_proba, images, labels, targets, norm=settings.norm)
     summary = curve.summary()
     output.say(f"  {curve.seconds:.1f} s; re-checked by a plain forward pass: {summary['examples']} examples, "

@@ -10,7 +10,8 @@ from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, chec
                                   data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
                                   range_options, renamed_option, seed_option, split_option, take_renamed,
                                   translate_errors)
-from advmnist.experiments.transfer import ATTACKS, TransferSettings
+from advmnist.attacks.registry import REGISTRY, names
+from advmnist.experiments.transfer import TransferSettings, attack_norm, default_steps
 
 DEFAULTS = TransferSettings()
 
@@ -25,20 +26,21 @@ DEFAULTS = TransferSettings()
                    "repeat for several.")
 @renamed_option("--from", "--model", "old_sources", type=click.Path(path_type=Path), multiple=True)
 @renamed_option("--to", "--evaluate-on", "old_others", type=click.Path(path_type=Path), multiple=True)
-@click.option("--attack", type=click.Choice(list(ATTACKS)), default=DEFAULTS.attack, show_default=True,
-              help="How the examples are made: pgd (Linf --eps, 40 steps), minimal (the smallest L2 change), "
-                   "attack (the reference's L2 noise, 1000 steps) or universal (one noise per target class, "
-                   "fitted on the training images).")
+@click.option("--attack", type=click.Choice(names()), default=DEFAULTS.attack, show_default=True,
+              help="How the examples are made, by any attack of the registry, in its first norm: "
+                   + "; ".join(f"{name} ({attack_norm(name)}{' within --eps' if entry.bounded else ''}): "
+                               f"{entry.description}" for name, entry in REGISTRY.items()) + ".")
 @range_options(DEFAULTS)
 @split_option(DEFAULTS.split)
 @click.option("--target", type=click.Choice(TARGET_RULE_CHOICES + ("untargeted",)), default=DEFAULTS.target,
-              show_default=True, help="Intended target: 9-d, d+1, random, a class 0-9, or untargeted "
-                                      "(pgd and minimal only).")
+              show_default=True, help="Intended target: 9-d, d+1, random, a class 0-9, or untargeted (any wrong "
+                                      "class: the only criterion of " + ", ".join(n for n, e in REGISTRY.items()
+                                                                                  if not e.targeted) + ").")
 @click.option("--eps", type=click.FloatRange(0, 1, min_open=True), default=DEFAULTS.eps, show_default=True,
-              help="With --attack pgd: the L-infinity budget.")
+              help="The L-infinity budget of the attacks bounded by one (" + ", ".join(names(bounded=True)) + ").")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Steps of the attack.  [default: the attack's own: pgd 40, minimal 125 per start, "
-                   "attack 1000, universal 1000]")
+              help="Iterations of the attack (square: queries; minimal: steps per start).  [default: "
+                   + ", ".join(f"{name} {default_steps(name)}" for name in names()) + "]")
 @seed_option(DEFAULTS.seed, "Seeds the attack (and random targets).")
 @no_verify_option
 @out_option("Folder for transfer_<attack>.png / .json / .npz.")
@@ -106,15 +108,19 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
 
 
 def _check_attack_options(attack: str, target: str) -> None:
-    """--eps only for pgd, untargeted only for the attacks that can be: otherwise exit 2."""
-    if attack != "pgd" and click.get_current_context().get_parameter_source("eps").name not in ("DEFAULT",
-                                                                                               "DEFAULT_MAP"):
-        raise click.BadParameter(f"--eps only applies to --attack pgd (--attack {attack} has no budget)",
-                                 param_hint="--eps")
-    if target == "untargeted" and not ATTACKS[attack].untargeted:
-        can = " and ".join(name for name, entry in ATTACKS.items() if entry.untargeted)
+    """--eps only for a bounded attack, each criterion only for the attacks that support it: otherwise exit 2."""
+    entry = REGISTRY[attack]
+    if not entry.bounded and click.get_current_context().get_parameter_source("eps").name not in ("DEFAULT",
+                                                                                                  "DEFAULT_MAP"):
+        raise click.BadParameter(f"--eps only applies to the attacks bounded by it ({', '.join(names(bounded=True))};"
+                                 f" --attack {attack} has no budget)", param_hint="--eps")
+    if target == "untargeted" and not entry.untargeted:
+        can = ", ".join(name for name, e in REGISTRY.items() if e.untargeted)
         raise click.BadParameter(f"expected a target rule for --attack {attack} (untargeted: {can} only)",
                                  param_hint="--target")
+    if target != "untargeted" and not entry.targeted:
+        raise click.BadParameter(f"expected --target untargeted for --attack {attack}, which supports only the "
+                                 "untargeted criterion", param_hint="--target")
 
 
 def _load_models(sources, others, no_verify, output) -> tuple[dict, list]:

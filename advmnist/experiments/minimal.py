@@ -17,8 +17,11 @@ import numpy as np
 from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import AttackResult, MinimalNorm
 from advmnist.attacks.norms import L1, L2, Linf
+from advmnist.attacks.registry import get_entry
 
-NORM_CHOICES = (L2.name, L1.name, Linf.name)
+#: the registry's minimal-norm attack, and the norms it supports
+ATTACK = get_entry("minimal")
+NORM_CHOICES = ATTACK.norms
 UNTARGETED_RULE = "untargeted"
 
 
@@ -36,7 +39,7 @@ class MinimalSettings:
     seed: int = AttackSettings.seed
 
     def attack(self) -> MinimalNorm:
-        return MinimalNorm(self.norm, steps=self.steps, starts=self.starts)
+        return ATTACK.make(self.norm, steps=self.steps, starts=self.starts)
 
     @property
     def file_stem(self) -> str:

@@ -135,12 +135,11 @@ def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str
 
 
 def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: np.ndarray, minimal: dict, *,
-                     suffix: str = "", shard=None, notes: list[str] = ()) -> dict:
+                     suffix: str = "", shard=None) -> dict:
     """``robustness``: the figure; per model and image the smallest fooling eps, its example, the member of
     the attack that found it and at which step, the plain forward pass's verdict; the table.
 
-    ``notes``: warnings about the run itself (:func:`advmnist.experiments.robustness.run_notes`); each model's own
-    warnings (:meth:`~advmnist.experiments.robustness.RobustnessCurve.warnings`) are added to them.
+    ``warnings``: each model's (:meth:`~advmnist.experiments.robustness.RobustnessCurve.warnings`), named.
     """
     stem = settings.file_stem + suffix
     figure = out / f"{stem}.png"
@@ -162,7 +161,7 @@ def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: n
                      broken_by=np.stack([c.broken_by for c in curves]),
                      broken_at=np.stack([c.broken_at for c in curves]), **checked)
     models = [c.summary() for c in curves]
-    warnings = list(notes) + [f"{m['model']}: {w}" for m in models for w in m["warnings"]]
+    warnings = [f"{m['model']}: {w}" for m in models for w in m["warnings"]]
     record = {"settings": dataclasses.asdict(settings), "models": models, "minimal": minimal,
               "warnings": warnings, **_files({"figure": figure, "arrays": arrays}), **_shard(shard)}
     fileio.write_json(out / f"{stem}.json", record)

@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from advmnist.attacks import PGD, Draws
-from advmnist.attacks import autoattack
-from advmnist.attacks.autoattack import MISCLASSIFIED, ROBUST, IncompleteEnsemble
+from advmnist.attacks.autoattack import MISCLASSIFIED, ROBUST
 from advmnist.attacks.base import as_8bit, check_images, check_labels, check_targets, is_targeted, untargeted
 from advmnist.attacks.forward import predict
 from advmnist.attacks.norms import L2, Linf, get_norm
 from advmnist.attacks.pgd import PGDSession
-from advmnist.attacks.registry import get_entry
+from advmnist.attacks.registry import get_entry, names
 from advmnist.errors import InvalidInput
 
 #: Warn of gradient masking when an attack without gradients (Square) fooled more than this share of the
@@ -90,6 +88,9 @@ class RobustnessSettings:
         """These settings with the attack's defaults filled in; refuses a norm, an option or a target that the
         attack does not take."""
         entry = get_entry(self.attack)
+        if not entry.bounded:
+            raise InvalidInput(f"expected an attack bounded by eps ({', '.join(names(bounded=True))}), got "
+                               f"{self.attack!r}")
         entry.check_norm(self.norm)
         if self.target is not None and not entry.targeted:
             raise InvalidInput(f"{self.attack} supports only the untargeted criterion")
@@ -109,19 +110,8 @@ class RobustnessSettings:
 
     def members(self) -> list[str]:
         """The attacks that run in turn at each eps: the ensemble's members, or the attack alone."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", IncompleteEnsemble)  # :func:`run_notes` says it
-            attack = self.make_attack(max(self.eps))
+        attack = self.make_attack(max(self.eps))
         return list(getattr(attack, "members", (self.attack,)))
-
-
-def run_notes(settings: RobustnessSettings, members: list[str]) -> list[str]:
-    """Warnings about a run as a whole: the ensemble ran without some of AutoAttack's standard members."""
-    missing = [m for m in autoattack.STANDARD if m not in members] if settings.attack == "auto" else []
-    if not missing:
-        return []
-    return [f"AutoAttack without {', '.join(missing)} (not registered): ran {', '.join(members)} only, a weaker "
-            "ensemble than the standard version"]
 
 
 @dataclasses.dataclass
@@ -349,5 +339,4 @@ def merge_shards(out: Path, stem: str, parts: list):
             member_seconds=member_seconds, confirmed=None if confirmed is None else confirmed[m]))
     minimal = ({} if settings.target is not None
                else results.matching_minimal(out, settings.norm, indices, [c.model for c in curves]))
-    return results.write_robustness(out, settings, curves, indices, labels, minimal,
-                                    notes=run_notes(settings, members)), None
+    return results.write_robustness(out, settings, curves, indices, labels, minimal), None

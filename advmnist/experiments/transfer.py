@@ -1,7 +1,7 @@
 """Transfer: adversarial examples made on one network, evaluated on others.
 
 Each source network gets its own examples for the same images and targets, by one of
-the attacks (:data:`ATTACKS`); the examples are rounded to 8-bit pixels (what a saved
+the registry's attacks (:mod:`advmnist.attacks.registry`); the examples are rounded to 8-bit pixels (what a saved
 PNG would hold) and given to every network. Two matrices, rows the network the
 examples were made on and columns the network they are evaluated on: the share of all
 images read as their intended target, and the share misclassified at all. The diagonal
@@ -11,34 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
 
 import numpy as np
 
-from advmnist.attacks import PGD, MinimalNorm, PerImageNoise, UniversalNoise, make_regularizer
 from advmnist.attacks.base import as_8bit
-from advmnist.attacks.norms import L2, Linf
+from advmnist.attacks.registry import get_entry
 
 
 
-@dataclasses.dataclass(frozen=True)
-class TransferAttack:
-    """An attack that ``transfer`` can make its examples with: ``make(settings, fit_images, steps)``."""
-
-    make: Callable
-    default_steps: int
-    untargeted: bool  # can make examples that aim at any wrong class (``--target untargeted``)
+#: the attacks' iterations here when they differ from the registry's default: the reference's noise takes 6000
+#: steps in ``attack``; 1000 (its success levels off by then) keep a transfer of several networks in minutes
+TRANSFER_STEPS = {"attack": 1000}
 
 
-#: ``transfer --attack``: each attack's maker, its default steps, and whether it can be untargeted. ``attack`` is
-#: the reference's L2 noise (weight 0.01); ``universal`` fits one noise per target on the training images.
-ATTACKS = {
-    "pgd": TransferAttack(lambda settings, fit, steps: PGD(Linf.name, settings.eps, steps=steps), 40, True),
-    "minimal": TransferAttack(lambda settings, fit, steps: MinimalNorm(L2.name, steps=steps), 125, True),
-    "attack": TransferAttack(lambda settings, fit, steps: PerImageNoise(make_regularizer(L2.name, 1e-2), steps=steps),
-                             1000, False),
-    "universal": TransferAttack(lambda settings, fit, steps: UniversalNoise(fit, steps=steps), 1000, False),
-}
+def default_steps(name: str) -> int:
+    """``--steps`` of ``transfer --attack NAME`` when not given: its iterations (Square: queries)."""
+    return TRANSFER_STEPS.get(name, get_entry(name).default_budget)
+
+
+def attack_norm(name: str) -> str:
+    """The norm the examples are made in: the attack's first (Linf for the bounded attacks and universal, L2 for
+    minimal and attack)."""
+    return get_entry(name).norms[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +48,14 @@ class TransferSettings:
     steps: int | None = None   # None: the attack's own default
     seed: int = 0
 
-    def make_attack(self, fit_images: np.ndarray):
-        """The attack that makes the examples: ``pgd`` (Linf ``eps``, 40 steps), ``minimal`` (L2, 8 x 125 steps),
-        ``attack`` (the reference's L2 noise, weight 0.01, 1000 steps) or ``universal`` (one noise per target,
-        fitted on ``fit_images``, 1000 steps)."""
-        entry = ATTACKS[self.attack]
-        return entry.make(self, fit_images, self.steps or entry.default_steps)
+    def make_attack(self, fit_images: np.ndarray | None):
+        """The registry's attack that makes the examples, in its first norm (:func:`attack_norm`): a bounded one
+        (``pgd``, ``apgd-ce``, ..., ``auto``) within ``eps``; ``minimal`` (8 x 125 steps), ``attack`` (the
+        reference's noise, weight 0.01, 1000 steps), ``universal`` (one noise per target, fitted on
+        ``fit_images``)."""
+        entry = get_entry(self.attack)
+        return entry.make(attack_norm(self.attack), self.eps if entry.bounded else None,
+                          iterations=self.steps or default_steps(self.attack), fit_images=fit_images)
 
     @property
     def file_stem(self) -> str:
