@@ -5,7 +5,7 @@ Usage::
     python benchmarks/defence_variants.py --model runs/cnn --epochs 0.3 --out /tmp/defence/variants
     python benchmarks/defence_variants.py --variants pgd-10,fgsm-rs --epochs 0.1
 
-Each variant is ``advmnist immunize --against pgd --eps 0.3`` (the library call, one after
+Each variant is ``advmnist immunize pgd --eps 0.3`` (the library call, one after
 the other in this process) for ``--epochs`` from the same run's checkpoint, its network
 saved under ``--out/VARIANT``:
 

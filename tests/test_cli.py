@@ -58,8 +58,12 @@ def test_top_level_help_names_every_command(runner):
     (["universal", "--noise-limit", "0"], "0<x<=1"),
     (["universal", "--noise-limit", "1.5"], "0<x<=1"),
     (["universal", "--noise", "/nonexistent/noise.npy"], "does not exist"),
-    (["immunize", "--schedule", "random"], "'sequential', 'interleaved'"),
-    (["immunize", "--clean-fraction", "1"], "0<=x<1"),
+    (["immunize", "universal", "--schedule", "random"], "'sequential', 'interleaved'"),
+    (["immunize", "universal", "--clean-fraction", "1"], "0<=x<1"),
+    (["immunize", "pgd", "--rounds", "3"], "it is an option of `advmnist immunize universal`"),
+    (["immunize", "universal", "--eps", "0.2"], "it is an option of `advmnist immunize pgd`"),
+    (["immunize", "pgd", "--frobnicate"], "No such option"),
+    (["immunize", "--against", "fgsm"], "expected one of universal, pgd, got 'fgsm'"),
     (["attack", "--frobnicate"], "No such option"),
 ])
 def test_bad_input_exits_2_naming_what_was_expected(runner, args, expected):
@@ -69,7 +73,7 @@ def test_bad_input_exits_2_naming_what_was_expected(runner, args, expected):
 
 
 def test_missing_model_names_the_missing_path(runner, tmp_path):
-    for command in (["attack"], ["universal"], ["evaluate"], ["immunize"]):
+    for command in (["attack"], ["universal"], ["evaluate"], ["immunize", "universal"], ["immunize", "pgd"]):
         result = runner.invoke(main, command + ["--model", str(tmp_path / "nothing"), "--out", str(tmp_path)])
         assert result.exit_code == 2
         assert f"--model {tmp_path / 'nothing'} does not exist" in result.output
@@ -229,13 +233,17 @@ def test_reference_configs_are_valid(runner):
         import tomli as tomllib
 
     for config in configs:
-        for command in tomllib.loads(config.read_text()):  # every table, for the command it names
-            if command == "reproduce":
-                result = runner.invoke(main, [command, "--config", str(config), "--model", "/nonexistent"])
+        tables = tomllib.loads(config.read_text())
+        # every table, for the command it names; [immunize.pgd] for `immunize pgd`
+        commands = [[name] if not isinstance(main.commands[name], click.Group) else [name, sub]
+                    for name in tables for sub in (tables[name] if name == "immunize" else [None])]
+        for command in commands:
+            if command == ["reproduce"]:
+                result = runner.invoke(main, [*command, "--config", str(config), "--model", "/nonexistent"])
                 assert result.exit_code == 2 and "'/nonexistent' does not exist" in result.output, result.output
                 continue
             # an unknown model stops the command after the config was read and checked
-            result = runner.invoke(main, [command, "--config", str(config), "--model", "/nonexistent"])
+            result = runner.invoke(main, [*command, "--config", str(config), "--model", "/nonexistent"])
             assert result.exit_code == 2
             assert "--model /nonexistent does not exist" in result.output, (config, command, result.output)
 
@@ -495,3 +503,28 @@ def test_export_takes_run_dir_and_still_the_old_positional_folder(runner, tmp_pa
     assert "has no checkpoint to freeze" in old.output and "has no checkpoint to freeze" in new.output
     assert "`export RUN_DIR` is now `--run-dir RUN_DIR`" in old.output and "is now" not in new.output
     assert list(empty.iterdir()) == []
+
+
+def test_immunize_old_form_runs_the_subcommand_with_a_note(runner, tmp_path):
+    """`immunize [--against X] ...` (earlier versions) runs `immunize X ...`, saying so; a flat [immunize] table
+    with `against` in a --config file picks the subcommand too; `--json` before the subcommand still counts."""
+    missing = ["--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]
+    for args, now in ((["--against", "pgd"], "pgd"), (["--against=universal"], "universal"), ([], "universal")):
+        result = runner.invoke(main, ["immunize", *args, *missing])
+        assert result.exit_code == 2 and "does not exist" in result.output, result.output
+        assert f"is now `advmnist immunize {now}`" in result.stderr
+    old = tmp_path / "old.toml"
+    old.write_text('[immunize]\nagainst = "pgd"\neps = 1.5\n')
+    result = runner.invoke(main, ["immunize", "--config", str(old), *missing])
+    assert result.exit_code == 2 and "is now `advmnist immunize pgd`" in result.stderr
+    assert "key 'eps'" in result.output  # read as the pgd subcommand's table: its --eps range refuses 1.5
+    new = tmp_path / "new.toml"
+    new.write_text('[immunize.universal]\nrounds = 0\n')
+    result = runner.invoke(main, ["immunize", "universal", "--config", str(new), *missing])
+    assert result.exit_code == 2 and "key 'rounds'" in result.output and "is now" not in result.stderr
+    result = runner.invoke(main, ["immunize", "pgd", "--config", str(new), *missing])
+    assert result.exit_code == 2 and "has no [immunize.pgd] table (it has [immunize], [immunize.universal])" in \
+        result.output
+    result = runner.invoke(main, ["--json", "immunize", "pgd", *missing])
+    assert result.exit_code == 2 and json.loads(result.stdout)["exit_code"] == 2
+    assert list(tmp_path.iterdir()) == [old, new] or sorted(tmp_path.iterdir()) == sorted([old, new])

@@ -1,4 +1,4 @@
-"""The defence at Linf 0.3 (`immunize --against pgd`): eps ramp, training attacks, TRADES, the guard, resume."""
+"""The defence at Linf 0.3 (`immunize pgd`): eps ramp, training attacks, TRADES, the guard, resume."""
 from __future__ import annotations
 
 import json
@@ -287,11 +287,11 @@ def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module.PGDTrainer, "_feed", interrupted)
     run, out, runner = tmp_path / "run", tmp_path / "out", CliRunner()
-    args = ["immunize", "--against", "pgd", "--eps", "0.3", "--epochs", "1", "--pgd-steps", "1", "--loss", "trades",
+    args = ["immunize", "pgd", "--eps", "0.3", "--epochs", "1", "--pgd-steps", "1", "--loss", "trades",
             "--beta", "3", "--run-dir", str(run), "--out", str(out)]
     stopped = runner.invoke(main, args + ["--model", str(tiny_run[0])])
     assert stopped.exit_code == 130, stopped.output
-    command = f"advmnist immunize --against pgd --resume --run-dir {run}"
+    command = f"advmnist immunize pgd --resume --run-dir {run}"
     assert "after step 2 of 4" in stopped.stderr and command in stopped.stderr and not out.exists()
     again = runner.invoke(main, args + ["--model", str(tiny_run[0])])  # a new run would lose it: refused
     assert again.exit_code == 2 and "--resume" in again.output
@@ -321,7 +321,7 @@ def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
 ])
 def test_bad_defence_options_exit_2_and_write_nothing(tmp_path, args, message):
     out, run = tmp_path / "out", tmp_path / "run"
-    result = CliRunner().invoke(main, ["immunize", "--against", "pgd", "--run-dir", str(run), "--out", str(out)]
+    result = CliRunner().invoke(main, ["immunize", "pgd", "--run-dir", str(run), "--out", str(out)]
                                 + args)
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) <= 4
@@ -333,7 +333,7 @@ def test_defence_config_holds_a_linf_03_recipe():
 
     from advmnist.fileio import read_toml
 
-    recipe = read_toml(Path(__file__).parent.parent / "configs" / "defence-linf0.3.toml")["immunize"]
+    recipe = read_toml(Path(__file__).parent.parent / "configs" / "defence-linf0.3.toml")["immunize"]["pgd"]
     settings = PGDTrainingSettings(**{key.replace("-", "_"): value for key, value in recipe.items()
-                                      if key not in ("against", "run-dir")})
-    assert recipe["against"] == "pgd" and settings.eps == 0.3 and 0 < settings.eps_ramp < settings.epochs
+                                      if key != "run-dir"})
+    assert settings.eps == 0.3 and 0 < settings.eps_ramp < settings.epochs

@@ -82,8 +82,8 @@ with run_dir_lock(sys.argv[1]):
 """
 
 
-@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["immunize", "--train-steps", "1"],
-                                     ["immunize", "--against", "pgd"]])
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["immunize", "universal", "--train-steps", "1"],
+                                     ["immunize", "pgd"]])
 def test_a_second_process_on_the_same_run_folder_is_refused(runner, short_training, tmp_path, command):
     import subprocess
     import sys
@@ -342,7 +342,7 @@ def test_model_json_path_is_accepted_as_model(runner, tiny_run, tmp_path):
 @pytest.mark.slow
 def test_immunize_into_a_used_folder_does_not_suggest_resume(runner, tiny_run, tmp_path):
     used = _copy_run(tiny_run, tmp_path)
-    result = runner.invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(used),
+    result = runner.invoke(main, ["immunize", "universal", "--model", str(tiny_run[0]), "--run-dir", str(used),
                                   "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "--resume" not in result.output and "--overwrite" in result.output and "--run-dir" in result.output

@@ -71,10 +71,10 @@ def commands(run, other, out):
         ("universal", ["universal", *model, "--target", "3", "--steps", "20", "--out", str(out)]),
         ("transfer", ["transfer", "--model", str(run), "--evaluate-on", str(other), "--count", "8", "--steps", "10",
                       "--out", str(out)]),
-        ("immunize", ["immunize", *model, "--target", "3", "--rounds", "1", "--train-steps", "20",
+        ("immunize universal", ["immunize", "universal", *model, "--target", "3", "--rounds", "1", "--train-steps", "20",
                       "--noise-steps", "20", "--refresh-every", "0", "--run-dir", str(out / "immune"), "--out",
                       str(out)]),
-        ("immunize --against pgd", ["immunize", "--against", "pgd", *model, "--epochs", "1", "--eps", "0.1",
+        ("immunize pgd", ["immunize", "pgd", *model, "--epochs", "1", "--eps", "0.1",
                                     "--pgd-steps", "2", "--evaluate", "0", "--run-dir", str(out / "pgd"), "--out",
                                     str(out)]),
     ]

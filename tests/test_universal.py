@@ -134,7 +134,7 @@ def test_universal_cli_saves_reusable_noise(tiny_run, tmp_path):
 
 
 def test_immunize_cli_refuses_to_overwrite_its_own_model(tiny_run):
-    result = CliRunner().invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(tiny_run[0])])
+    result = CliRunner().invoke(main, ["immunize", "universal", "--model", str(tiny_run[0]), "--run-dir", str(tiny_run[0])])
     assert result.exit_code == 2 and "new folder" in result.output
 
 
@@ -163,7 +163,7 @@ def test_given_noise_starts_immunization_and_is_measured(tiny_model, mnist_small
 def test_immunize_cli_end_to_end(tiny_run, commands_on_small_mnist, tmp_path):
     runner = CliRunner()
     run_dir, out = tmp_path / "immune", tmp_path / "assets"
-    args = ["immunize", "--target", "all", "--schedule", "sequential", "--rounds", "1", "--train-steps", "3",
+    args = ["immunize", "universal", "--target", "all", "--schedule", "sequential", "--rounds", "1", "--train-steps", "3",
             "--refresh-every", "0", "--noise-steps", "3", "--model", str(tiny_run[0]), "--run-dir", str(run_dir),
             "--out", str(out), "--json"]
     result = runner.invoke(main, args)
@@ -178,7 +178,7 @@ def test_immunize_cli_end_to_end(tiny_run, commands_on_small_mnist, tmp_path):
     again = runner.invoke(main, args)
     assert again.exit_code == 2 and "already holds a model" in again.output and "--resume" not in again.output
     for bad_dir in (tiny_run[0], tiny_run[0].parent):
-        refused = runner.invoke(main, ["immunize", "--model", str(tiny_run[0]), "--run-dir", str(bad_dir),
+        refused = runner.invoke(main, ["immunize", "universal", "--model", str(tiny_run[0]), "--run-dir", str(bad_dir),
                                        "--overwrite"])
         assert refused.exit_code == 2 and "new folder" in refused.output
     assert (tiny_run[0] / "model.pb").is_file()
@@ -226,7 +226,7 @@ def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run
     monkeypatch.setattr(immunize_module, "_noise_batch", interrupted_in_round_two)
     run_dir, out = tmp_path / "immune", tmp_path / "out"
     result = CliRunner().invoke(main, [
-        "immunize", "--target", "3", "--rounds", "2", "--train-steps", "3", "--noise-steps", "3",
+        "immunize", "universal", "--target", "3", "--rounds", "2", "--train-steps", "3", "--noise-steps", "3",
         "--refresh-every", "0", "--model", str(tiny_run[0]), "--run-dir", str(run_dir), "--out", str(out)])
     assert result.exit_code == 130, result.output
     assert "in round 2, target 3 after 1 finished phase(s)" in result.output

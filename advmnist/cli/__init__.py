@@ -85,7 +85,8 @@ def main(verbose: bool) -> None:
       advmnist robustness            # robust accuracy against eps (PGD; --attack auto), 1000 test images
       advmnist transfer --model runs/cnn --evaluate-on OTHER_RUN  # do examples made on one network fool another?
       advmnist universal --target 3  # one noise that makes the network read every digit as 3
-      advmnist immunize --target 3   # adversarial training against that noise
+      advmnist immunize universal --target 3  # adversarial training against that noise
+      advmnist immunize pgd --eps 0.3         # ... against per-image PGD: a network robust within eps
       advmnist reproduce --model runs/cnn  # both reference experiments into report/index.html
 
     Run `advmnist COMMAND --help` for the options of each command.

@@ -1,4 +1,6 @@
-"""``advmnist immunize``: adversarial training against universal noise, or against PGD (per image)."""
+"""``advmnist immunize universal`` and ``advmnist immunize pgd``: adversarial training against universal
+noise, or against PGD (per image). The old ``advmnist immunize [--against universal|pgd] ...`` still works for
+one release, with a note."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +10,7 @@ import click
 
 from advmnist.cli.options import (Output, config_option, data_dir_option, finite, json_option, load_model,
                                   model_option, out_option, progress_enabled, seed_option, translate_errors)
-from advmnist.cli.immunize_pgd import PGD_ONLY, immunize_pgd, pgd_options
+from advmnist.cli.immunize_pgd import PGD_DEFAULTS, immunize_pgd, pgd_options
 from advmnist.cli.universal import checked_noise, noise_file_option, noise_options
 from advmnist.defences.universal_immunization import SCHEDULES, ImmunizeSettings
 from advmnist.tfcompat import PRECISIONS
@@ -16,17 +18,128 @@ from advmnist.model.training import MAX_SHIFT
 from advmnist.experiments.universal import TARGET_CHOICES, UniversalSettings, target_list
 
 DEFAULTS = ImmunizeSettings()
-#: options that only mean something for one adversary
-UNIVERSAL_ONLY = ("target", "schedule", "rounds", "train_steps", "refresh_every", "refresh_steps", "replay",
-                  "noise_steps", "noise_limit", "l2_weight", "noise_file")
+#: the two defences, as subcommands
+ADVERSARIES = ("universal", "pgd")
 
 
-@click.command(short_help="Adversarial training against universal noise or PGD.")
+class ImmunizeGroup(click.Group):
+    """``immunize universal|pgd``; the form of earlier versions, ``immunize [--against X] OPTIONS`` (X from the
+    command line, or from ``against`` in a --config file's flat [immunize] table; universal if neither), runs
+    subcommand X with a note on stderr."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags = [a for a in args if a == "--json"]  # `advmnist --json immunize pgd` puts it before the subcommand
+        args = [a for a in args if a != "--json"]
+        if args and args[0] in ("-h", "--help"):
+            return super().parse_args(ctx, args)
+        if not args or args[0] not in self.commands:
+            args = _old_form(args)
+        return super().parse_args(ctx, [args[0], *flags, *args[1:]])
+
+
+class DefenceCommand(click.Command):
+    """A subcommand of ``immunize`` that names its sibling when given one of the sibling's options."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as err:
+            group = ctx.parent.command if ctx.parent is not None else immunize
+            other = next((name for name, command in group.commands.items() if name != ctx.info_name
+                          and any(err.option_name in getattr(o, "opts", ()) + getattr(o, "secondary_opts", ())
+                                  for o in command.params)), None)
+            if other is None:
+                raise
+            raise click.NoSuchOption(err.option_name, f"No such option {err.option_name} in `immunize "
+                                     f"{ctx.info_name}`: it is an option of `advmnist immunize {other}`",
+                                     ctx=ctx) from err
+
+
+def _old_form(args: list[str]) -> list[str]:
+    """``[--against X] OPTIONS`` as ``X OPTIONS``, with a deprecation note; exit 2 for an unknown X."""
+    against, rest, k = None, [], 0
+    while k < len(args):
+        if args[k] == "--against" and k + 1 < len(args):
+            against, k = args[k + 1], k + 2
+            continue
+        if args[k].startswith("--against="):
+            against = args[k].split("=", 1)[1]
+        else:
+            rest.append(args[k])
+        k += 1
+    chosen = against or _config_against(rest) or "universal"
+    if chosen not in ADVERSARIES:
+        raise click.BadParameter(f"expected one of {', '.join(ADVERSARIES)}, got {chosen!r}", param_hint="--against")
+    said = f"`immunize --against {against}`" if against else "`immunize` without a subcommand"
+    click.echo(f"note: {said} is now `advmnist immunize {chosen}`; the old form will be removed in the next "
+               "release", err=True)
+    return [chosen, *rest]
+
+
+def _config_against(args: list[str]) -> str | None:
+    """``against`` in the flat [immunize] table of a --config file (the form of earlier versions), or the one
+    subcommand whose table the file holds, if any."""
+    from advmnist.errors import InvalidInput
+    from advmnist.fileio import read_toml
+
+    if "--config" not in args or args.index("--config") + 1 >= len(args):
+        return None
+    try:
+        table = read_toml(Path(args[args.index("--config") + 1])).get("immunize")
+    except (InvalidInput, OSError):
+        return None  # the subcommand's --config says what is wrong with the file
+    if not isinstance(table, dict):
+        return None
+    named = [name for name in ADVERSARIES if isinstance(table.get(name), dict)]  # [immunize.pgd] alone: pgd
+    return table.get("against") or (named[0] if len(named) == 1 else None)
+
+
+@click.group(cls=ImmunizeGroup, short_help="Adversarial training against universal noise or PGD.")
+def immunize() -> None:
+    """Adversarial training: make the network immune to an attack; two defences.
+
+    \b
+      advmnist immunize universal --target 3   # against the universal noise of a target (the reference's)
+      advmnist immunize pgd --eps 0.3          # against per-image PGD examples (Madry et al.), a real defence
+
+    Each saves the trained network as a new run; the original is never touched. Run
+    `advmnist immunize universal --help` or `advmnist immunize pgd --help` for their options.
+    (`advmnist immunize [--against universal|pgd] ...`, the form of earlier versions, still
+    works for one release.)
+    """
+
+
+def training_options(defaults, seeds: str, run_dir_default: str):
+    """The options both defences share: the training batches, the model, where the new run and the files go."""
+    def apply(func):
+        for option in reversed([
+            click.option("--clean-fraction", type=click.FloatRange(0, 1, max_open=True), callback=finite,
+                         default=defaults.clean_fraction, show_default=True,
+                         help="Fraction of each training batch left without the adversary's change, so clean "
+                              "accuracy holds."),
+            click.option("--shift", type=click.IntRange(0, MAX_SHIFT), metavar="N", default=defaults.shift,
+                         show_default=True, help="Training images moved by a random offset of up to N pixels, as "
+                                                 "`train --shift` (0: off, the reference's recipe)."),
+            click.option("--precision", type=click.Choice(PRECISIONS), default=defaults.precision,
+                         show_default=True, help="As `train --precision`: auto is bf16 on a CPU with native "
+                                                 "bfloat16 and no GPU, else fp32."),
+            seed_option(defaults.seed, seeds),
+            model_option,
+            click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help=f"Where the trained network goes (a new run).  [default: {run_dir_default}]"),
+            click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside "
+                                                           "(RUN_DIR.old-TIME)."),
+            out_option("Folder for the accuracy figure and the metrics .json."),
+            data_dir_option,
+            json_option,
+        ]):
+            func = option(func)
+        return func
+    return apply
+
+
+@immunize.command("universal", cls=DefenceCommand, short_help="Against the universal noise of a target (the reference's experiment).")
 @config_option("configs/reference-immunize.toml")
-@click.option("--against", type=click.Choice(["universal", "pgd"]), default="universal", show_default=True,
-              help="The adversary: one universal noise per target (the reference's experiment), or per-image PGD "
-                   "examples (Madry et al.'s adversarial training, a real per-image defence).")
-@pgd_options
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="3", show_default=True,
               help="Class of the universal noise to become immune to; `all` for every class.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True,
@@ -36,10 +149,6 @@ UNIVERSAL_ONLY = ("target", "schedule", "rounds", "train_steps", "refresh_every"
               help="Rounds of (fresh noise, training) per target.")
 @click.option("--train-steps", type=click.IntRange(min=0), default=DEFAULTS.train_steps, show_default=True,
               help="Network training steps (Adam 1e-4, batches of 64) per round and target.")
-@click.option("--clean-fraction", type=click.FloatRange(0, 1, max_open=True), callback=finite,
-              default=DEFAULTS.clean_fraction, show_default=True,
-              help="Fraction of each training batch left without noise, so clean accuracy holds (with --against "
-                   "pgd the default is 0: every image attacked, as Madry et al.).")
 @click.option("--refresh-every", type=click.IntRange(min=0), default=DEFAULTS.refresh_every, show_default=True,
               help="During training, re-optimize the noise every N network steps (0: never, the reference's "
                    "way: one fixed noise per round).")
@@ -48,29 +157,16 @@ UNIVERSAL_ONLY = ("target", "schedule", "rounds", "train_steps", "refresh_every"
 @click.option("--replay/--no-replay", default=DEFAULTS.replay, show_default=True,
               help="Half of the noisy images get an earlier noise (of the targets being trained), "
                    "so the network does not forget them.")
-@click.option("--shift", type=click.IntRange(0, MAX_SHIFT), metavar="N", default=DEFAULTS.shift, show_default=True,
-              help="Training images moved by a random offset of up to N pixels, as `train --shift` (0: off, the "
-                   "reference's recipe).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision, show_default=True,
-              help="As `train --precision`: auto is bf16 on a CPU with native bfloat16 and no GPU, else fp32.")
 @noise_options("--noise-steps")
-@seed_option(DEFAULTS.seed, "Seeds the noises, the training batches and dropout.")
 @noise_file_option("Start from a saved noise (.npy of `advmnist universal`, one per target) instead of a fresh "
                    "one; it is also measured before and after.")
-@model_option
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the immunized network goes (a new run).  "
-                   "[default: runs/cnn-immune-TARGET, or runs/cnn-immune-all-SCHEDULE; with --against pgd "
-                   "runs/cnn-pgd-epsEPS, cnn-trades-epsEPS, ...]")
-@click.option("--overwrite", is_flag=True, help="Move an existing run in --run-dir aside (RUN_DIR.old-TIME).")
-@out_option("Folder for the accuracy figure and the metrics .json.")
-@data_dir_option
-@json_option
+@training_options(DEFAULTS, "Seeds the noises, the training batches and dropout.",
+                  "runs/cnn-immune-TARGET, or runs/cnn-immune-all-SCHEDULE")
 @translate_errors
-def immunize(against, target, schedule, rounds, train_steps, clean_fraction, refresh_every, refresh_steps, replay,
-             shift, precision, noise_steps, noise_limit, l2_weight, seed, noise_file, model_path, no_verify, run_dir,
-             overwrite, out, data_dir, json_mode, **pgd) -> None:
-    """Adversarial training against universal noise (or PGD): make the network immune to it.
+def universal(target, schedule, rounds, train_steps, refresh_every, refresh_steps, replay, noise_steps,
+              noise_limit, l2_weight, noise_file, clean_fraction, shift, precision, seed, model_path, no_verify,
+              run_dir, overwrite, out, data_dir, json_mode) -> None:
+    """Adversarial training against universal noise: make the network immune to it.
 
     Each round (a) optimizes a universal noise for the target against the current
     network and (b) trains the network (from its run's checkpoint, dropout on) on
@@ -83,35 +179,20 @@ def immunize(against, target, schedule, rounds, train_steps, clean_fraction, ref
     once training has begun saves the network as it is (marked interrupted) and the
     finished rounds in <name>_partial.json beside where <name>.json would go.
 
-    With --against pgd every training batch is replaced by adversarial examples in the
-    L-infinity eps-ball against the network as it is (PGD, or --attack fgsm-rs; trained on
-    their cross-entropy, or --loss trades), for --epochs epochs from the run's checkpoint
-    (or --from-scratch); clean accuracy and accuracy under PGD are logged after every
-    epoch. Ctrl-C keeps a state that --resume continues. Measure the result with
-    `advmnist robustness --model RUN_DIR`.
-
     \b
     Writes to --out (default assets/), <name> being e.g. immunize_3_rounds2 or
-    immunize_all_interleaved_rounds4 (_fixed without refresh, _noreplay without replay),
-    or immunize_pgd_eps0.1 (immunize_trades_eps0.3, immunize_fgsm-rs_eps0.3_scratch, ...):
+    immunize_all_interleaved_rounds4 (_fixed without refresh, _noreplay without replay):
       <name>.png    accuracy under fresh noise, per target, before, after each round, at the end
-                    (PGD: clean and robust accuracy after every epoch)
       <name>.json   every measurement
+
+    \b
+    Example:
+      advmnist immunize universal --target 3 --rounds 2 --model runs/cnn
     """
     from advmnist import fileio
     from advmnist.model.runs import run_dir_lock
 
     output = Output(json_mode)
-    context = click.get_current_context()
-    unused = UNIVERSAL_ONLY if against == "pgd" else PGD_ONLY
-    given = [name for name in unused if context.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
-    if given:
-        flag = "--" + given[0].replace("_", "-")
-        raise click.BadParameter(f"{flag} only applies to --against {'pgd' if against == 'universal' else 'universal'}",
-                                 param_hint=flag)
-    if against == "pgd":
-        shared = {"clean_fraction": clean_fraction, "shift": shift, "precision": precision, "seed": seed}
-        return immunize_pgd(pgd, shared, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
     settings = ImmunizeSettings(rounds=rounds, train_steps=train_steps, clean_fraction=clean_fraction,
                                 schedule=schedule, refresh_every=refresh_every, refresh_steps=refresh_steps,
                                 replay=replay, shift=shift, precision=precision,
@@ -122,6 +203,42 @@ def immunize(against, target, schedule, rounds, train_steps, clean_fraction, ref
     given = checked_noise(noise_file, len(target_list(target)), noise_limit) if noise_file else None
     with run_dir_lock(run_dir):
         immunize_universal(settings, target, given, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
+
+
+@immunize.command("pgd", cls=DefenceCommand, short_help="Against per-image PGD examples (Madry et al.'s adversarial training).")
+@config_option("configs/defence-linf0.3.toml")
+@pgd_options
+@training_options(PGD_DEFAULTS, "Seeds the initial weights (--from-scratch), the batches, the attack's random "
+                                "starts and dropout.", "runs/cnn-pgd-epsEPS, cnn-trades-epsEPS, ...")
+@translate_errors
+def pgd(clean_fraction, shift, precision, seed, model_path, no_verify, run_dir, overwrite, out, data_dir, json_mode,
+        **options) -> None:
+    """Adversarial training against PGD: a network that resists per-image attacks within eps.
+
+    Every training batch is replaced by adversarial examples in the L-infinity
+    eps-ball against the network as it is (PGD, or --attack fgsm-rs; trained on their
+    cross-entropy, or --loss trades), for --epochs epochs from the run's checkpoint (or
+    --from-scratch); clean accuracy and accuracy under PGD on monitor images are logged
+    after every epoch, with a progress bar. Ctrl-C keeps a state that --resume
+    continues. At the end, AutoAttack at eps/3, 2 eps/3 and eps (--evaluate).
+
+    \b
+    Writes to --out (default assets/), <name> being e.g. immunize_pgd_eps0.3
+    (immunize_trades_eps0.3, immunize_fgsm-rs_eps0.3_scratch, ...):
+      <name>.png    clean and robust accuracy after every epoch
+      <name>.json   every measurement
+      robustness_linf_auto.*   the final AutoAttack (as `advmnist robustness --attack auto` writes it)
+
+    \b
+    Example (the recipe measured in the README):
+      advmnist immunize pgd --config configs/defence-linf0.3.toml
+    """
+    shared = {"clean_fraction": clean_fraction, "shift": shift, "precision": precision, "seed": seed}
+    immunize_pgd(options, shared, model_path, no_verify, run_dir, overwrite, out, data_dir, Output(json_mode))
+
+
+universal.config_table = ("immunize", "universal")  # [immunize.universal] in a --config file
+pgd.config_table = ("immunize", "pgd")
 
 
 def immunize_universal(settings: ImmunizeSettings, target: str, given, model_path, no_verify, run_dir, overwrite, out,

@@ -1,4 +1,4 @@
-"""``advmnist immunize --against pgd``: its options and its path (adversarial training in the eps-ball)."""
+"""``advmnist immunize pgd``: its options and its path (adversarial training in the eps-ball)."""
 from __future__ import annotations
 
 import sys
@@ -15,8 +15,6 @@ PGD_DEFAULTS = PGDTrainingSettings()
 #: the settings that the command line can set, besides those both adversaries share
 PGD_FIELDS = ("eps", "epochs", "eps_ramp", "attack", "pgd_steps", "step_size", "loss", "beta", "guard",
               "from_scratch")
-#: options that only mean something with --against pgd
-PGD_ONLY = PGD_FIELDS + ("resume", "evaluate")
 #: The final AutoAttack's iterations (None: the standard version's; tests make it short)
 EVALUATION_STEPS = None
 #: options both adversaries have, which are settings of the PGD training too
@@ -24,29 +22,29 @@ SHARED_FIELDS = ("clean_fraction", "shift", "precision", "seed")
 
 
 def pgd_options(func):
-    """The options of ``immunize --against pgd``."""
+    """The options of ``immunize pgd`` that ``immunize universal`` does not have."""
     for option in reversed([
         click.option("--eps", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=PGD_DEFAULTS.eps,
-                     show_default=True, help="With --against pgd: the L-infinity budget of the training attack."),
+                     show_default=True, help="The L-infinity budget of the training attack."),
         click.option("--epochs", type=click.FloatRange(0, 1000, min_open=True), callback=finite,
                      default=PGD_DEFAULTS.epochs, show_default=True,
-                     help="With --against pgd: passes over the 60,000 training images (Adam from 1e-3, cosine "
+                     help="Passes over the 60,000 training images (Adam from 1e-3, cosine "
                           "decay)."),
         click.option("--eps-ramp", type=click.FloatRange(0, 1000), callback=finite, metavar="EPOCHS",
                      default=PGD_DEFAULTS.eps_ramp, show_default=True,
-                     help="With --against pgd: eps rises linearly over the first EPOCHS epochs and is --eps from "
+                     help="Eps rises linearly over the first EPOCHS epochs and is --eps from "
                           "their last step on (0: --eps from the first step). At most --epochs."),
         click.option("--attack", type=click.Choice(ATTACKS), default=PGD_DEFAULTS.attack, show_default=True,
-                     help="With --against pgd: the training attack: PGD (Madry et al.), or one FGSM step from a "
+                     help="The training attack: PGD (Madry et al.), or one FGSM step from a "
                           "random start (fgsm-rs, Wong et al. 2020: about --pgd-steps times cheaper per step)."),
         click.option("--pgd-steps", type=click.IntRange(1, 1000), default=PGD_DEFAULTS.pgd_steps, show_default=True,
-                     help="With --against pgd: steps of the training PGD (with --attack fgsm-rs: of the PGD that "
+                     help="Steps of the training PGD (with --attack fgsm-rs: of the PGD that "
                           "monitors robust accuracy after every epoch)."),
         click.option("--step-size", type=click.FloatRange(0, 10, min_open=True), callback=finite, default=None,
                      show_default="2.5 / --pgd-steps; 1.25 with --attack fgsm-rs",
-                     help="With --against pgd: the training attack's step, relative to --eps."),
+                     help="The training attack's step, relative to --eps."),
         click.option("--loss", type=click.Choice(LOSSES), default=PGD_DEFAULTS.loss, show_default=True,
-                     help="With --against pgd: cross-entropy on the attack's examples (pgd, Madry et al.), or "
+                     help="Cross-entropy on the attack's examples (pgd, Madry et al.), or "
                           "TRADES: CE(f(x), y) + beta KL(f(x) || f(x')), x' maximizing the KL (Zhang et al. 2019)."),
         click.option("--beta", type=click.FloatRange(min=0), callback=finite, default=PGD_DEFAULTS.beta,
                      show_default=True, help="With --loss trades: the weight of the KL term (6: Zhang et al.'s "
@@ -56,13 +54,13 @@ def pgd_options(func):
                           "while its FGSM accuracy did not fall (catastrophic overfitting), go back to the weights "
                           "and optimizer state of the epoch before and multiply the FGSM step by 0.8."),
         click.option("--from-scratch", is_flag=True,
-                     help="With --against pgd: start from fresh initial weights (same network) instead of --model's."),
+                     help="Start from fresh initial weights (same network) instead of --model's."),
         click.option("--evaluate", type=click.IntRange(0, 10000), default=100, show_default=True, metavar="COUNT",
-                     help="With --against pgd: after training, AutoAttack (`robustness --attack auto`, its standard "
+                     help="After training, AutoAttack (`robustness --attack auto`, its standard "
                           "version) at eps/3, 2 eps/3 and eps on the first COUNT test images, written to --out; 0: "
                           "skip. On 2 idle CPU cores it costs a robust network about 2 s per image at each eps."),
         click.option("--resume", is_flag=True,
-                     help="With --against pgd: continue the interrupted training in --run-dir where it stopped "
+                     help="Continue the interrupted training in --run-dir where it stopped "
                           "(its settings, step, optimizer state and random draws): it ends as an uninterrupted "
                           "run would have."),
     ]):
@@ -90,8 +88,6 @@ def pgd_settings(options: dict, shared: dict) -> PGDTrainingSettings:
     for name in refused:
         if given(context, name):
             raise click.BadParameter(f"does not apply: {why}", param_hint="--" + name.split("_")[0])
-    if not given(context, "clean_fraction"):
-        shared = {**shared, "clean_fraction": PGD_DEFAULTS.clean_fraction}
     return PGDTrainingSettings(**{name: options[name] for name in PGD_FIELDS}, **shared)
 
 
@@ -111,7 +107,7 @@ def resumed_settings(asked: PGDTrainingSettings, run_dir: Path) -> PGDTrainingSe
 
 def immunize_pgd(options: dict, shared: dict, model_path, no_verify, run_dir, overwrite, out, data_dir,
                  output: Output) -> None:
-    """``immunize --against pgd``: adversarial training (new, or ``--resume``d), saved as a new run."""
+    """``immunize pgd``: adversarial training (new, or ``--resume``d), saved as a new run."""
     from advmnist.model.runs import run_dir_lock
 
     settings = pgd_settings(options, shared)
@@ -144,7 +140,7 @@ def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no
     else:
         if has_resume_state(run_dir) and not overwrite:
             raise RunDirError(f"{run_dir} holds an interrupted training; continue it with `advmnist immunize "
-                              f"--against pgd --resume --run-dir {run_dir}`, or pass --overwrite to move it aside")
+                              f"pgd --resume --run-dir {run_dir}`, or pass --overwrite to move it aside")
         model, train_split, test = new_run_inputs(model_path, no_verify, run_dir, overwrite, data_dir, output,
                                                   from_scratch=settings.from_scratch)
         base_model = model.path if model is not None else None
@@ -154,7 +150,7 @@ def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no
     except PGDTrainingInterrupted as stop:
         click.echo(f"\nInterrupted after step {stop.step} of {stop.total}: the network as it was is saved in "
                    f"{run_dir} (model.json says interrupted), with the state to go on from. Continue with "
-                   f"`advmnist immunize --against pgd --resume --run-dir {run_dir}`.", err=True)
+                   f"`advmnist immunize pgd --resume --run-dir {run_dir}`.", err=True)
         sys.exit(130)
     record = results.write_pgd_training(out, settings.file_stem(), result, run_dir=run_dir, base_model=base_model,
                                         settings=settings)

@@ -274,14 +274,15 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
         table = read_toml(value)
     except InvalidInput as err:
         raise click.BadParameter(str(err), ctx, param) from err
-    tables = sorted(key for key, item in table.items() if isinstance(item, dict))
-    if ctx.info_name in table:
-        section = table[ctx.info_name]
-    elif tables:
+    path = config_table_path(ctx)
+    name = ".".join(path)
+    tables = sorted(_table_names(table))
+    section = _table_at(table, path)
+    if section is None and tables:
         found = ", ".join(f"[{t}]" for t in tables)
-        raise click.BadParameter(f"{value} has no [{ctx.info_name}] table (it has {found}); "
-                                 f"expected a file for `advmnist {ctx.info_name}`", ctx, param)
-    else:
+        raise click.BadParameter(f"{value} has no [{name}] table (it has {found}); "
+                                 f"expected a file for `advmnist {' '.join(path)}`", ctx, param)
+    if section is None:
         section = table
     # a key may be spelled like the option (noise-steps, --noise-steps) or like its parameter (noise_steps)
     options = {}
@@ -306,6 +307,36 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
         defaults[option.name] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def config_table_path(ctx: click.Context) -> tuple[str, ...]:
+    """The table a command reads from a --config file: ``[COMMAND]``, or ``[GROUP.SUBCOMMAND]`` for a subcommand
+    (e.g. ``[immunize.pgd]``), as its ``config_table`` attribute names it."""
+    return tuple(getattr(ctx.command, "config_table", None) or (ctx.info_name,))
+
+
+def _table_names(table: dict, prefix: str = "") -> list[str]:
+    names = []
+    for key, item in table.items():
+        if isinstance(item, dict):
+            names += [prefix + key] + _table_names(item, prefix + key + ".")
+    return names
+
+
+def _table_at(table: dict, path: tuple[str, ...]) -> dict | None:
+    """The table at ``path``; for a subcommand also the flat [GROUP] table of earlier versions, whose
+    ``against`` key (default: the first subcommand, universal) named it."""
+    section = table
+    for key in path:
+        section = section.get(key) if isinstance(section, dict) else None
+    if isinstance(section, dict):
+        return section
+    group = table.get(path[0]) if len(path) == 2 else None
+    if isinstance(group, dict) and not any(isinstance(item, dict) for item in group.values()):
+        flat = dict(group)
+        if flat.pop("against", "universal") == path[1]:
+            return flat
+    return None
 
 
 def config_option(example: str | None = None):

@@ -47,9 +47,11 @@ def check_before_running(steps, config: Path | None) -> None:
         args = [*step.args, *step.extra]
         if config is not None and config_table(config, step.command):
             args += ["--config", str(config)]
-        command = main.commands[step.command]
+        command, name = main.commands[step.command], step.command
+        if isinstance(command, click.Group):  # `immunize universal ...`: the subcommand checks its options
+            command, name, args = command.commands[args[0]], args[0], args[1:]
         try:
-            command.make_context(step.command, args)  # parses and checks, runs nothing
+            command.make_context(name, args)  # parses and checks, runs nothing
         except click.ClickException as err:
             raise click.BadParameter(f"step {step.name} (`advmnist {step.command}`): {err.format_message()}",
                                      param_hint="--config" if config is not None else "--steps") from err

@@ -62,7 +62,7 @@ def plan(out: Path, model: Path | None, steps=STEPS) -> list[Step]:
 
     def immunize(target: str, folder: str, *recipe: str) -> tuple:
         schedule = ("--schedule", "sequential") if target == "all" else ()
-        return ("immunize", ("--target", target, *schedule, *recipe, "--run-dir", str(out / folder),
+        return ("immunize", ("universal", "--target", target, *schedule, *recipe, "--run-dir", str(out / folder),
                              "--overwrite") + common)
 
     table = {
