@@ -44,7 +44,8 @@ def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_exam
     (["--attack", "fgsm"], "Invalid value"),
     (["--eps", "2"], "Invalid value"),
     (["--count", "20000"], "expected --offset + --count"),
-    (["--attack", "minimal", "--eps", "0.1", "--evaluate-on", "{model}.pb"], "--eps only applies to the attacks bounded"),
+    (["--attack", "minimal", "--eps", "0.1", "--evaluate-on", "{model}.pb"],
+     "--eps only applies to the attacks bounded"),
     (["--attack", "apgd-ce"], "expected --target untargeted for --attack apgd-ce"),
     (["--evaluate-on", "{model}/model.pb"], "expected at least two different networks"),
 ])
@@ -70,8 +71,9 @@ def test_transfer_command_writes_matrices(tiny_run, second_model, tmp_path):
     assert arrays["examples"].shape == (1, 20, 28, 28)
     assert (tmp_path / "transfer_pgd.png").read_bytes()[:4] == b"\x89PNG"
     # any attack of the registry makes examples: here APGD-CE, untargeted, within Linf 0.3
-    result = CliRunner().invoke(main, ["transfer", "--model", str(tiny_run[0]), "--evaluate-on", str(second_model.path.parent),
-                                       "--attack", "apgd-ce", "--target", "untargeted", "--eps", "0.3", "--count", "20",
+    other = str(second_model.path.parent)
+    result = CliRunner().invoke(main, ["transfer", "--model", str(tiny_run[0]), "--evaluate-on", other, "--attack",
+                                       "apgd-ce", "--target", "untargeted", "--eps", "0.3", "--count", "20",
                                        "--steps", "5", "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)

@@ -57,7 +57,7 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
     On N processes or machines (then `advmnist merge assets/shard-*`):
       advmnist attack --split test --offset 0 --count 1000 --target d+1 --shard K/N
     """
-    from advmnist.experiments import results, targeted
+    from advmnist.experiments.targeted import summarize, write_attack, write_comparison
     from advmnist.fileio import display_path
     from advmnist.report import figures
 
@@ -82,13 +82,13 @@ def attack(reg, weight, count, offset, split, target, steps, seed, early_stop, m
         started = time.time()
         result = _run_or_keep_partial(attack, name, model, images, labels, targets, positions, count, indices,
                                       out, record, kept=bool(records))
-        summary = targeted.summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
+        summary = summarize(result, attack.regularizer, indices=indices, seconds=time.time() - started)
         runs[name] = result
-        records[name] = results.write_attack(out, name, result, summary, indices, record, shard=shard_record)
+        records[name] = write_attack(out, name, result, summary, indices, record, shard=shard_record)
         print_attack(output, name, summary, records[name]["files"])
     payload = records[settings.regs[0]]
     if len(settings.regs) > 1:
-        payload = results.write_comparison(out, runs, records)
+        payload = write_comparison(out, runs, records)
         output.say("\ncomparison (same images, targets and seed):")
         output.say(figures.format_table(list(payload["comparison"][0]),
                                         [list(row.values()) for row in payload["comparison"]]))
@@ -101,7 +101,8 @@ def _run_or_keep_partial(attack, name, model, images, labels, targets, positions
     """One regularizer's result; on Ctrl-C, the chunks that finished are written beside (not over) earlier
     results and the command exits 130."""
     from advmnist.attacks import AttackInterrupted
-    from advmnist.experiments import results, targeted
+    from advmnist.experiments import targeted
+    from advmnist.experiments.targeted import write_attack
 
     started = time.time()
     try:
@@ -111,7 +112,7 @@ def _run_or_keep_partial(attack, name, model, images, labels, targets, positions
         done = len(stop.partial)
         summary = targeted.summarize(stop.partial, attack.regularizer, indices=indices[:done],
                                      seconds=time.time() - started)
-        partial = results.write_attack(out, f"{name}_partial", stop.partial, summary, indices[:done],
+        partial = write_attack(out, f"{name}_partial", stop.partial, summary, indices[:done],
                                        {**record, "completed": done})
         click.echo(f"\nInterrupted during {name}: the first {done} of {len(images)} images were done; their "
                    f"results are in {partial['files']['arrays']} and beside it.", err=True)

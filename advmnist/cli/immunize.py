@@ -138,7 +138,8 @@ def training_options(defaults, seeds: str, run_dir_default: str):
     return apply
 
 
-@immunize.command("universal", cls=DefenceCommand, short_help="Against the universal noise of a target (the reference's experiment).")
+@immunize.command("universal", cls=DefenceCommand,
+                  short_help="Against the universal noise of a target (the reference's experiment).")
 @config_option("configs/reference-immunize.toml")
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="3", show_default=True,
               help="Class of the universal noise to become immune to; `all` for every class.")
@@ -205,7 +206,8 @@ def universal(target, schedule, rounds, train_steps, refresh_every, refresh_step
         immunize_universal(settings, target, given, model_path, no_verify, run_dir, overwrite, out, data_dir, output)
 
 
-@immunize.command("pgd", cls=DefenceCommand, short_help="Against per-image PGD examples (Madry et al.'s adversarial training).")
+@immunize.command("pgd", cls=DefenceCommand,
+                  short_help="Against per-image PGD examples (Madry et al.'s adversarial training).")
 @config_option("configs/defence-linf0.3.toml")
 @pgd_options
 @training_options(PGD_DEFAULTS, "Seeds the initial weights (--from-scratch), the batches, the attack's random "
@@ -245,7 +247,7 @@ def immunize_universal(settings: ImmunizeSettings, target: str, given, model_pat
                        data_dir, output: Output) -> None:
     """``immunize`` (against universal noise): rounds of noise and training, saved as a new run."""
     from advmnist.report import figures
-    from advmnist.experiments import results
+    from advmnist.defences.universal_immunization import write_immunize, write_immunize_partial
     from advmnist.defences import universal_immunization
     from advmnist.defences.universal_immunization import ImmunizeInterrupted
 
@@ -258,7 +260,7 @@ def immunize_universal(settings: ImmunizeSettings, target: str, given, model_pat
                                                  progress=progress_enabled(), log=output.say, out_dir=run_dir,
                                                  given_noise=given)
     except ImmunizeInterrupted as stop:
-        partial = results.write_immunize_partial(out, stem, stop, base_model=model.path, settings=settings)
+        partial = write_immunize_partial(out, stem, stop, base_model=model.path, settings=settings)
         where = f" in round {stop.phase[0]}, target {stop.phase[1]}" if stop.phase else " during the final measurements"
         click.echo(f"\nInterrupted{where} after {len(stop.history)} finished phase(s). The network as it was is "
                    f"saved in {run_dir} (model.json says interrupted); the finished phases are in {partial}.",
@@ -266,7 +268,7 @@ def immunize_universal(settings: ImmunizeSettings, target: str, given, model_pat
         sys.exit(130)
     title = (f"immunizing against target {target}" if target != "all" else f"immunizing against all ten targets "
              f"({schedule})") + f", {rounds} round(s)"
-    record = results.write_immunize(out, stem, result, run_dir=run_dir, base_model=model.path, settings=settings,
+    record = write_immunize(out, stem, result, run_dir=run_dir, base_model=model.path, settings=settings,
                                     title=title)
     rows = [[t, f"{result.before[t]:.2%}", f"{result.after_own_training[t]:.2%}", f"{result.after[t]:.2%}",
              f"{100 * result.lost[t]:+.1f} pp"] for t in targets]

@@ -126,7 +126,7 @@ def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no
                      out, data_dir, output: Output) -> None:
     """Train (a new run, or the interrupted one in ``run_dir``), then write the figure and the .json."""
     from advmnist import fileio
-    from advmnist.experiments import results
+    from advmnist.defences.pgd_training import write_pgd_training
     from advmnist.cli.immunize import new_run_inputs
     from advmnist.data.mnist import load_train_test
     from advmnist.defences.pgd_training import PGDTrainingInterrupted, train_against_pgd
@@ -152,7 +152,7 @@ def train_and_report(settings: PGDTrainingSettings, resume: bool, model_path, no
                    f"{run_dir} (model.json says interrupted), with the state to go on from. Continue with "
                    f"`advmnist immunize pgd --resume --run-dir {run_dir}`.", err=True)
         sys.exit(130)
-    record = results.write_pgd_training(out, settings.file_stem(), result, run_dir=run_dir, base_model=base_model,
+    record = write_pgd_training(out, settings.file_stem(), result, run_dir=run_dir, base_model=base_model,
                                         settings=settings)
     output.say(f"clean test accuracy {result.clean_before:.2%} -> {result.clean_after:.2%}; under PGD (eps "
                f"{settings.eps:g}, first {settings.monitor} test images) {result.robust_before:.2%} -> "

@@ -58,7 +58,7 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
     """
     from advmnist.experiments.matrix import all_pairs, pick_sources, summarize
     from advmnist.report import figures
-    from advmnist.experiments import results
+    from advmnist.experiments.matrix import write_matrix
     from advmnist.data.mnist import load_split
     from advmnist.fileio import display_path
 
@@ -80,7 +80,7 @@ def matrix(reg, weight, per_class, split, steps, seed, model_path, no_verify, ou
                                progress=progress_enabled(), positions=positions, population=population)
     seconds = time.time() - started
     cells = summarize(result)
-    record = results.write_matrix(out, settings.file_stem, reg, result, cells, indices,
+    record = write_matrix(out, settings.file_stem, reg, result, cells, indices,
                                   {"model": display_path(model.path), "model_sha256": model.sha256,
                                    **dataclasses.asdict(settings)}, seconds,
                                   shard=shard.record(population) if shard else None)

@@ -63,7 +63,7 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     Ctrl-C stops the run; images already finished (searched 512 rows of images x
     starts at a time) are kept in minimal_<norm>_partial.*.
     """
-    from advmnist.experiments import results
+    from advmnist.experiments.minimal import write_minimal
     from advmnist.experiments.minimal import summarize
     from advmnist.fileio import display_path
     from advmnist.report import figures
@@ -84,7 +84,7 @@ def minimal(norm, count, offset, split, target, steps, starts, seed, model_path,
     started = time.time()
     result = _run_or_keep_partial(attack, settings, model, images, labels, targets, positions, indices, out, record)
     summary = summarize(result, norm, indices=indices, seconds=time.time() - started)
-    payload = results.write_minimal(out, settings.file_stem, result, summary, indices, record,
+    payload = write_minimal(out, settings.file_stem, result, summary, indices, record,
                                     shard=shard.record(count) if shard else None)
     print_minimal(output, summary, payload["files"])
     output.result(payload)
@@ -94,7 +94,7 @@ def _run_or_keep_partial(attack, settings, model, images, labels, targets, posit
     """The search's result; on Ctrl-C, the images already finished are written beside (not over) earlier
     results and the command exits 130."""
     from advmnist.attacks import AttackInterrupted
-    from advmnist.experiments import results
+    from advmnist.experiments.minimal import write_minimal
     from advmnist.experiments.minimal import summarize
 
     started = time.time()
@@ -104,7 +104,7 @@ def _run_or_keep_partial(attack, settings, model, images, labels, targets, posit
     except AttackInterrupted as stop:
         done = len(stop.partial)
         summary = summarize(stop.partial, settings.norm, indices=indices[:done], seconds=time.time() - started)
-        partial = results.write_minimal(out, f"{settings.file_stem}_partial", stop.partial, summary, indices[:done],
+        partial = write_minimal(out, f"{settings.file_stem}_partial", stop.partial, summary, indices[:done],
                                         {**record, "completed": done})
         click.echo(f"\nInterrupted: the first {done} of {len(images)} images were done; their results are in "
                    f"{partial['files']['arrays']} and beside it.", err=True)

@@ -121,10 +121,11 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
 
 def _write_and_say(output, out, settings, curves, indices, labels, shard_record) -> dict:
     """The result set (with the minimal-norm curve of a matching `minimal` run), its tables and warnings."""
-    from advmnist.experiments import results
-    minimal = (results.matching_minimal(out, settings.norm, indices, [c.model for c in curves])
+    from advmnist.experiments.minimal import matching_minimal
+    from advmnist.experiments.robustness import write_robustness
+    minimal = (matching_minimal(out, settings.norm, indices, [c.model for c in curves])
                if settings.target is None else {})
-    record = results.write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record)
+    record = write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record)
     _say_tables(output, settings, curves)
     for warning in record["warnings"]:
         output.say(f"warning: {warning}")
@@ -134,10 +135,11 @@ def _write_and_say(output, out, settings, curves, indices, labels, shard_record)
 
 def _keep_measured(curves, total, out, settings, indices, labels, shard_record):
     """After Ctrl-C: the models already measured are written beside (not over) earlier results; exit 130."""
-    from advmnist.experiments import results
+    from advmnist.experiments.robustness import write_robustness
+
     if not curves:
         raise KeyboardInterrupt
-    partial = results.write_robustness(out, settings, curves, indices, labels, {}, suffix="_partial",
+    partial = write_robustness(out, settings, curves, indices, labels, {}, suffix="_partial",
                                        shard=shard_record)
     click.echo(f"\nInterrupted: {len(curves)} of {total} models were measured; their curves are in "
                f"{partial['files']['figure']} and beside it.", err=True)

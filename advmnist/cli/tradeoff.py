@@ -50,7 +50,7 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
       advmnist tradeoff --reg l2 --reg l1 --steps 2000
     """
     from advmnist.report import figures
-    from advmnist.experiments import results
+    from advmnist.experiments.tradeoff import write_tradeoff
     from advmnist.experiments.tradeoff import parse_weights, smallest_successes, sweep
     from advmnist.fileio import display_path
 
@@ -77,7 +77,7 @@ def tradeoff(regs, weights, count, offset, split, target, steps, seed, model_pat
                                 seed=seed, labels=labels, progress=progress_enabled(), on_point=said)
     smallest = smallest_successes(points)
     settings_record = {"model": display_path(model.path), **dataclasses.asdict(settings)}
-    record = results.write_tradeoff(out, settings.file_stem, points, smallest, indices, settings_record,
+    record = write_tradeoff(out, settings.file_stem, points, smallest, indices, settings_record,
                                     time.time() - started, title=f"{count} images, {rule} targets, {steps} steps")
     rows = [[int(indices[i]), int(labels[i]), int(targets[i])]
             + (["-", "-", "-"] if best is None else [best["reg"], f"{best['weight']:g}", f"{best['l2']:.3f}"])

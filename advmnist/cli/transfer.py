@@ -69,7 +69,7 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
       advmnist transfer --model runs/cnn --model runs/cnn-seed1 --evaluate-on runs/cnn-pgd-eps0.1 --count 500
     """
     from advmnist.report import figures
-    from advmnist.experiments import results
+    from advmnist.experiments.transfer import write_transfer
     from advmnist.experiments.transfer import transfer_matrix
     from advmnist.attacks import choose_targets
     from advmnist.data.mnist import load_split
@@ -97,7 +97,7 @@ def transfer(sources, others, old_sources, old_others, attack, count, offset, sp
     figures.import_in_background()
     matrix, examples = transfer_matrix(models, source_names, data.images, data.labels, targets, settings,
                                        fit_images=fit, progress=progress_enabled(), log=output.say)
-    record = results.write_transfer(out, settings, matrix, examples, indices, data.labels, targets)
+    record = write_transfer(out, settings, matrix, examples, indices, data.labels, targets)
     for title, values in (("reached the intended target", matrix.reached), ("misclassified", matrix.misclassified)):
         output.say(f"\n{title} (rows: made on, columns: evaluated on):")
         output.say(figures.format_table(["made on"] + matrix.evaluated,

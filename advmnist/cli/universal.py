@@ -69,7 +69,7 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
       universal_<t|all>.json             the metrics
     """
     from advmnist.report import figures
-    from advmnist.experiments import results
+    from advmnist.experiments.universal import write_universal
     from advmnist.data.mnist import load_train_test
     from advmnist.experiments.universal import universal_attack
 
@@ -81,7 +81,7 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
     settings = UniversalSettings(steps=noise_steps, noise_limit=noise_limit, l2_weight=l2_weight, seed=seed)
     result = universal_attack(model, train_split.images, test, targets, settings, progress=progress_enabled(),
                               given_noise=given)
-    record = results.write_universal(out, settings.file_stem(target, given=noise_file is not None), result, targets,
+    record = write_universal(out, settings.file_stem(target, given=noise_file is not None), result, targets,
                                      test, settings, model_path=model.path, target=target, noise_file=noise_file)
     output.say(f"model {model.path}: clean test accuracy {result.clean_accuracy:.2%}")
     rows = [[e.target, f"{e.accuracy:.2%}", f"{e.fooled:.2%}"] for e in result.effects]

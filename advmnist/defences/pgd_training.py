@@ -30,6 +30,9 @@ from advmnist.data.mnist import Split
 from advmnist.defences.losses import ATTACKS, LOSSES, PGD_STEP_SPAN, default_step_size
 from advmnist.errors import InvalidInput
 from advmnist.model.training import check_training_options
+from advmnist.fileio import display_path
+from advmnist.report import figures
+from advmnist import fileio
 
 #: The guard's sign of catastrophic overfitting: PGD accuracy falls by more than this (a share of the monitor
 #: images) since the last kept epoch while the accuracy under the training FGSM does not fall.
@@ -232,3 +235,36 @@ def train_against_pgd(model, train: Split, test: Split, settings: PGDTrainingSet
         save_trained(trainer.saver, trainer.sess, out_dir, "model-pgd", test_accuracy=result.clean_after, **meta)
     clear_resume_state(out_dir)
     return result
+
+
+# ---------------------------------------------------------------------------- its files and figures
+
+def write_pgd_training(out: Path, stem: str, result, *, run_dir: Path, base_model: Path, settings) -> dict:
+    figure = out / f"{stem}.png"
+    pgd_training_figure(result, figure, eps=settings.eps)
+    record = {**result.to_dict(), "run_dir": display_path(run_dir), "model": display_path(run_dir / "model.pb"),
+              "base_model": display_path(base_model) if base_model else None, "figure": display_path(figure),
+              "settings": dataclasses.asdict(settings)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+
+def pgd_training_figure(result, path, *, eps: float) -> None:
+    """Clean accuracy and accuracy under the monitor's PGD (and the training FGSM), before and after every epoch."""
+    fig, ax = figures.subplots(figsize=(6.0, 3.8))
+    epochs = [0.0] + [h["epoch"] for h in result.history]
+    ax.plot(epochs, [100 * result.clean_before] + [100 * h["clean_accuracy"] for h in result.history], marker="o",
+            label="clean")
+    ax.plot(epochs, [100 * result.robust_before] + [100 * h["robust_accuracy"] for h in result.history], marker="o",
+            label=f"under PGD (eps {eps:g})")
+    if result.history and "fgsm_accuracy" in result.history[0]:
+        ax.plot([h["epoch"] for h in result.history], [100 * h["fgsm_accuracy"] for h in result.history],
+                marker="x", linestyle=":", label="under the training FGSM")
+    ax.set_xlabel("epoch of PGD training")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    figures.save_figure(fig, path)

@@ -17,6 +17,9 @@ from advmnist.attacks import AttackResult, PerImageNoise, make_regularizer
 from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
 from advmnist.attacks.norms import L1, L2
+from advmnist.report import figures
+from advmnist import fileio
+from advmnist.experiments import results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +130,84 @@ COMMAND, SHARD_PREFIX = "matrix", "matrix_"
 
 def merge_shards(out: Path, stem: str, parts: list):
     """The shards of one matrix, merged into the files a whole run writes; its record and merged result."""
-    from advmnist.experiments import results
     from advmnist.experiments.shards import merged_result, total_seconds
 
     result, indices = merged_result(parts)
     settings = parts[0].record["settings"]
-    return results.write_matrix(out, stem, settings["reg"], result, summarize(result), indices, settings,
+    return write_matrix(out, stem, settings["reg"], result, summarize(result), indices, settings,
                                 total_seconds(parts)), result
+
+
+# ---------------------------------------------------------------------------- its files and figures
+
+def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndarray, settings: dict,
+                 seconds: float, *, shard=None) -> dict:
+    files = matrix_figures(cells, reg, out)
+    files["arrays"] = results.write_arrays(out, stem, result, indices)
+    record = {"settings": settings, **cells.to_dict(), "success_overall": float(result.success.mean()),
+              "hardest": cells.hardest(), "easiest": cells.easiest(), "seconds": round(seconds, 2),
+              **results.record_files(files), **results.shard_entry(shard)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+
+def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
+    """Heatmaps of a source x target matrix, and a 10x10 mosaic of one adversarial example per cell."""
+    from pathlib import Path
+
+    from matplotlib.patches import Rectangle
+
+    out_dir = Path(out_dir)
+    classes = range(matrix.success.shape[0])
+    heat = out_dir / f"matrix_{reg}.png"
+    panels = [(matrix.mean_l2, "mean L2 of the perturbation (successes)", "magma_r", "{:.2f}", (None, None))]
+    every = np.nanmin(matrix.success) == 1.0
+    if not every:  # a panel of 100 % everywhere says nothing; the title says it instead
+        panels.insert(0, (100 * matrix.success, "reached the target (%)", "Greens", "{:.0f}", (0.0, 100.0)))
+    fig, axes = figures.subplots(1, len(panels), figsize=(5.9 * len(panels), 5.0), squeeze=False)
+    axes = axes[0]
+    for ax, (values, title, cmap, fmt, (vmin, vmax)) in zip(axes, panels):
+        shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
+        for (row, col), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=7,
+                        color="white" if shown.norm(value) > 0.6 else "black")
+        ax.set_xticks(list(classes))
+        ax.set_yticks(list(classes))
+        ax.set_xlabel("target class")
+        ax.set_ylabel("source digit")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+    fig.suptitle(f"source x target, {reg} regularization"
+                 + (": every attack reached its target" if every else ""), fontsize=11)
+    figures.save_figure(fig, heat)
+
+    mosaic = out_dir / f"matrix_{reg}_examples.png"
+    n = matrix.example.shape[0]
+    step = figures.TILE + 4
+    fig = figures.new_figure(figsize=(7.6, 7.9))
+    ax = fig.add_axes((0.08, 0.02, 0.9, 0.9))
+    for (row, col) in np.ndindex(n, n):
+        x, y = col * step, row * step
+        ax.imshow(matrix.example[row, col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
+                  extent=(x - 0.5, x + figures.TILE - 0.5, y + figures.TILE - 0.5, y - 0.5))
+        failed = row != col and not matrix.example_reached[row, col]
+        if row == col or failed:
+            ax.add_patch(Rectangle((x - 1.5, y - 1.5), figures.TILE + 2, figures.TILE + 2, fill=False, linewidth=1.5,
+                                   edgecolor="tab:red" if failed else "tab:blue"))
+    ax.set_xlim(-2.5, n * step - 2.5)
+    ax.set_ylim(n * step - 2.5, -2.5)
+    ax.set_xticks([c * step + figures.TILE / 2 for c in range(n)], [str(c) for c in range(n)])
+    ax.set_yticks([r * step + figures.TILE / 2 for r in range(n)], [str(r) for r in range(n)])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_xlabel("target class")
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    ax.set_ylabel("source digit")
+    fig.suptitle(f"one adversarial example per cell ({reg}); originals on the diagonal (blue), "
+                 "red: target not reached", fontsize=9)
+    figures.save_figure(fig, mosaic)
+    return {"heatmaps": str(heat), "examples": str(mosaic)}

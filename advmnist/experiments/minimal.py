@@ -18,6 +18,10 @@ from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import AttackResult, MinimalNorm
 from advmnist.attacks.norms import L1, L2, Linf
 from advmnist.attacks.registry import get_entry
+from advmnist.fileio import display_path
+from advmnist.report import figures
+from advmnist import fileio
+from advmnist.experiments import results
 
 #: the registry's minimal-norm attack, and the norms it supports
 ATTACK = get_entry("minimal")
@@ -104,10 +108,87 @@ COMMAND, SHARD_PREFIX = "minimal", "minimal_"
 
 def merge_shards(out: Path, stem: str, parts: list):
     """The shards of one search, merged into the files a whole run writes; its record and merged result."""
-    from advmnist.experiments import results
     from advmnist.experiments.shards import merged_result, total_seconds
 
     result, indices = merged_result(parts)
     settings = parts[0].record["settings"]
     report = summarize(result, settings["norm"], indices=indices, seconds=total_seconds(parts))
-    return results.write_minimal(out, stem, result, report, indices, settings), result
+    return write_minimal(out, stem, result, report, indices, settings), result
+
+
+# ---------------------------------------------------------------------------- its files and figures
+
+def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, settings: dict, *,
+                  shard=None) -> dict:
+    """``minimal``: the grids and the curve, the arrays, the metrics; returns the record."""
+    files = minimal_figures(result, report_, out)
+    files["arrays"] = results.write_arrays(out, stem, result, indices)
+    record = {**report_.to_dict(), **results.record_files(files), "settings": settings, **results.shard_entry(shard)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+
+def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str]) -> dict:
+    """``minimal_<norm>.json`` in ``out`` if it is an untargeted run on these images of one of ``models``:
+    {model: its curve}."""
+    path = out / f"minimal_{norm}.json"
+    try:
+        record = fileio.read_json(path)  # {} if absent or unreadable
+        rows, model = record["rows"], record["settings"]["model"]
+        curve = record["curve"]
+    except (KeyError, TypeError):  # not a minimal record: nothing to draw
+        return {}
+    same_images = [r["index"] for r in rows] == indices.tolist() and all(r["target"] < 0 for r in rows)
+    if not (same_images and model in models):
+        return {}
+    norms = [r[norm] if r["adversarial_8bit"] else float("inf") for r in rows]
+    return {model: {**curve, "file": display_path(path), "norms": norms}}
+
+
+
+def minimal_figures(result, report, out_dir) -> dict[str, str]:
+    """``minimal``: grids of the originals, the 8-bit adversarial images and the changes; the robust curve."""
+    from pathlib import Path
+
+    out_dir, norm = Path(out_dir), report.norm
+    stem = out_dir / f"minimal_{norm}"
+    shown = slice(0, figures.MAX_TILES)
+    first = f" (first {figures.MAX_TILES} shown)" if len(result) > figures.MAX_TILES else ""
+    fooled = result.success_8bit
+    sizes = result.norms[norm]
+    aim = ["any" if t < 0 else str(t) for t in result.targets[shown]]
+    files = {"originals": f"{stem}_originals.png", "adversarial": f"{stem}.png",
+             "perturbation": f"{stem}_perturbation.png", "curve": f"{stem}_curve.png"}
+    figures.digit_grid(result.originals[shown], [f"{lab} -> {a}" for lab, a in zip(result.labels[shown], aim)],
+               files["originals"], suptitle=f"the original images and their targets{first}")
+    figures.digit_grid(result.adversarial[shown],
+               [f"pred {p}, {norm} {s:.2f}" for p, s in zip(result.predictions_8bit[shown], sizes[shown])],
+               files["adversarial"], title_colors=["tab:green" if ok else "tab:red" for ok in fooled[shown]],
+               suptitle=f"smallest {norm} change found: {int(fooled.sum())}/{len(result)} fooled as 8-bit "
+                        f"images (green){first}")
+    change = result.adversarial[shown] - result.originals[shown]
+    figures.noise_grid(change, [f"{norm} {s:.2f}" for s in sizes[shown]], files["perturbation"],
+               limit=max(float(np.abs(change).max()), 1 / 255), label="adversarial - original",
+               suptitle=f"the {norm} perturbations (red adds ink, blue removes it){first}")
+    minimal_curve_figure(report, files["curve"], targeted=result.targeted)
+    return files
+
+
+
+def minimal_curve_figure(report, path, *, targeted: bool) -> None:
+    """The share of images that no perturbation of norm <= eps fooled, against eps."""
+    fig, ax = figures.subplots(figsize=(6.0, 4.0))
+    curve, norm = report.curve, report.norm
+    ax.plot(curve["eps"], [100 * r for r in curve["robust_accuracy"]], drawstyle="steps-post")
+    ax.set_xlabel(f"eps ({norm} norm of the change)")
+    ax.set_ylabel("not fooled into the target (%)" if targeted else "robust accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_xlim(0, curve["eps"][-1])
+    ax.grid(alpha=0.3)
+    s = report.summary
+    median = s[f"median_{norm}"]
+    ax.set_title(f"{s['count']} images, {'targeted' if targeted else 'untargeted'}; median minimal {norm} "
+                 + (f"{median:.3g}" if median is not None else "-"), fontsize=10)
+    fig.tight_layout()
+    figures.save_figure(fig, path)

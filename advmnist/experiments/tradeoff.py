@@ -17,6 +17,10 @@ from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import PerImageNoise, make_regularizer
 from advmnist.errors import InvalidInput
 from advmnist.attacks.norms import L1, L2, Linf
+from pathlib import Path
+from advmnist.fileio import display_path
+from advmnist.report import figures
+from advmnist import fileio
 
 DEFAULT_WEIGHTS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 REG_CHOICES = (L2.name, L1.name, "none")
@@ -116,3 +120,47 @@ def smallest_successes(points: Sequence[SweepPoint], norm: str = L2.name) -> lis
             if best[i] is None or values[i] < best[i][norm]:
                 best[i] = {"reg": point.reg, "weight": point.weight, norm: float(values[i])}
     return best
+
+
+# ---------------------------------------------------------------------------- its files and figures
+
+def write_tradeoff(out: Path, stem: str, points, smallest, indices: np.ndarray, settings: dict, seconds: float,
+                   title: str) -> dict:
+    figure = out / f"{stem}.png"
+    tradeoff_figure(points, figure, title=title)
+    record = {"settings": settings, "points": [p.summary() for p in points],
+              "smallest_success": [None if best is None else {"index": int(indices[i]), **best}
+                                   for i, best in enumerate(smallest)],
+              "seconds": round(seconds, 2), "figure": display_path(figure)}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+
+def tradeoff_figure(points, path, *, title: str) -> None:
+    """Success and mean perturbation size against the regularization weight, one line per regularizer."""
+    fig, axes = figures.subplots(1, 3, figsize=(13.0, 3.8))
+    positive = [p.weight for p in points if p.weight > 0]
+    panels = [("success", "reached the target (%)", 100.0), ("mean_l2", "mean L2 of the perturbation", 1.0),
+              ("mean_l1", "mean L1 of the perturbation", 1.0)]
+    for ax, (key, label, scale) in zip(axes, panels):
+        for reg in dict.fromkeys(p.reg for p in points):
+            shown = [(p.weight, scale * p.summary()[key], int(p.success.sum()), len(p.success))
+                     for p in points if p.reg == reg and p.summary()[key] is not None]
+            line, = ax.plot([x for x, *_ in shown], [y for _, y, *_ in shown], marker="o", label=reg)
+            if key != "success":  # a mean over few successes is no mean: say over how many
+                for x, y, hits, total in shown:
+                    ax.annotate(f"{hits}/{total}", (x, y), textcoords="offset points", xytext=(0, 6),
+                                ha="center", fontsize=7, color=line.get_color())
+        if positive:
+            ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xlabel("regularization weight")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-5, 105)
+    axes[0].legend()
+    axes[1].set_title("over the successful images (n/total marked)", fontsize=9)
+    axes[2].set_title("over the successful images (n/total marked)", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    figures.save_figure(fig, path)

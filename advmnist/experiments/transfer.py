@@ -16,6 +16,10 @@ import numpy as np
 
 from advmnist.attacks.base import as_8bit
 from advmnist.attacks.registry import get_entry
+from pathlib import Path
+from advmnist.report import figures
+from advmnist import fileio
+from advmnist.experiments import results
 
 
 
@@ -103,3 +107,45 @@ def transfer_matrix(models: dict, sources: list[str], images: np.ndarray, labels
     matrix = TransferMatrix(sources=list(sources), evaluated=evaluated, targeted=targets is not None,
                             reached=reached, misclassified=misclassified, own=own, seconds=time.time() - started)
     return matrix, examples
+
+
+# ---------------------------------------------------------------------------- its files and figures
+
+def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndarray, labels: np.ndarray,
+                   targets) -> dict:
+    """``transfer``: the heatmaps, the examples made on each network, the matrices."""
+    stem = settings.file_stem
+    figure = out / f"{stem}.png"
+    transfer_figure(matrix, figure, attack=settings.attack)
+    arrays = out / f"{stem}.npz"
+    fileio.write_npz(arrays, indices=indices, labels=labels,
+                     targets=targets if targets is not None else np.full(len(labels), -1),
+                     examples=np.stack([examples[s] for s in matrix.sources]))
+    record = {"settings": dataclasses.asdict(settings), **matrix.to_dict(),
+              **results.record_files({"figure": figure, "arrays": arrays})}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+
+def transfer_figure(matrix, path, *, attack: str) -> None:
+    """Two heatmaps, made on (rows) x evaluated on (columns): target reached, and misclassified."""
+    panels = [("reached the intended target", matrix.reached)] if matrix.targeted else []
+    panels.append(("misclassified", matrix.misclassified))
+    width = 1.2 + 0.9 * len(matrix.evaluated)
+    fig, axes = figures.subplots(1, len(panels), figsize=(width * len(panels), 0.9 + 0.6 * len(matrix.sources) + 1.6),
+                          squeeze=False)
+    short = [name.replace("/model.pb", "") for name in matrix.evaluated]
+    for ax, (title, values) in zip(axes[0], panels):
+        ax.imshow(100 * values, cmap="Reds", vmin=0, vmax=100)
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if value > 0.6 else "black")
+        ax.set_xticks(range(len(short)), short, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(matrix.sources)), [s.replace("/model.pb", "") for s in matrix.sources], fontsize=8)
+        ax.set_xlabel("evaluated on")
+        ax.set_ylabel("made on")
+        ax.set_title(f"{title} (%)", fontsize=10)
+    fig.suptitle(f"transfer of {attack} examples", fontsize=11)
+    fig.tight_layout()
+    figures.save_figure(fig, path)

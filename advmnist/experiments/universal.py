@@ -15,6 +15,11 @@ from advmnist.attacks import UniversalNoise
 from advmnist.data.mnist import NUM_CLASSES, Split
 from advmnist.errors import InvalidInput
 from advmnist.model.frozen import FrozenModel, confusion_matrix
+from pathlib import Path
+from advmnist.fileio import display_path
+from advmnist.report import figures
+from advmnist import fileio
+from advmnist.experiments import results
 
 TARGET_CHOICES = tuple(str(c) for c in range(NUM_CLASSES)) + ("all",)
 
@@ -102,3 +107,64 @@ def universal_attack(model: FrozenModel, train_images: np.ndarray, test: Split, 
         effects.append(noise_effect(result.predictions, test.labels, target))
     return UniversalResult(noise=np.stack(noises), clean_accuracy=float((clean == test.labels).mean()),
                            effects=effects)
+
+
+# ---------------------------------------------------------------------------- its files and figures
+
+def write_universal(out: Path, stem: str, result, targets: list[int], test, settings, *, model_path,
+                    target: str, noise_file: Path | None) -> dict:
+    """``universal``: figures per target, the noises (unless measured from a file), the metrics."""
+    tag = "" if noise_file is None else "_given"
+    files = universal_figures(result, targets, test.images, test.labels, out,
+                                     noise_limit=settings.noise_limit, tag=tag)
+    if noise_file is None:
+        for t, noise in zip(targets, result.noise):
+            fileio.write_npy(out / f"universal_noise_{t}.npy", noise)
+        if target == "all":
+            fileio.write_npy(out / "universal_noise_all.npy", result.noise)
+    record = {**result.to_dict(), "model": display_path(model_path), "target": target, **results.record_files(files),
+              "settings": {**dataclasses.asdict(settings),
+                           "noise_file": display_path(noise_file) if noise_file else None}}
+    fileio.write_json(out / f"{stem}.json", record)
+    return record
+
+
+
+def universal_figures(result, targets, test_images, test_labels, out_dir, *, noise_limit: float,
+                      tag: str) -> dict[str, str]:
+    """Per target: the noise, a 3x3 grid of noisy test images, the confusion matrix;
+    for several targets also a 2x5 grid of the noises."""
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    files = {}
+    for target, noise, effect in zip(targets, result.noise, result.effects):
+        noise_png = out_dir / f"universal_noise_{target}{tag}.png"
+        figures.noise_grid(noise[None], [f"noise -> {target}"], noise_png, limit=noise_limit,
+                   suptitle=f"universal noise for target {target}", cell_inches=4.0)
+        samples = np.clip(test_images[:9] + noise, 0.0, 1.0)
+        titles = [f"true {lab}, pred {p}" for lab, p in zip(test_labels[:9], effect.predictions[:9])]
+        colors = ["tab:red" if p == target else "black" for p in effect.predictions[:9]]
+        samples_png = out_dir / f"universal_samples_{target}{tag}.png"
+        figures.digit_grid(samples, titles, samples_png, title_colors=colors,
+                   suptitle=f"test images + noise -> {target}: accuracy {effect.accuracy:.1%}")
+        confusion_png = out_dir / f"universal_confusion_{target}{tag}.png"
+        figures.confusion_figure(effect.confusion, confusion_png,
+                         title=f"with the target-{target} noise: accuracy {effect.accuracy:.1%}, "
+                               f"{effect.fooled:.1%} read as {target}")
+        files[str(target)] = {"noise": str(noise_png), "samples": str(samples_png), "confusion": str(confusion_png)}
+    if len(targets) > 1:
+        grid = out_dir / f"universal_noise_all{tag}.png"
+        fig, axes = figures.subplots(2, 5, figsize=(10, 4.6), squeeze=False)
+        shown = None
+        for ax, target, noise, effect in zip(axes.flat, targets, result.noise, result.effects):
+            shown = ax.imshow(noise, cmap="seismic", vmin=-noise_limit, vmax=noise_limit, interpolation="nearest")
+            ax.set_title(f"-> {target}: acc {effect.accuracy:.1%}", fontsize=9)
+            ax.axis("off")
+        for ax in list(axes.flat)[len(targets):]:
+            ax.axis("off")
+        fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="noise")
+        fig.suptitle(f"one universal noise per target class (clean accuracy {result.clean_accuracy:.1%})")
+        figures.save_figure(fig, grid)
+        files["all"] = str(grid)
+    return files
