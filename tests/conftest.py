@@ -74,11 +74,20 @@ def mnist_small():
 
 @pytest.fixture
 def commands_on_small_mnist(monkeypatch, mnist_small):
-    """Commands that read both MNIST splits get the 600 + 300 committed digits instead of the 70,000: for tests
+    """Commands get the 600 + 300 committed digits instead of the 70,000 (both splits, or rows of one): for tests
     of a command's plumbing (its files, JSON, refusals, interruption), where the full data only costs time."""
     import advmnist.data.mnist
+    from advmnist.data.mnist import Split
+
+    splits = dict(zip(("train", "test"), mnist_small))
+
+    def load_split(split, data_dir=None, cache_dir=None, log=None, remote_sources=None, rows=None):
+        data = splits[split]
+        rows = rows or slice(None)
+        return Split(data.images[rows], data.labels[rows])
 
     monkeypatch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+    monkeypatch.setattr(advmnist.data.mnist, "load_split", load_split)
 
 
 @pytest.fixture(scope="session")

@@ -411,3 +411,41 @@ def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_pa
         assert sorted(p.name for p in fallback.iterdir()) == sorted(s.name for s in FILES.values())
     finally:
         shutil.rmtree(fallback, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", [
+    ["attack", "--reg", "l1", "--count", "2", "--steps", "5"],
+    pytest.param(["universal", "--target", "3", "--steps", "3"], marks=pytest.mark.slow),
+    pytest.param(["robustness", "--eps", "0,0.1", "--count", "4", "--steps", "2"], marks=pytest.mark.slow),
+])
+@pytest.mark.parametrize("full_at", ["first", "last"])
+def test_a_full_disk_while_results_are_written_is_one_line_and_leaves_no_record(
+        runner, tiny_run, commands_on_small_mnist, tmp_path, monkeypatch, command, full_at):
+    """The disk fills up at the first file of a result set, or at its last (the record, written last as the
+    manifest of the set): exit 1 with one line naming the file, no temporary file left, no record."""
+    import contextlib
+    import errno
+
+    from advmnist import fileio
+
+    whole = tmp_path / "whole"
+    assert runner.invoke(main, [*command, "--model", str(tiny_run[0]), "--out", str(whole)]).exit_code == 0
+    count = len([p for p in whole.iterdir() if p.is_file()])  # the files of one set
+    real, calls = fileio.atomic_path, []
+
+    @contextlib.contextmanager
+    def filling_up(path):
+        calls.append(path)
+        with real(path) as tmp:
+            yield tmp
+            if len(calls) == (1 if full_at == "first" else count):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(fileio, "atomic_path", filling_up)
+    out = tmp_path / "out"
+    result = runner.invoke(main, [*command, "--model", str(tiny_run[0]), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "No space left on device" in last and str(calls[-1]) in last and "Traceback" not in result.output
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # no partial file
+    assert not list(out.glob("*.json"))  # no record: a reader sees no result set

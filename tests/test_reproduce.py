@@ -16,7 +16,7 @@ steps = 5
 count = 2
 [universal]
 steps = 3
-[immunize]
+[immunize.universal]
 rounds = 1
 train-steps = 2
 noise-steps = 2
@@ -32,13 +32,18 @@ weights = "0,0.1"
 
 
 @pytest.fixture(scope="module")
-def reproduced(tiny_run, tmp_path_factory):
-    """A quick reproduction on the tiny model: every step but training, tiny settings."""
+def reproduced(tiny_run, mnist_small, tmp_path_factory):
+    """A quick reproduction on the tiny model: every step but training, tiny settings; the steps that read both
+    MNIST splits (universal, immunize) get the 900 committed digits, as ``commands_on_small_mnist`` gives them."""
+    import advmnist.data.mnist
+
     out = tmp_path_factory.mktemp("reproduce") / "report"
     config = out.parent / "quick.toml"
     config.write_text(QUICK)
     args = ["reproduce", "--model", str(tiny_run[0]), "--out", str(out), "--config", str(config), "--json"]
-    first = CliRunner().invoke(main, args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+        first = CliRunner().invoke(main, args)
     return out, config, args, first
 
 
@@ -201,6 +206,7 @@ def test_a_bad_reproduce_config_is_an_error(tmp_path, text, expected):
     ("weights =", "wieghts =", "step tradeoff (`advmnist tradeoff`): "),   # a typo in the last step's table
     ("[attack]", "[atack]", "table(s) [atack] match no step"),
     ("per-class = 1", "per-class = 0", "step matrix (`advmnist matrix`): "),
+    ("train-steps = 2", "train-stepz = 2", "step immunize (`advmnist immunize`): "),  # a subcommand's table
 ])
 def test_every_steps_config_is_checked_before_the_first_step_runs(tiny_run, tmp_path, old, new, expected):
     config = tmp_path / "late-typo.toml"

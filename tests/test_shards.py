@@ -44,19 +44,8 @@ def test_a_shard_draws_the_numbers_of_the_whole_run():
 
 
 @pytest.fixture
-def small_cli(monkeypatch, mnist_small, tmp_path):
+def small_cli(commands_on_small_mnist, monkeypatch, tmp_path):
     """The commands on the 600 + 300 digits of tests/data, run in tmp_path (so assets/ is there)."""
-    import advmnist.data.mnist
-    from advmnist.data.mnist import Split
-
-    splits = dict(zip(("train", "test"), mnist_small))
-
-    def load_split(split, data_dir=None, cache_dir=None, log=None, remote_sources=None, rows=None):
-        data = splits[split]
-        rows = rows or slice(None)
-        return Split(data.images[rows], data.labels[rows])
-
-    monkeypatch.setattr(advmnist.data.mnist, "load_split", load_split)
     monkeypatch.chdir(tmp_path)
 
     def run(*args):
