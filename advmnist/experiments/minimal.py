@@ -161,16 +161,16 @@ def minimal_figures(result, report, out_dir) -> dict[str, str]:
     files = {"originals": f"{stem}_originals.png", "adversarial": f"{stem}.png",
              "perturbation": f"{stem}_perturbation.png", "curve": f"{stem}_curve.png"}
     figures.digit_grid(result.originals[shown], [f"{lab} -> {a}" for lab, a in zip(result.labels[shown], aim)],
-               files["originals"], suptitle=f"the original images and their targets{first}")
+                       files["originals"], suptitle=f"the original images and their targets{first}")
     figures.digit_grid(result.adversarial[shown],
-               [f"pred {p}, {norm} {s:.2f}" for p, s in zip(result.predictions_8bit[shown], sizes[shown])],
-               files["adversarial"], title_colors=["tab:green" if ok else "tab:red" for ok in fooled[shown]],
-               suptitle=f"smallest {norm} change found: {int(fooled.sum())}/{len(result)} fooled as 8-bit "
+                       [f"pred {p}, {norm} {s:.2f}" for p, s in zip(result.predictions_8bit[shown], sizes[shown])],
+                       files["adversarial"], title_colors=["tab:green" if ok else "tab:red" for ok in fooled[shown]],
+                       suptitle=f"smallest {norm} change found: {int(fooled.sum())}/{len(result)} fooled as 8-bit "
                         f"images (green){first}")
     change = result.adversarial[shown] - result.originals[shown]
     figures.noise_grid(change, [f"{norm} {s:.2f}" for s in sizes[shown]], files["perturbation"],
-               limit=max(float(np.abs(change).max()), 1 / 255), label="adversarial - original",
-               suptitle=f"the {norm} perturbations (red adds ink, blue removes it){first}")
+                       limit=max(float(np.abs(change).max()), 1 / 255), label="adversarial - original",
+                       suptitle=f"the {norm} perturbations (red adds ink, blue removes it){first}")
     minimal_curve_figure(report, files["curve"], targeted=result.targeted)
     return files
 

@@ -171,11 +171,11 @@ def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
     success = int(result.success.sum())
     first = f" (first {figures.MAX_TILES} shown)" if len(predictions) > figures.MAX_TILES else ""
     figures.digit_grid(result.adversarial[shown], titles, sample, title_colors=colors,
-               suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green){first}")
+                       suptitle=f"{reg}: {success}/{len(predictions)} reach their target (green){first}")
     figures.noise_grid(result.adversarial[shown] - result.originals[shown],
-               [f"{lab} -> {t}" for lab, t in zip(result.labels[shown], result.targets[shown])], noise,
-               label="adversarial - original",
-               suptitle=f"{reg}: the change to each image (red adds ink, blue removes it){first}")
+                       [f"{lab} -> {t}" for lab, t in zip(result.labels[shown], result.targets[shown])], noise,
+                       label="adversarial - original",
+                       suptitle=f"{reg}: the change to each image (red adds ink, blue removes it){first}")
     return {"samples": str(sample), "noise": str(noise)}
 
 

@@ -133,8 +133,8 @@ def transfer_figure(matrix, path, *, attack: str) -> None:
     panels = [("reached the intended target", matrix.reached)] if matrix.targeted else []
     panels.append(("misclassified", matrix.misclassified))
     width = 1.2 + 0.9 * len(matrix.evaluated)
-    fig, axes = figures.subplots(1, len(panels), figsize=(width * len(panels), 0.9 + 0.6 * len(matrix.sources) + 1.6),
-                          squeeze=False)
+    height = 0.9 + 0.6 * len(matrix.sources) + 1.6
+    fig, axes = figures.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
     short = [name.replace("/model.pb", "") for name in matrix.evaluated]
     for ax, (title, values) in zip(axes[0], panels):
         ax.imshow(100 * values, cmap="Reds", vmin=0, vmax=100)

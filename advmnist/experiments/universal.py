@@ -141,16 +141,16 @@ def universal_figures(result, targets, test_images, test_labels, out_dir, *, noi
     for target, noise, effect in zip(targets, result.noise, result.effects):
         noise_png = out_dir / f"universal_noise_{target}{tag}.png"
         figures.noise_grid(noise[None], [f"noise -> {target}"], noise_png, limit=noise_limit,
-                   suptitle=f"universal noise for target {target}", cell_inches=4.0)
+                           suptitle=f"universal noise for target {target}", cell_inches=4.0)
         samples = np.clip(test_images[:9] + noise, 0.0, 1.0)
         titles = [f"true {lab}, pred {p}" for lab, p in zip(test_labels[:9], effect.predictions[:9])]
         colors = ["tab:red" if p == target else "black" for p in effect.predictions[:9]]
         samples_png = out_dir / f"universal_samples_{target}{tag}.png"
         figures.digit_grid(samples, titles, samples_png, title_colors=colors,
-                   suptitle=f"test images + noise -> {target}: accuracy {effect.accuracy:.1%}")
+                           suptitle=f"test images + noise -> {target}: accuracy {effect.accuracy:.1%}")
         confusion_png = out_dir / f"universal_confusion_{target}{tag}.png"
         figures.confusion_figure(effect.confusion, confusion_png,
-                         title=f"with the target-{target} noise: accuracy {effect.accuracy:.1%}, "
+                                 title=f"with the target-{target} noise: accuracy {effect.accuracy:.1%}, "
                                f"{effect.fooled:.1%} read as {target}")
         files[str(target)] = {"noise": str(noise_png), "samples": str(samples_png), "confusion": str(confusion_png)}
     if len(targets) > 1:
