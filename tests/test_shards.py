@@ -196,3 +196,13 @@ def test_merge_refuses_shards_of_different_attacks(small_cli, tiny_run, tmp_path
 ])
 def test_bad_shard_is_a_usage_error(bad_input, tiny_run, args, message):
     bad_input(["minimal", "--model", str(tiny_run[0]), "--split", "test"] + args, "minimal_l2.json", message)
+
+
+def test_every_command_with_shard_has_a_merge_and_no_other_does():
+    """`merge` finds the experiments by what their modules define; each command that offers --shard is one."""
+    from advmnist.experiments.shards import shardable
+
+    offered = sorted(name for name, command in main.commands.items()
+                     if any("--shard" in getattr(p, "opts", ()) for p in command.params))
+    assert offered == sorted(module.COMMAND for module in shardable().values()) == ["attack", "matrix", "minimal",
+                                                                                    "robustness"]

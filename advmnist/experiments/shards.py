@@ -191,10 +191,19 @@ def shardable() -> dict:
     """The experiments whose commands take ``--shard``: the start of their result files' names -> the module,
     whose ``merge_shards(out, stem, parts)`` writes the merged files and returns their record and the merged
     AttackResult (None when there is none), and whose optional ``merged_extras(out, groups, merged)`` writes
-    what is made from several merged results (``attack --reg all``'s comparison)."""
-    from advmnist.experiments import matrix, minimal, robustness, targeted
+    what is made from several merged results (``attack --reg all``'s comparison).
 
-    return {module.SHARD_PREFIX: module for module in (targeted, minimal, matrix, robustness)}
+    Found, not listed: every module of :mod:`advmnist.experiments` that defines ``SHARD_PREFIX`` and
+    ``merge_shards``."""
+    import importlib
+    import pkgutil
+
+    import advmnist.experiments
+
+    modules = (importlib.import_module(f"advmnist.experiments.{info.name}")
+               for info in pkgutil.iter_modules(advmnist.experiments.__path__))
+    return {module.SHARD_PREFIX: module for module in modules
+            if hasattr(module, "SHARD_PREFIX") and hasattr(module, "merge_shards")}
 
 
 def merge(folders, out: Path) -> list[dict]:
