@@ -26,7 +26,7 @@ from advmnist.model.frozen import DEFAULT_RUN_DIR, FrozenModel
 from advmnist.model.network import cnn_logits, network_variables
 from advmnist.tfcompat import resolve_precision, session_config, tf1
 from advmnist.model.training import Augmenter, check_training_options
-from advmnist.experiments.universal import NoiseEffect, UniversalSettings, check_targets, noise_effect
+from advmnist.experiments.universal import NoiseEffect, UniversalSettings, target_classes, noise_effect
 from advmnist.report import figures
 from advmnist import fileio
 
@@ -363,7 +363,7 @@ def immunize(model: FrozenModel, train: Split, test: Split, targets, settings: I
     """
     from advmnist.model.runs import save_trained
 
-    targets = check_targets(targets)
+    targets = target_classes(targets)
     checkpoint = checkpoint_of(model)
     meta = {"immunized_against": targets, "schedule": settings.schedule, "rounds": settings.rounds,
             "train_steps": settings.train_steps, "clean_fraction": settings.clean_fraction,

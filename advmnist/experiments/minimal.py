@@ -118,12 +118,12 @@ def merge_shards(out: Path, stem: str, parts: list):
 
 # ---------------------------------------------------------------------------- its files and figures
 
-def write_minimal(out: Path, stem: str, result, report_, indices: np.ndarray, settings: dict, *,
+def write_minimal(out: Path, stem: str, result, summary, indices: np.ndarray, settings: dict, *,
                   shard=None) -> dict:
     """``minimal``: the grids and the curve, the arrays, the metrics; returns the record."""
-    files = minimal_figures(result, report_, out)
+    files = minimal_figures(result, summary, out)
     files["arrays"] = results.write_arrays(out, stem, result, indices)
-    record = {**report_.to_dict(), **results.record_files(files), "settings": settings, **results.shard_entry(shard)}
+    record = {**summary.to_dict(), **results.record_files(files), "settings": settings, **results.shard_entry(shard)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
 

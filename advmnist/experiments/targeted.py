@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from advmnist.attacks import AttackResult, PerImageNoise, Regularizer, make_regularizer
-from advmnist.attacks.norms import L1, L2, Linf
+from advmnist.attacks.norms import REGULARIZER_NAMES, L1, L2, Linf
 from advmnist.fileio import display_path
 from advmnist.report import figures
 from advmnist import fileio
 from advmnist.experiments import results
 
-REG_CHOICES = (L2.name, L1.name, "none", "all")
+REG_CHOICES = REGULARIZER_NAMES + ("all",)  # the regularizers, or all three on the same images
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,14 +16,14 @@ import numpy as np
 from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import PerImageNoise, make_regularizer
 from advmnist.errors import InvalidInput
-from advmnist.attacks.norms import L1, L2, Linf
+from advmnist.attacks.norms import REGULARIZER_NAMES, L1, L2, Linf
 from pathlib import Path
 from advmnist.fileio import display_path
 from advmnist.report import figures
 from advmnist import fileio
 
 DEFAULT_WEIGHTS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-REG_CHOICES = (L2.name, L1.name, "none")
+REG_CHOICES = REGULARIZER_NAMES  # l2, l1, none: the regularizers, as norms.py names them
 
 
 @dataclasses.dataclass(frozen=True)

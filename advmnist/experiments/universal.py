@@ -45,7 +45,7 @@ class UniversalSettings:
 
 def target_list(target: str) -> list[int]:
     """``"3"`` -> [3]; ``"all"`` -> [0, ..., 9]."""
-    return list(range(NUM_CLASSES)) if target == "all" else check_targets([target])
+    return list(range(NUM_CLASSES)) if target == "all" else target_classes([target])
 
 
 @dataclasses.dataclass
@@ -79,7 +79,8 @@ class UniversalResult:
         return {"clean_accuracy": self.clean_accuracy, "effects": [e.to_dict() for e in self.effects]}
 
 
-def check_targets(targets) -> list[int]:
+def target_classes(targets) -> list[int]:
+    """The target classes of a universal noise, as ints in 0..9 (at least one)."""
     targets = [int(t) for t in targets]
     bad = [t for t in targets if not 0 <= t < NUM_CLASSES]
     if bad or not targets:
@@ -95,7 +96,7 @@ def universal_attack(model: FrozenModel, train_images: np.ndarray, test: Split, 
     With ``given_noise`` (one 28x28 noise per target, e.g. saved by an earlier run against
     another network), nothing is optimized: the given noises are only measured.
     """
-    targets = check_targets(targets)
+    targets = target_classes(targets)
     given = None if given_noise is None else dict(zip(targets, given_noise))
     attack = settings.attack(train_images, given)
     clean = model.predict_proba(test.images).argmax(1)
