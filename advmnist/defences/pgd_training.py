@@ -249,7 +249,6 @@ def write_pgd_training(out: Path, stem: str, result, *, run_dir: Path, base_mode
     return record
 
 
-
 def pgd_training_figure(result, path, *, eps: float) -> None:
     """Clean accuracy and accuracy under the monitor's PGD (and the training FGSM), before and after every epoch."""
     fig, ax = figures.subplots(figsize=(6.0, 3.8))

@@ -402,7 +402,6 @@ def immunize_settings_record(settings) -> dict:
     return {**dataclasses.asdict(settings), "seed": settings.seed}
 
 
-
 def write_immunize(out: Path, stem: str, result, *, run_dir: Path, base_model: Path, settings, title: str) -> dict:
     figure = out / f"{stem}.png"
     immunize_figure(result, figure, title=title)
@@ -413,14 +412,12 @@ def write_immunize(out: Path, stem: str, result, *, run_dir: Path, base_model: P
     return record
 
 
-
 def write_immunize_partial(out: Path, stem: str, stopped, *, base_model: Path, settings) -> Path:
     """What an interrupted ``immunize`` finished: ``<stem>_partial.json``."""
     partial = out / f"{stem}_partial.json"
     fileio.write_json(partial, {**stopped.to_dict(), "base_model": display_path(base_model),
                                 "settings": immunize_settings_record(settings)})
     return partial
-
 
 
 def immunize_figure(result, path, *, title: str) -> None:

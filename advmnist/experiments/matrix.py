@@ -151,7 +151,6 @@ def write_matrix(out: Path, stem: str, reg: str, result, cells, indices: np.ndar
     return record
 
 
-
 def matrix_figures(matrix, reg: str, out_dir) -> dict[str, str]:
     """Heatmaps of a source x target matrix, and a 10x10 mosaic of one adversarial example per cell."""
     from pathlib import Path

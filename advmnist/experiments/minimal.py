@@ -128,7 +128,6 @@ def write_minimal(out: Path, stem: str, result, summary, indices: np.ndarray, se
     return record
 
 
-
 def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str]) -> dict:
     """``minimal_<norm>.json`` in ``out`` if it is an untargeted run on these images of one of ``models``:
     {model: its curve}."""
@@ -144,7 +143,6 @@ def matching_minimal(out: Path, norm: str, indices: np.ndarray, models: list[str
         return {}
     norms = [r[norm] if r["adversarial_8bit"] else float("inf") for r in rows]
     return {model: {**curve, "file": display_path(path), "norms": norms}}
-
 
 
 def minimal_figures(result, report, out_dir) -> dict[str, str]:
@@ -173,7 +171,6 @@ def minimal_figures(result, report, out_dir) -> dict[str, str]:
                        suptitle=f"the {norm} perturbations (red adds ink, blue removes it){first}")
     minimal_curve_figure(report, files["curve"], targeted=result.targeted)
     return files
-
 
 
 def minimal_curve_figure(report, path, *, targeted: bool) -> None:

@@ -59,7 +59,6 @@ def parse_eps(text: str, norm: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class RobustnessSettings:
     """The ``robustness`` command's defaults: 1000 test images, untargeted PGD, 40 steps, one start.
@@ -382,11 +381,9 @@ def write_robustness(out: Path, settings, curves, indices: np.ndarray, labels: n
     return record
 
 
-
 def attack_label(name: str) -> str:
     """How a figure names an attack of the registry: PGD, APGD-CE, ..., AutoAttack."""
     return "AutoAttack" if name == "auto" else name.upper()
-
 
 
 def robustness_figure(curves, path, *, norm: str, targeted: bool, minimal: dict, attack: str = "pgd") -> None:
@@ -416,7 +413,6 @@ def robustness_figure(curves, path, *, norm: str, targeted: bool, minimal: dict,
             member_bars(bar_ax, curve)
     fig.tight_layout()
     figures.save_figure(fig, path)
-
 
 
 def member_bars(ax, curve) -> None:

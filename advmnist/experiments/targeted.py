@@ -145,7 +145,6 @@ def write_attack(out: Path, name: str, result, summary, indices: np.ndarray, set
     return record
 
 
-
 def write_comparison(out: Path, results: dict, records: dict) -> dict:
     """``attack --reg all``: the side-by-side figure and table of the regularizers."""
     figure = out / f"{AttackSettings.COMPARISON_STEM}.png"
@@ -154,7 +153,6 @@ def write_comparison(out: Path, results: dict, records: dict) -> dict:
     table = [{"reg": name, **{key: record["summary"][key] for key in keys}} for name, record in records.items()]
     fileio.write_json(out / f"{AttackSettings.COMPARISON_STEM}.json", {"table": table, "figure": display_path(figure)})
     return {"runs": records, "comparison": table, "figure": display_path(figure)}
-
 
 
 def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
@@ -177,7 +175,6 @@ def attack_figures(result, reg: str, out_dir) -> dict[str, str]:
                        label="adversarial - original",
                        suptitle=f"{reg}: the change to each image (red adds ink, blue removes it){first}")
     return {"samples": str(sample), "noise": str(noise)}
-
 
 
 def comparison_figure(results: dict, path, *, columns: int = 16) -> None:

@@ -9,6 +9,7 @@ minimal-norm search over the grid of weights).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,7 +18,6 @@ from advmnist.experiments.targeted import AttackSettings
 from advmnist.attacks import PerImageNoise, make_regularizer
 from advmnist.errors import InvalidInput
 from advmnist.attacks.norms import REGULARIZER_NAMES, L1, L2, Linf
-from pathlib import Path
 from advmnist.fileio import display_path
 from advmnist.report import figures
 from advmnist import fileio
@@ -134,7 +134,6 @@ def write_tradeoff(out: Path, stem: str, points, smallest, indices: np.ndarray, 
               "seconds": round(seconds, 2), "figure": display_path(figure)}
     fileio.write_json(out / f"{stem}.json", record)
     return record
-
 
 
 def tradeoff_figure(points, path, *, title: str) -> None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 
 from advmnist.attacks.base import as_8bit
 from advmnist.attacks.registry import get_entry
-from pathlib import Path
 from advmnist.report import figures
 from advmnist import fileio
 from advmnist.experiments import results
-
 
 
 #: the attacks' iterations here when they differ from the registry's default: the reference's noise takes 6000
@@ -83,7 +82,6 @@ class TransferMatrix:
                 "seconds": round(self.seconds, 2)}
 
 
-
 def transfer_matrix(models: dict, sources: list[str], images: np.ndarray, labels: np.ndarray,
                     targets: np.ndarray | None, settings: TransferSettings, *, fit_images: np.ndarray | None = None,
                     progress: bool = False, log=lambda message: None) -> tuple[TransferMatrix, dict]:
@@ -125,7 +123,6 @@ def write_transfer(out: Path, settings, matrix, examples: dict, indices: np.ndar
               **results.record_files({"figure": figure, "arrays": arrays})}
     fileio.write_json(out / f"{stem}.json", record)
     return record
-
 
 
 def transfer_figure(matrix, path, *, attack: str) -> None:

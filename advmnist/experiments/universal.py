@@ -8,6 +8,7 @@ frozen model, one target class after another, and measures each noise's effect o
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +16,6 @@ from advmnist.attacks import UniversalNoise
 from advmnist.data.mnist import NUM_CLASSES, Split
 from advmnist.errors import InvalidInput
 from advmnist.model.frozen import FrozenModel, confusion_matrix
-from pathlib import Path
 from advmnist.fileio import display_path
 from advmnist.report import figures
 from advmnist import fileio
@@ -128,7 +128,6 @@ def write_universal(out: Path, stem: str, result, targets: list[int], test, sett
                            "noise_file": display_path(noise_file) if noise_file else None}}
     fileio.write_json(out / f"{stem}.json", record)
     return record
-
 
 
 def universal_figures(result, targets, test_images, test_labels, out_dir, *, noise_limit: float,
