@@ -247,7 +247,7 @@ def immunize_universal(settings: ImmunizeSettings, target: str, given, model_pat
                        data_dir, output: Output) -> None:
     """``immunize`` (against universal noise): rounds of noise and training, saved as a new run."""
     from advmnist.report import figures
-    from advmnist.defences.universal_immunization import write_immunize, write_immunize_partial
+    from advmnist.defences.universal_immunization_files import write_immunize, write_immunize_partial
     from advmnist.defences import universal_immunization
     from advmnist.defences.universal_immunization import ImmunizeInterrupted
 

@@ -122,7 +122,7 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
 def _write_and_say(output, out, settings, curves, indices, labels, shard_record) -> dict:
     """The result set (with the minimal-norm curve of a matching `minimal` run), its tables and warnings."""
     from advmnist.experiments.minimal import matching_minimal
-    from advmnist.experiments.robustness import write_robustness
+    from advmnist.experiments.robustness_files import write_robustness
     minimal = (matching_minimal(out, settings.norm, indices, [c.model for c in curves])
                if settings.target is None else {})
     record = write_robustness(out, settings, curves, indices, labels, minimal, shard=shard_record)
@@ -135,7 +135,7 @@ def _write_and_say(output, out, settings, curves, indices, labels, shard_record)
 
 def _keep_measured(curves, total, out, settings, indices, labels, shard_record):
     """After Ctrl-C: the models already measured are written beside (not over) earlier results; exit 130."""
-    from advmnist.experiments.robustness import write_robustness
+    from advmnist.experiments.robustness_files import write_robustness
 
     if not curves:
         raise KeyboardInterrupt
