@@ -72,11 +72,10 @@ def mnist_small():
         return split("train"), split("test")
 
 
-@pytest.fixture
-def commands_on_small_mnist(monkeypatch, mnist_small):
-    """Commands get the 600 + 300 committed digits instead of the 70,000 (both splits, or rows of one): for tests
-    of a command's plumbing (its files, JSON, refusals, interruption), where the full data only costs time."""
-    import advmnist.data.mnist
+@pytest.fixture(scope="session")
+def small_mnist_loaders(mnist_small):
+    """Stand-ins for ``advmnist.data.mnist``'s loaders that give the 600 + 300 committed digits (both splits, or
+    rows of one): name -> function."""
     from advmnist.data.mnist import Split
 
     splits = dict(zip(("train", "test"), mnist_small))
@@ -86,8 +85,17 @@ def commands_on_small_mnist(monkeypatch, mnist_small):
         rows = rows or slice(None)
         return Split(data.images[rows], data.labels[rows])
 
-    monkeypatch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
-    monkeypatch.setattr(advmnist.data.mnist, "load_split", load_split)
+    return {"load_train_test": lambda data_dir=None, log=None: mnist_small, "load_split": load_split}
+
+
+@pytest.fixture
+def commands_on_small_mnist(monkeypatch, small_mnist_loaders):
+    """Commands get the 600 + 300 committed digits instead of the 70,000 (both splits, or rows of one): for tests
+    of a command's plumbing (its files, JSON, refusals, interruption), where the full data only costs time."""
+    import advmnist.data.mnist
+
+    for name, loader in small_mnist_loaders.items():
+        monkeypatch.setattr(advmnist.data.mnist, name, loader)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ weights = "0,0.1"
 
 
 @pytest.fixture(scope="module")
-def reproduced(tiny_run, mnist_small, tmp_path_factory):
+def reproduced(tiny_run, small_mnist_loaders, tmp_path_factory):
     """A quick reproduction on the tiny model: every step but training, tiny settings; the steps that read both
     MNIST splits (universal, immunize) get the 900 committed digits, as ``commands_on_small_mnist`` gives them."""
     import advmnist.data.mnist
@@ -42,7 +42,7 @@ def reproduced(tiny_run, mnist_small, tmp_path_factory):
     config.write_text(QUICK)
     args = ["reproduce", "--model", str(tiny_run[0]), "--out", str(out), "--config", str(config), "--json"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+        patch.setattr(advmnist.data.mnist, "load_train_test", small_mnist_loaders["load_train_test"])
         first = CliRunner().invoke(main, args)
     return out, config, args, first
 
