@@ -108,3 +108,13 @@ def test_ours_per_attack_reads_the_ensembles_accuracy_after_each_member():
     single = {"clean_accuracy": 0.99, "robust_accuracy": [0.31], "members": ["pgd"],
               "robust_accuracy_after": [[0.99, 0.31]]}
     assert autoattack.ours_per_attack(single, "pgd") == [["clean", 0.99], ["pgd", 0.31]]
+
+
+def test_the_minimal_curve_at_an_eps_counts_images_whose_8bit_change_is_larger():
+    import minimal_vs_auto
+
+    rows = [{"linf": 12 / 255, "adversarial_8bit": True}, {"linf": 13 / 255, "adversarial_8bit": True},
+            {"linf": 0.0, "adversarial_8bit": True}, {"linf": 0.01, "adversarial_8bit": False}]
+    # a change of exactly eps is within it; an image never fooled is robust at every eps
+    assert minimal_vs_auto.implied(rows, "linf", [0.0, 12 / 255, 0.05, 13 / 255]) == [0.75, 0.5, 0.5, 0.25]
+    assert minimal_vs_auto.on_8bit_step(25 / 255) and not minimal_vs_auto.on_8bit_step(0.1)

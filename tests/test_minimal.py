@@ -251,7 +251,7 @@ def test_minimal_command_untargeted(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--norm", "l3"], ["--count", "0"], ["--starts", "0"], ["--steps", "0"],
-                                  ["--target", "untargetted"], ["--model", "no/such/run"]])
+                                  ["--search-rounds", "-1"], ["--target", "untargetted"], ["--model", "no/such/run"]])
 def test_minimal_bad_input_is_a_clear_error_and_leaves_files_alone(bad_input, args):
     bad_input(["minimal"] + args, "minimal_l2.png")
 
@@ -265,3 +265,59 @@ def test_an_image_already_misclassified_needs_no_change(tiny_model, mnist_small)
     assert result.success_8bit.all()
     np.testing.assert_array_equal(result.adversarial, test.images[wrong])
     assert (result.norms["l2"] == 0).all() and (result.norms["linf"] == 0).all()
+
+
+# ---------------------------------------------------------------------------- the APGD search over eps
+
+def test_the_search_budget_is_the_middle_or_in_linf_the_8bit_step_below_it():
+    from advmnist.attacks.eps_search import grid_budget
+
+    middle = np.array([0.1, 25 / 255, 0.5 / 255, 1.0], np.float32)
+    np.testing.assert_array_equal(grid_budget("l2", middle), middle)
+    steps = grid_budget("linf", middle) * 255
+    np.testing.assert_allclose(steps, [25, 25, 0, 255], atol=1e-4)  # 25/255 is its own step, not 24/255
+
+
+@pytest.mark.parametrize("name,lead", [("l2", 10.0), ("linf", 20.0)])
+@pytest.mark.slow
+def test_the_search_over_eps_brings_a_poor_start_close_to_a_linear_models_boundary(name, lead):
+    from advmnist.attacks import Draws
+    from advmnist.attacks.base import as_8bit
+    from advmnist.attacks.eps_search import search_eps
+
+    logits_fn, images, margins, w = _linear_problem(lead)
+    expected = margins / np.linalg.norm(w.astype(np.float64), ord={"l2": 2, "linf": 1}[name])
+    direction = np.sign(w) if name == "linf" else w / np.linalg.norm(w)
+    # a poor start: 8-bit changes 1.5 times as far as the boundary, which fool the network
+    start = as_8bit(images + 1.5 * expected[:, None, None] * direction.reshape(1, 28, 28)) - images
+    labels = np.zeros(4, np.int64)
+    norm = norms.get_norm(name)
+    rounds = []
+    found = search_eps(logits_fn, images, labels, start, np.ones(4, bool), name, rounds=6, draws=Draws.of(0, 4),
+                       steps=30, n_target_classes=1, on_round=rounds.append)
+    assert len(rounds) == 6 and rounds[0] == 4  # every image is searched in the first round
+    sizes = norm.measure(found).astype(np.float64)
+    scores = (images + found).reshape(4, -1).astype(np.float64) @ w
+    assert (scores > margins + images.reshape(4, -1) @ w - 1e-3).all()  # every result crosses the boundary
+    np.testing.assert_allclose(as_8bit(images + found), images + found, atol=1e-6)  # and is an 8-bit image
+    assert (sizes >= expected * (1 - 1e-4)).all(), (sizes, expected)  # never inside the boundary
+    assert (sizes <= expected * 1.08 + 1 / 255).all(), (sizes, expected)  # from 1.5 times, within 8 %
+
+
+@pytest.mark.slow
+def test_the_search_only_ever_replaces_fmns_result_by_a_smaller_8bit_one(tiny_model, mnist_small):
+    _, test = mnist_small
+    images, labels = test.images[:12], test.labels[:12]
+    plain = MinimalNorm("linf", steps=10, starts=1)(tiny_model.logits, images, labels, seed=0)
+    searched = MinimalNorm("linf", steps=10, starts=1, search_rounds=3)(tiny_model.logits, images, labels, seed=0)
+    smaller = searched.info["searched_smaller"]
+    assert smaller.any()  # 10 FMN steps leave room below
+    before, after = plain.norms["linf"], searched.norms["linf"]
+    np.testing.assert_array_equal(after[~smaller], before[~smaller])
+    assert (after[smaller] < before[smaller]).all()
+    assert searched.success_8bit.sum() == plain.success_8bit.sum()
+    predictions = tiny_model.predict_proba(np.round(searched.adversarial * 255).astype(np.float32) / 255).argmax(1)
+    np.testing.assert_array_equal(predictions, searched.predictions_8bit)  # confirmed by a plain forward pass
+    targeted = MinimalNorm("linf", steps=10, starts=1, search_rounds=3)
+    assert not targeted.searches(choose_targets(labels, "9-d")) and targeted.searches(None)
+    assert not MinimalNorm("l1", search_rounds=3).searches(None)

@@ -87,6 +87,8 @@ COMMANDS = {
     "attack": ["attack", "--reg", "all", "--steps", "40", "--split", "test", "--offset", "3", "--count", "10",
                "--target", "random"],
     "minimal": ["minimal", "--norm", "l1", "--steps", "20", "--starts", "3", "--split", "test", "--count", "10"],
+    "minimal-searched": ["minimal", "--norm", "linf", "--target", "untargeted", "--steps", "10", "--starts", "2",
+                         "--search-rounds", "2", "--split", "test", "--count", "10"],
     "matrix": ["matrix", "--per-class", "1", "--steps", "30"],
     "robustness": ["robustness", "--eps", "0,0.05,0.15", "--steps", "6", "--starts", "2", "--count", "12"],
     "robustness-auto": ["robustness", "--attack", "auto", "--eps", "0,0.1", "--steps", "2", "--count", "12"],
@@ -104,7 +106,7 @@ def test_merged_shards_equal_one_whole_run(command, small_cli, tiny_run, tmp_pat
         small_cli(*args, "--shard", f"{k}/3")  # into assets/shard-K-of-3
     records = [json.loads(p.read_text()) for p in (tmp_path / "assets" / "shard-1-of-3").glob("*.json")]
     assert [r["shard"] for r in records if "shard" in r][0] == {"index": 1, "count": 3, "population": 10 if
-                                                              command in ("attack", "minimal") else
+                                                              command.startswith(("attack", "minimal")) else
                                                               90 if command == "matrix" else 12}
     if command == "robustness-auto":  # the ensemble found examples: the merge has its bookkeeping to keep
         arrays = np.load(tmp_path / "whole" / "robustness_linf_auto.npz")

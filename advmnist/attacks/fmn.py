@@ -32,11 +32,14 @@ than longer searches do; the default spends Foolbox's 1000 gradient steps per im
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-from advmnist.attacks.base import UNTARGETED, Attack, AttackInterrupted, AttackResult, progress_bar, rounded_to_8bit
+from advmnist.attacks.base import (UNTARGETED, Attack, AttackInterrupted, AttackResult, is_targeted, progress_bar,
+                                   rounded_to_8bit)
+from advmnist.attacks.eps_search import SEARCH_NORMS, TIE, search_eps
 from advmnist.attacks.norms import L1, L2, NORMS, Linf, get_norm
 from advmnist.data.mnist import NUM_CLASSES
 from advmnist.errors import InvalidInput
@@ -60,6 +63,9 @@ class MinimalNorm(Attack):
         refine_steps: binary-search steps of the final shrinking towards the original.
         batch_rows: images times starts in one graph; bounds memory for any count.
         check_every: steps per session call (the progress bar's and Ctrl-C's granularity).
+        search_rounds: after FMN, rounds of a bisection over eps with APGD-CE and APGD-T from each image's
+            best norm (:mod:`advmnist.attacks.eps_search`); only for the untargeted criterion in ``linf`` and
+            ``l2``, where AutoAttack's members apply. 0 keeps FMN's results.
 
     Example:
         >>> attack = MinimalNorm("l2", steps=125, starts=8)
@@ -70,11 +76,14 @@ class MinimalNorm(Attack):
     NORMS = (L2.name, L1.name, Linf.name)
 
     def __init__(self, norm: str = L2.name, *, steps: int = 125, starts: int = 8, max_step: float = MAX_STEP,
-                 gamma: float = 0.05, refine_steps: int = 12, batch_rows: int = 512, check_every: int = 25):
+                 gamma: float = 0.05, refine_steps: int = 12, batch_rows: int = 512, check_every: int = 25,
+                 search_rounds: int = 0):
         self.norm = get_norm(norm)
         if steps < 1 or starts < 1 or refine_steps < 0:
             raise InvalidInput(f"expected steps >= 1, starts >= 1, refine_steps >= 0, got {steps}, {starts}, "
                                f"{refine_steps}")
+        if search_rounds < 0:
+            raise InvalidInput(f"expected search_rounds >= 0, got {search_rounds}")
         if batch_rows < 1 or check_every < 1:
             raise InvalidInput(f"expected batch_rows and check_every >= 1, got {batch_rows}, {check_every}")
         if not 0 < gamma < 1 or not max_step > 0:
@@ -86,6 +95,7 @@ class MinimalNorm(Attack):
         self.refine_steps = refine_steps
         self.batch_rows = batch_rows
         self.check_every = check_every
+        self.search_rounds = search_rounds
 
     @property
     def chunk_size(self) -> int:
@@ -95,9 +105,11 @@ class MinimalNorm(Attack):
     def run(self, logits_fn, images, labels, targets, *, draws, progress) -> AttackResult:
         if not len(images):
             empty = np.zeros(0, np.int64)
+            searched = {"searched_smaller": np.zeros(0, bool)} if self.searches(targets) else {}
             return AttackResult(originals=images, adversarial=images, noise=images, labels=labels, targets=targets,
                                 predictions=empty, predictions_8bit=empty,
-                                info={"found": np.zeros(0, bool), "norm_history": np.zeros((0, 0), np.float32)})
+                                info={"found": np.zeros(0, bool), "norm_history": np.zeros((0, 0), np.float32),
+                                      **searched})
         initial = self._start_points(images, draws)
         parts = []
         bar = progress_bar(self.steps * self.starts * len(images), f"minimal {self.norm.name}", progress)
@@ -111,7 +123,43 @@ class MinimalNorm(Attack):
             if not parts:
                 raise
             raise AttackInterrupted(AttackResult.concatenate(parts)) from None
-        return AttackResult.concatenate(parts)
+        result = AttackResult.concatenate(parts)
+        if not self.searches(targets):
+            return result
+        try:
+            return self._search_eps(logits_fn, result, draws, progress)
+        except KeyboardInterrupt:  # FMN's results stand
+            raise AttackInterrupted(result) from None
+
+    def searches(self, targets) -> bool:
+        """Whether the bisection with APGD follows FMN for these targets (None or all UNTARGETED: untargeted),
+        in this norm (linf or l2) and with rounds > 0."""
+        untargeted = targets is None or not is_targeted(np.asarray(targets))
+        return self.search_rounds > 0 and self.norm.name in SEARCH_NORMS and untargeted
+
+    def _search_eps(self, logits_fn, result: AttackResult, draws, progress) -> AttackResult:
+        """FMN's results, each replaced by a smaller one that the APGD bisection finds and :func:`refine`
+        shrinks; ``info["searched_smaller"]`` marks those."""
+        found = result.info["found"]
+        with progress_bar(self.search_rounds, f"minimal {self.norm.name}: APGD search over eps (rounds)",
+                          progress) as bar:
+            def on_round(searched: int) -> None:
+                bar.update(1)
+                bar.set_postfix(searched=searched, refresh=False)
+
+            delta = search_eps(logits_fn, result.originals, result.labels, result.adversarial - result.originals,
+                               found, self.norm.name, rounds=self.search_rounds, draws=draws, on_round=on_round)
+        # smaller by more than float rounding (the same 8-bit change can differ in its last bits)
+        smaller = found & (self.norm.measure(delta) < result.norms[self.norm.name] - TIE)
+        adversarial, predictions = result.adversarial.copy(), result.predictions.copy()
+        if smaller.any():
+            part = np.flatnonzero(smaller)
+            adversarial[part], predictions[part] = refine(
+                logits_fn, result.originals[part], result.labels[part], result.targets[part], delta[part].reshape(
+                    len(part), -1), found[part], self.norm.name, self.refine_steps)
+        return dataclasses.replace(result, adversarial=adversarial, noise=adversarial - result.originals,
+                                   predictions=predictions, predictions_8bit=predictions.copy(),
+                                   info={**result.info, "searched_smaller": smaller})
 
     def _start_points(self, images: np.ndarray, draws) -> np.ndarray:
         """(starts, N, 28, 28): zero for the first start, random points of the norm's START_RADIUS after."""

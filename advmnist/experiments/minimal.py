@@ -31,7 +31,8 @@ UNTARGETED_RULE = "untargeted"
 
 @dataclasses.dataclass(frozen=True)
 class MinimalSettings:
-    """The ``minimal`` command's defaults: the reference's 16 training images and 9 - d, 8 starts of 125 steps."""
+    """The ``minimal`` command's defaults: the reference's 16 training images and 9 - d, 8 starts of 125 steps;
+    untargeted in linf or l2, 5 rounds of the APGD search over eps after them."""
 
     norm: str = L2.name
     count: int = AttackSettings.count
@@ -40,10 +41,11 @@ class MinimalSettings:
     target: str = AttackSettings.target
     steps: int = 125
     starts: int = 8
+    search_rounds: int = 5
     seed: int = AttackSettings.seed
 
     def attack(self) -> MinimalNorm:
-        return ATTACK.make(self.norm, steps=self.steps, starts=self.starts)
+        return ATTACK.make(self.norm, steps=self.steps, starts=self.starts, search_rounds=self.search_rounds)
 
     @property
     def file_stem(self) -> str:
