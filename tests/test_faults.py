@@ -417,10 +417,18 @@ def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_pa
     ["attack", "--reg", "l1", "--count", "2", "--steps", "5"],
     pytest.param(["universal", "--target", "3", "--steps", "3"], marks=pytest.mark.slow),
     pytest.param(["robustness", "--eps", "0,0.1", "--count", "4", "--steps", "2"], marks=pytest.mark.slow),
+    ["minimal", "--norm", "l1", "--count", "2", "--steps", "5", "--starts", "1"],
+    pytest.param(["minimal", "--norm", "linf", "--target", "untargeted", "--count", "2", "--steps", "5", "--starts",
+                  "1", "--search-rounds", "1"], marks=pytest.mark.slow),
+    pytest.param(["matrix", "--per-class", "1", "--steps", "5"], marks=pytest.mark.slow),
+    pytest.param(["tradeoff", "--reg", "l1", "--weights", "0,0.05", "--count", "2", "--steps", "5"],
+                 marks=pytest.mark.slow),
+    pytest.param(["transfer", "--attack", "pgd", "--count", "4", "--steps", "2", "--evaluate-on", "SECOND"],
+                 marks=pytest.mark.slow),
 ])
 @pytest.mark.parametrize("full_at", ["first", "last"])
 def test_a_full_disk_while_results_are_written_is_one_line_and_leaves_no_record(
-        runner, tiny_run, commands_on_small_mnist, tmp_path, monkeypatch, command, full_at):
+        runner, tiny_run, commands_on_small_mnist, tmp_path, monkeypatch, request, command, full_at):
     """The disk fills up at the first file of a result set, or at its last (the record, written last as the
     manifest of the set): exit 1 with one line naming the file, no temporary file left, no record."""
     import contextlib
@@ -428,6 +436,9 @@ def test_a_full_disk_while_results_are_written_is_one_line_and_leaves_no_record(
 
     from advmnist import fileio
 
+    if "SECOND" in command:  # transfer's other model
+        second = str(request.getfixturevalue("second_model").path.parent)
+        command = [second if arg == "SECOND" else arg for arg in command]
     whole = tmp_path / "whole"
     assert runner.invoke(main, [*command, "--model", str(tiny_run[0]), "--out", str(whole)]).exit_code == 0
     count = len([p for p in whole.iterdir() if p.is_file()])  # the files of one set
