@@ -313,7 +313,8 @@ def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--eps", "0"], "0<x<=1"), (["--eps", "1.5"], "0<x<=1"), (["--beta", "-1", "--loss", "trades"], "x>=0"),
+    (["--eps", "0"], "0<x<=1"), (["--eps", "1.5"], "0<x<=1"), (["--eps", "0.1,0.3"], "expected one budget"),
+    (["--beta", "-1", "--loss", "trades"], "x>=0"),
     (["--loss", "mart"], "'pgd', 'trades'"), (["--eps-ramp", "4", "--epochs", "3"], "expected an eps ramp of 0 to 3"),
     (["--beta", "2"], "only applies with --loss trades"), (["--no-guard"], "only applies with --attack fgsm-rs"),
     (["--resume", "--overwrite"], "does not apply"), (["--from-scratch", "--model", "runs/cnn"], "does not apply"),

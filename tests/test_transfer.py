@@ -43,6 +43,8 @@ def test_every_cell_is_a_forward_pass_of_the_evaluated_model_on_the_sources_exam
     (["--attack", "attack", "--target", "untargeted"], "untargeted"),
     (["--attack", "fgsm"], "Invalid value"),
     (["--eps", "2"], "Invalid value"),
+    (["--eps", "0.1,0.2"], "expected one budget, got the list '0.1,0.2'"),
+    (["--eps", "nan"], "expected a finite number"),
     (["--count", "20000"], "expected --offset + --count"),
     (["--attack", "minimal", "--eps", "0.1", "--evaluate-on", "{model}.pb"],
      "--eps only applies to the attacks bounded"),

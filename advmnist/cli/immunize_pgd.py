@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from advmnist.cli.options import Output, finite, progress_enabled
+from advmnist.cli.options import OneEps, Output, finite, progress_enabled
 from advmnist.defences.losses import ATTACKS, LOSSES
 from advmnist.defences.pgd_training import PGDTrainingSettings
 from advmnist.attacks.norms import Linf
@@ -24,7 +24,8 @@ SHARED_FIELDS = ("clean_fraction", "shift", "precision", "seed")
 def pgd_options(func):
     """The options of ``immunize pgd`` that ``immunize universal`` does not have."""
     for option in reversed([
-        click.option("--eps", type=click.FloatRange(0, 1, min_open=True), callback=finite, default=PGD_DEFAULTS.eps,
+        click.option("--eps", type=OneEps("the network is trained against one budget (its ramp: --eps-ramp)"),
+                     callback=finite, default=PGD_DEFAULTS.eps,
                      show_default=True, help="The L-infinity budget of the training attack."),
         click.option("--epochs", type=click.FloatRange(0, 1000, min_open=True), callback=finite,
                      default=PGD_DEFAULTS.epochs, show_default=True,

@@ -73,6 +73,22 @@ def finite(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+class OneEps(click.FloatRange):
+    """One budget in (0, 1]; a comma-separated list (what ``robustness --eps`` takes) is refused by name."""
+
+    name = "eps"
+
+    def __init__(self, why: str):
+        super().__init__(0, 1, min_open=True)
+        self.why = why
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "," in value:
+            self.fail(f"expected one budget, got the list {value!r}: {self.why} (robustness --eps takes several)",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def writable_folder(ctx: click.Context, param: click.Parameter, value: Path | None):
     """Check an output folder before any work is done (not after an hour of it)."""
     from advmnist.fileio import check_writable_dir

@@ -6,10 +6,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from advmnist.cli.options import (TARGET_RULE_CHOICES, Output, check_range, check_same_input_shape, config_option,
-                                  data_dir_option, json_option, no_verify_option, out_option, progress_enabled,
-                                  range_options, renamed_option, seed_option, split_option, take_renamed,
-                                  translate_errors)
+from advmnist.cli.options import (TARGET_RULE_CHOICES, OneEps, Output, check_range, check_same_input_shape,
+                                  config_option, data_dir_option, finite, json_option, no_verify_option, out_option,
+                                  progress_enabled, range_options, renamed_option, seed_option, split_option,
+                                  take_renamed, translate_errors)
 from advmnist.attacks.registry import REGISTRY, names
 from advmnist.experiments.transfer import TransferSettings, attack_norm, default_steps
 
@@ -36,7 +36,8 @@ DEFAULTS = TransferSettings()
               show_default=True, help="Intended target: 9-d, d+1, random, a class 0-9, or untargeted (any wrong "
                                       "class: the only criterion of " + ", ".join(n for n, e in REGISTRY.items()
                                                                                   if not e.targeted) + ").")
-@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), default=DEFAULTS.eps, show_default=True,
+@click.option("--eps", type=OneEps("the examples are made at one eps; run transfer once per eps"),
+              callback=finite, default=DEFAULTS.eps, show_default=True,
               help="The L-infinity budget of the attacks bounded by one (" + ", ".join(names(bounded=True)) + ").")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Iterations of the attack (square: queries; minimal: steps per start).  [default: "
