@@ -240,3 +240,30 @@ def test_interrupted_immunize_keeps_the_network_and_the_finished_rounds(tiny_run
     probabilities = FrozenModel.load(run_dir).predict_proba(np.zeros((2, 28, 28), np.float32))
     assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
     assert not (out / "immunize_3_rounds2_fixed.json").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_universal_all_keeps_the_finished_targets_apart(tiny_run, commands_on_small_mnist, tmp_path,
+                                                                    monkeypatch):
+    from advmnist.attacks.universal_noise import UniversalNoise
+
+    original, calls = UniversalNoise.run, []
+
+    def interrupted_at_the_third_target(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(UniversalNoise, "run", interrupted_at_the_third_target)
+    (tmp_path / "universal_all.json").write_text("{}")  # an earlier whole run's record: left alone
+    result = CliRunner().invoke(main, ["universal", "--target", "all", "--steps", "3", "--model", str(tiny_run[0]),
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 130, result.output
+    assert "Interrupted after 2 of 10 targets (0, 1)" in result.output and "were not fitted" in result.output
+    partial = tmp_path / "universal_partial"
+    record = json.loads((partial / "universal_partial.json").read_text())
+    assert [e["target"] for e in record["effects"]] == [0, 1]
+    assert np.load(partial / "universal_noise_1.npy").shape == (28, 28)
+    assert not (partial / "universal_noise_all.npy").exists() and not (tmp_path / "universal_noise_0.npy").exists()
+    assert (tmp_path / "universal_all.json").read_text() == "{}"

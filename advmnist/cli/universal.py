@@ -71,7 +71,7 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
     from advmnist.report import figures
     from advmnist.experiments.universal import write_universal
     from advmnist.data.mnist import load_train_test
-    from advmnist.experiments.universal import universal_attack
+    from advmnist.experiments.universal import UniversalInterrupted, universal_attack
 
     output = Output(json_mode)
     targets = target_list(target)
@@ -79,8 +79,11 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
     model = load_model(model_path, no_verify, output)
     train_split, test = load_train_test(data_dir, output.say)
     settings = UniversalSettings(steps=noise_steps, noise_limit=noise_limit, l2_weight=l2_weight, seed=seed)
-    result = universal_attack(model, train_split.images, test, targets, settings, progress=progress_enabled(),
-                              given_noise=given)
+    try:
+        result = universal_attack(model, train_split.images, test, targets, settings, progress=progress_enabled(),
+                                  given_noise=given)
+    except UniversalInterrupted as stop:
+        _keep_partial(stop, out, test, settings, model, noise_file, targets)
     record = write_universal(out, settings.file_stem(target, given=noise_file is not None), result, targets,
                                      test, settings, model_path=model.path, target=target, noise_file=noise_file)
     output.say(f"model {model.path}: clean test accuracy {result.clean_accuracy:.2%}")
@@ -91,6 +94,26 @@ def universal(target, noise_steps, noise_limit, l2_weight, seed, noise_file, mod
         output.say(figures.format_confusion(result.effects[0].confusion))
     output.say(f"figures and noise in {out}/")
     output.result(record)
+
+
+def _keep_partial(stop, out: Path, test, settings, model, noise_file, targets: list[int]) -> None:
+    """Ctrl-C after some targets were finished: their files go to ``out/universal_partial`` (never over a whole
+    run's), the command says which and exits 130."""
+    import sys
+
+    from advmnist.experiments.universal import write_universal
+
+    partial = out / "universal_partial"
+    done = ", ".join(map(str, stop.targets))
+    click.echo(f"\nInterrupted after {len(stop.targets)} of {len(targets)} targets ({done}); writing their noises "
+               f"and figures to {partial}/ ...", err=True)
+    # named by its targets, not "all": no universal_noise_all.npy of fewer than ten noises
+    write_universal(partial, "universal_partial", stop.partial, stop.targets, test, settings, model_path=model.path,
+                    target=done, noise_file=noise_file)
+    rest = [t for t in targets if t not in stop.targets]
+    click.echo(f"Kept. The others ({', '.join(map(str, rest))}) were not fitted: `advmnist universal --target T` "
+               "fits one, `--target all` all ten again.", err=True)
+    sys.exit(130)
 
 
 def checked_noise(path: Path, count: int, noise_limit: float) -> np.ndarray:

@@ -101,13 +101,27 @@ def universal_attack(model: FrozenModel, train_images: np.ndarray, test: Split, 
     attack = settings.attack(train_images, given)
     clean = model.predict_proba(test.images).argmax(1)
     noises, effects = [], []
-    for target in targets:
-        result = attack(model.logits, test.images, test.labels, targets=np.full(len(test), target),
-                        seed=settings.seed, progress=progress)
-        noises.append(result.noise[0] if len(result) else np.zeros(test.images.shape[1:], np.float32))
-        effects.append(noise_effect(result.predictions, test.labels, target))
+    try:
+        for target in targets:
+            result = attack(model.logits, test.images, test.labels, targets=np.full(len(test), target),
+                            seed=settings.seed, progress=progress)
+            noises.append(result.noise[0] if len(result) else np.zeros(test.images.shape[1:], np.float32))
+            effects.append(noise_effect(result.predictions, test.labels, target))
+    except KeyboardInterrupt:
+        if not noises:
+            raise
+        raise UniversalInterrupted(UniversalResult(noise=np.stack(noises), clean_accuracy=float(
+            (clean == test.labels).mean()), effects=effects), targets[:len(noises)]) from None
     return UniversalResult(noise=np.stack(noises), clean_accuracy=float((clean == test.labels).mean()),
                            effects=effects)
+
+
+class UniversalInterrupted(KeyboardInterrupt):
+    """Ctrl-C after some targets' noises were finished: ``partial`` holds them, ``targets`` their classes."""
+
+    def __init__(self, partial: UniversalResult, targets: list[int]):
+        super().__init__(f"interrupted after {len(targets)} target(s)")
+        self.partial, self.targets = partial, targets
 
 
 # ---------------------------------------------------------------------------- its files and figures
