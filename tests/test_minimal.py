@@ -321,3 +321,37 @@ def test_the_search_only_ever_replaces_fmns_result_by_a_smaller_8bit_one(tiny_mo
     targeted = MinimalNorm("linf", steps=10, starts=1, search_rounds=3)
     assert not targeted.searches(choose_targets(labels, "9-d")) and targeted.searches(None)
     assert not MinimalNorm("l1", search_rounds=3).searches(None)
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_images_or_fmns_results_and_says_which(tiny_run, tmp_path, monkeypatch):
+    from advmnist.attacks import fmn
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    base = ["minimal", "--norm", "linf", "--target", "untargeted", "--split", "test", "--offset", "0", "--steps", "5",
+            "--model", str(tiny_run[0])]
+    # during the search over eps: FMN had finished every image
+    with monkeypatch.context() as patch:
+        patch.setattr(fmn, "search_eps", stop)
+        result = CliRunner().invoke(main, base + ["--count", "3", "--starts", "1", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 130, result.output
+    assert "Interrupted during the APGD search over eps: FMN's results for all 3 images" in result.output
+    record = json.loads((tmp_path / "a" / "minimal_linf_partial.json").read_text())
+    assert record["settings"]["completed"] == 3 and len(record["rows"]) == 3
+    assert not (tmp_path / "a" / "minimal_linf.json").exists()
+    # in FMN's second chunk (64 starts: 8 images a chunk): the first 8 images are kept
+    calls, original = [], fmn.FMNSearch.run
+
+    def second_chunk(self, *args):
+        calls.append(args[1:])
+        if len(calls) > 1 and args[1] == 0:  # the first steps of another chunk
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(fmn.FMNSearch, "run", second_chunk)
+    result = CliRunner().invoke(main, base + ["--count", "10", "--starts", "64", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 130, result.output
+    assert "the first 8 of 10 images were done" in result.output
+    assert len(json.loads((tmp_path / "b" / "minimal_linf_partial.json").read_text())["rows"]) == 8

@@ -114,8 +114,12 @@ def _run_or_keep_partial(attack, settings, model, images, labels, targets, posit
         summary = summarize(stop.partial, settings.norm, indices=indices[:done], seconds=time.time() - started)
         partial = write_minimal(out, f"{settings.file_stem}_partial", stop.partial, summary, indices[:done],
                                         {**record, "completed": done})
-        click.echo(f"\nInterrupted: the first {done} of {len(images)} images were done; their results are in "
-                   f"{partial['files']['arrays']} and beside it.", err=True)
+        if done == len(images):  # FMN had finished: the search over eps was interrupted
+            click.echo(f"\nInterrupted during the APGD search over eps: FMN's results for all {done} images (as "
+                       f"--search-rounds 0 gives them) are in {partial['files']['arrays']} and beside it.", err=True)
+        else:
+            click.echo(f"\nInterrupted: the first {done} of {len(images)} images were done; their results are in "
+                       f"{partial['files']['arrays']} and beside it.", err=True)
         sys.exit(130)
 
 
