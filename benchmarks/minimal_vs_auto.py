@@ -19,7 +19,8 @@ accuracy, the minimal curve's (with and without the search) and the gap in point
 Every ``minimal`` result is an 8-bit image, so in L-infinity its change is a whole number
 of 1/255 steps, while AutoAttack attacks float images: at an eps between two steps (0.05
 is 12.75/255, 0.1 is 25.5/255) AutoAttack may use a fraction of a step that no 8-bit image
-has. The column ``8-bit step`` says whether eps is one (the comparison on equal terms).
+has. The column ``8-bit step`` says whether eps is one (the comparison on equal terms; "-" in L2,
+where no budget is a whole number of steps).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def main() -> None:
               "gap_points": [round(100 * (m - a), 1) for m, a in zip(curves["minimal"], auto)]}
     headers = ["eps", "8-bit step", "AutoAttack", *[f"minimal ({n})" if n != "minimal" else "minimal" for n in curves],
                "gap (points)"]
-    rows = [[e, "yes" if on_8bit_step(e) else "no", f"{100 * a:.1f} %",
+    rows = [[e, ("yes" if on_8bit_step(e) else "no") if args.norm == "linf" else "-", f"{100 * a:.1f} %",
              *[f"{100 * curves[n][k]:.1f} %" for n in curves], f"{result['gap_points'][k]:+.1f}"]
             for k, (e, a) in enumerate(zip(eps, auto))]
     print(f"{args.norm}, test images {args.offset}..{args.offset + args.count - 1}, model {args.model}")
