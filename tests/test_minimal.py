@@ -242,11 +242,12 @@ def test_minimal_command_writes_table_figures_arrays(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_minimal_command_untargeted(tiny_run, tmp_path):
     result = CliRunner().invoke(main, ["minimal", "--target", "untargeted", "--split", "test", "--offset", "0",
-                                       "--count", "3", "--steps", "20", "--starts", "1", "--model", str(tiny_run[0]),
-                                       "--out", str(tmp_path), "--json"])
+                                       "--count", "3", "--steps", "20", "--starts", "1", "--search-rounds", "1",
+                                       "--model", str(tiny_run[0]), "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert [row["target"] for row in payload["rows"]] == [-1, -1, -1]
+    assert payload["settings"]["search_rounds"] == 1 and "then 1 round of APGD search over eps" in result.stderr
     assert payload["summary"]["targeted"] is False
 
 

@@ -88,7 +88,7 @@ COMMANDS = {
                "--target", "random"],
     "minimal": ["minimal", "--norm", "l1", "--steps", "20", "--starts", "3", "--split", "test", "--count", "10"],
     "minimal-searched": ["minimal", "--norm", "linf", "--target", "untargeted", "--steps", "10", "--starts", "2",
-                         "--search-rounds", "2", "--split", "test", "--count", "10"],
+                         "--search-rounds", "1", "--split", "test", "--count", "10"],
     "matrix": ["matrix", "--per-class", "1", "--steps", "30"],
     "robustness": ["robustness", "--eps", "0,0.05,0.15", "--steps", "6", "--starts", "2", "--count", "12"],
     "robustness-auto": ["robustness", "--attack", "auto", "--eps", "0,0.1", "--steps", "2", "--count", "12"],

@@ -86,7 +86,8 @@ def minimal(norm, count, offset, split, target, steps, starts, search_rounds, se
     record = {"model": display_path(model.path), "model_sha256": model.sha256, **vars(settings)}
     figures.import_in_background()
     attack = settings.attack()
-    searched = f", then {search_rounds} rounds of APGD search over eps" if attack.searches(targets) else ""
+    rounds = f"{search_rounds} round{'s' if search_rounds > 1 else ''}"
+    searched = f", then {rounds} of APGD search over eps" if attack.searches(targets) else ""
     output.say(f"minimal {norm}: {len(images)} image(s), {starts} start(s) x {steps} steps each{searched}"
                + (f" (shard {shard} of {count})" if shard else ""))
     started = time.time()
