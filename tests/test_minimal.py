@@ -308,9 +308,9 @@ def test_the_search_over_eps_brings_a_poor_start_close_to_a_linear_models_bounda
 @pytest.mark.slow
 def test_the_search_only_ever_replaces_fmns_result_by_a_smaller_8bit_one(tiny_model, mnist_small):
     _, test = mnist_small
-    images, labels = test.images[:12], test.labels[:12]
+    images, labels = test.images[:6], test.labels[:6]
     plain = MinimalNorm("linf", steps=10, starts=1)(tiny_model.logits, images, labels, seed=0)
-    searched = MinimalNorm("linf", steps=10, starts=1, search_rounds=3)(tiny_model.logits, images, labels, seed=0)
+    searched = MinimalNorm("linf", steps=10, starts=1, search_rounds=2)(tiny_model.logits, images, labels, seed=0)
     smaller = searched.info["searched_smaller"]
     assert smaller.any()  # 10 FMN steps leave room below
     before, after = plain.norms["linf"], searched.norms["linf"]
