@@ -86,10 +86,7 @@ def minimal(norm, count, offset, split, target, steps, starts, search_rounds, se
     record = {"model": display_path(model.path), "model_sha256": model.sha256, **vars(settings)}
     figures.import_in_background()
     attack = settings.attack()
-    rounds = f"{search_rounds} round{'s' if search_rounds > 1 else ''}"
-    searched = f", then {rounds} of APGD search over eps" if attack.searches(targets) else ""
-    output.say(f"minimal {norm}: {len(images)} image(s), {starts} start(s) x {steps} steps each{searched}"
-               + (f" (shard {shard} of {count})" if shard else ""))
+    output.say(opening_line(settings, attack.searches(targets), len(images), shard))
     started = time.time()
     result = _run_or_keep_partial(attack, settings, model, images, labels, targets, positions, indices, out, record)
     summary = summarize(result, norm, indices=indices, seconds=time.time() - started)
@@ -97,6 +94,14 @@ def minimal(norm, count, offset, split, target, steps, starts, search_rounds, se
                                     shard=shard.record(count) if shard else None)
     print_minimal(output, summary, payload["files"])
     output.result(payload)
+
+
+def opening_line(settings, searches: bool, images: int, shard) -> str:
+    """What the run is about to do: images, starts x steps, the search's rounds (if it runs), the shard."""
+    rounds = f"{settings.search_rounds} round{'s' if settings.search_rounds > 1 else ''}"
+    searched = f", then {rounds} of APGD search over eps" if searches else ""
+    return (f"minimal {settings.norm}: {images} image(s), {settings.starts} start(s) x {settings.steps} steps each"
+            f"{searched}" + (f" (shard {shard} of {settings.count})" if shard else ""))
 
 
 def _run_or_keep_partial(attack, settings, model, images, labels, targets, positions, indices, out, record):
