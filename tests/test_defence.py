@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,6 +311,45 @@ def test_cli_ctrl_c_then_resume(tiny_run, mnist_small, tmp_path, monkeypatch):
     assert final == json.loads((out / "robustness_linf_auto.json").read_text())
     curve = final["models"][0]["robust_accuracy"]
     assert len(curve) == 3 and all(a >= b for a, b in zip(curve, curve[1:]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full_at, what", [(2, "the training's state at step"), (3, "the trained network")])
+def test_a_full_disk_while_saving_is_one_line_and_resume_finishes_the_run(tiny_run, mnist_small, tmp_path,
+                                                                           monkeypatch, full_at, what):
+    """Three epochs save the state after the first two (saves 1 and 2), then the network (3): the disk is full
+    at save 2 or 3 (TensorFlow's own error, a partial file left): exit 1, one line, no partial file, no
+    model.pb; once space is freed, --resume ends the run with all three epochs."""
+    import advmnist.data.mnist
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    monkeypatch.setattr(advmnist.data.mnist, "load_train_test", lambda data_dir=None, log=None: mnist_small)
+    real_save, calls = tf.train.Saver.save, []
+
+    def save(self, sess, save_path, *args, **kwargs):
+        calls.append(save_path)
+        if len(calls) == full_at:
+            Path(f"{save_path}.data-00000-of-00001.tempstate42").write_bytes(b"partial")
+            raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+        return real_save(self, sess, save_path, *args, **kwargs)
+
+    monkeypatch.setattr(tf.train.Saver, "save", save)
+    run, out, runner = tmp_path / "run", tmp_path / "out", CliRunner()
+    args = ["immunize", "pgd", "--eps", "0.3", "--epochs", "3", "--pgd-steps", "1", "--evaluate", "0",
+            "--run-dir", str(run), "--out", str(out)]
+    full = runner.invoke(main, args + ["--model", str(tiny_run[0])])
+    assert full.exit_code == 1, (full.output, full.exception)
+    assert "Traceback" not in full.output and full.stderr, (full.output, repr(full.exception))
+    last = full.stderr.strip().splitlines()[-1]
+    assert what in last and "No space left on device" in last and "continue with --resume" in last, last
+    assert not list(run.rglob("*tempstate*")) and not (run / "model.pb").exists() and not out.exists()
+    monkeypatch.setattr(tf.train.Saver, "save", real_save)  # space freed
+    resumed = runner.invoke(main, ["immunize", "pgd", "--resume", "--run-dir", str(run), "--out", str(out),
+                                   "--evaluate", "0", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [e["epoch"] for e in json.loads(resumed.stdout)["history"]] == [1, 2, 3]
+    assert (run / "model.pb").is_file() and not (run / "resume").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -316,8 +316,30 @@ def save_trained(saver, sess, out_dir: os.PathLike | str, name: str, **meta) -> 
     """Save a session's network as a new run: a checkpoint (``saver``), ``model.pb`` and ``model.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = saver.save(sess, str(out_dir / name), write_meta_graph=False)
+    then = (f"the training's state is kept in {out_dir / RESUME_DIR}: free some space and continue with --resume"
+            if has_resume_state(out_dir) else "free some space and run the command again")
+    checkpoint = save_checkpoint(saver, sess, out_dir / name, "the trained network", then)
     return write_frozen(inference_graph_def(checkpoint), out_dir, checkpoint, **meta)
+
+
+def save_checkpoint(saver, sess, prefix: os.PathLike | str, what: str, then: str) -> str:
+    """``saver.save(sess, prefix)``; a full disk (or any other write error) is an OSError whose message names
+    ``what`` and says ``then``, with TensorFlow's partial ``*.tempstate*`` files removed (TensorFlow raises
+    its own error types, which the commands would show as a traceback)."""
+    import errno
+
+    from advmnist.tfcompat import tf1
+
+    tf = tf1()
+    try:
+        return saver.save(sess, str(prefix), write_meta_graph=False)
+    except (OSError, tf.errors.OpError) as err:
+        folder = Path(prefix).parent
+        for partial in folder.glob("*.tempstate*"):
+            partial.unlink(missing_ok=True)
+        reason = str(getattr(err, "message", None) or getattr(err, "strerror", None) or err).splitlines()[0]
+        raise OSError(getattr(err, "errno", None) or errno.EIO, f"{what} could not be written ({reason}); {then}",
+                      str(folder)) from err
 
 
 #: Where a training that can be resumed keeps its state when interrupted: a checkpoint of every variable
@@ -333,7 +355,9 @@ def save_resume_state(saver, sess, out_dir: os.PathLike | str, record: dict) -> 
     folder = Path(out_dir) / RESUME_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = f"state-{int(record.get('step', 0))}"
-    saver.save(sess, str(folder / name), write_meta_graph=False)
+    then = ("the state saved before it is kept: free some space and continue with --resume"
+            if has_resume_state(out_dir) else "nothing resumable was kept: free some space and run the command again")
+    save_checkpoint(saver, sess, folder / name, f"the training's state at step {int(record.get('step', 0))}", then)
     fileio.write_json(folder / RESUME_FILE, {**record, "checkpoint": name})
     for old in folder.glob("state*"):
         if old.name != RESUME_FILE and old.name.split(".")[0] != name:
