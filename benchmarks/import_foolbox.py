@@ -80,7 +80,7 @@ def train_worker(out: Path, epochs: int, seed: int) -> None:
 
 
 def ours(run: Path, eps: float, steps: int, count: int, work: Path) -> dict:
-    seconds, stdout = timed(["advmnist", "robustness", "--model", str(run), "--norm", "linf", "--eps", f"0,{eps}",
+    seconds, stdout = timed(["advmnist", "robustness", "--attack", "pgd", "--model", str(run), "--norm", "linf", "--eps", f"0,{eps}",
                              "--steps", str(steps), "--count", str(count), "--out", str(work / f"ours_{steps}"),
                              "--json"])
     (curve,) = json.loads(stdout)["models"]

@@ -49,7 +49,7 @@ def main() -> None:
     eps_text = ",".join(f"{e:g}" for e in args.eps)
     with tempfile.TemporaryDirectory(prefix="advmnist-robustness-bench-") as work:
         work = Path(work)
-        ours_command = ["advmnist", "robustness", "--norm", "linf", "--eps", eps_text, "--split", "test", "--offset",
+        ours_command = ["advmnist", "robustness", "--attack", "pgd", "--norm", "linf", "--eps", eps_text, "--split", "test", "--offset",
                         "0", "--count", str(args.count), "--model", str(model), "--out", str(work / "ours"),
                         *shlex.split(args.ours)]
         ours_seconds = timed(ours_command)

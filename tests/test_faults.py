@@ -416,7 +416,8 @@ def test_read_only_cache_missing_a_file_still_works_with_a_valid_data_dir(tmp_pa
 @pytest.mark.parametrize("command", [
     ["attack", "--reg", "l1", "--count", "2", "--steps", "5"],
     pytest.param(["universal", "--target", "3", "--steps", "3"], marks=pytest.mark.slow),
-    pytest.param(["robustness", "--eps", "0,0.1", "--count", "4", "--steps", "2"], marks=pytest.mark.slow),
+    pytest.param(["robustness", "--attack", "pgd", "--eps", "0,0.1", "--count", "4", "--steps", "2"],
+                 marks=pytest.mark.slow),
     ["minimal", "--norm", "l1", "--count", "2", "--steps", "5", "--starts", "1"],
     pytest.param(["matrix", "--per-class", "1", "--steps", "5"], marks=pytest.mark.slow),
     pytest.param(["tradeoff", "--reg", "l1", "--weights", "0,0.05", "--count", "2", "--steps", "5"],

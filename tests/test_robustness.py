@@ -88,11 +88,11 @@ def test_pgd_and_eps_are_checked():
 @pytest.mark.parametrize("args", [["--eps", "0,1.5"], ["--eps", "0,abc"], ["--norm", "l1"], ["--count", "0"],
                                   ["--starts", "0"]])
 def test_robustness_bad_input_is_a_clear_error(bad_input, args):
-    bad_input(["robustness"] + args, "robustness_linf.png")
+    bad_input(["robustness"] + args, "robustness_linf_auto.png")
 
 
 def test_models_of_different_input_shapes_are_refused(tiny_run, other_shape_run, bad_input):
-    bad_input(["robustness", "--model", str(tiny_run[0]), "--model", str(other_shape_run)], "robustness_linf.png",
+    bad_input(["robustness", "--model", str(tiny_run[0]), "--model", str(other_shape_run)], "robustness_linf_auto.png",
               "same input shape")
 
 
@@ -103,7 +103,8 @@ def test_robustness_command_two_models_and_the_minimal_curve(tiny_run, tmp_path)
     done = runner.invoke(main, ["minimal", "--norm", "linf", "--target", "untargeted", "--steps", "30", "--starts",
                                 "1", "--model", str(tiny_run[0])] + common)
     assert done.exit_code == 0, done.output
-    result = runner.invoke(main, ["robustness", "--eps", "0,0.05,0.2", "--steps", "10", "--model", str(tiny_run[0]),
+    result = runner.invoke(main, ["robustness", "--attack", "pgd", "--eps", "0,0.05,0.2", "--steps", "10", "--model",
+                                  str(tiny_run[0]),
                                   "--model", str(tiny_run[0] / "model.pb"), "--json"] + common)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -189,7 +190,8 @@ def test_ctrl_c_keeps_the_models_already_measured(tiny_run, mnist_small, monkeyp
     monkeypatch.setattr(robustness_lib, "robustness_curve", second_model_interrupted)
     monkeypatch.setattr("advmnist.data.mnist.load_split", lambda *a, rows=None, **k: Split(test.images[rows],
                                                                                      test.labels[rows]))
-    result = CliRunner().invoke(main, ["robustness", "--count", "10", "--eps", "0,0.1", "--steps", "5", "--model",
+    result = CliRunner().invoke(main, ["robustness", "--attack", "pgd", "--count", "10", "--eps", "0,0.1", "--steps",
+                                       "5", "--model",
                                        str(tiny_run[0]), "--model", str(tiny_run[0] / "model.pb"), "--out",
                                        str(tmp_path)])
     assert result.exit_code == 130, result.output

@@ -90,7 +90,8 @@ COMMANDS = {
     "minimal-searched": ["minimal", "--norm", "linf", "--target", "untargeted", "--steps", "10", "--starts", "2",
                          "--search-rounds", "1", "--split", "test", "--count", "10"],
     "matrix": ["matrix", "--per-class", "1", "--steps", "30"],
-    "robustness": ["robustness", "--eps", "0,0.05,0.15", "--steps", "6", "--starts", "2", "--count", "12"],
+    "robustness": ["robustness", "--attack", "pgd", "--eps", "0,0.05,0.15", "--steps", "6", "--starts", "2", "--count",
+                   "12"],
     "robustness-auto": ["robustness", "--attack", "auto", "--eps", "0,0.1", "--steps", "2", "--count", "12"],
 }
 
@@ -179,7 +180,7 @@ def test_merge_refuses_other_models_misplaced_arrays_and_damaged_records(small_c
 @pytest.mark.slow
 def test_merge_refuses_shards_of_different_attacks(small_cli, tiny_run, tmp_path, autoattack_members):
     common = ["robustness", "--eps", "0,0.1", "--steps", "2", "--count", "4", "--model", tiny_run[0]]
-    small_cli(*common, "--shard", "0/2")
+    small_cli(*common, "--attack", "pgd", "--shard", "0/2")
     small_cli(*common, "--attack", "auto", "--shard", "1/2")
     shards = tmp_path / "assets"
     for suffix in (".json", ".npz", ".png"):  # the auto shard's files under the name of PGD's

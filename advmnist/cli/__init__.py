@@ -82,7 +82,7 @@ def main(verbose: bool) -> None:
       advmnist matrix                # every digit into every other: success and cost
       advmnist tradeoff              # noise size against success, over regularization weights
       advmnist minimal --norm l2     # the smallest change per image that fools the network
-      advmnist robustness            # robust accuracy against eps (PGD; --attack auto), 1000 test images
+      advmnist robustness            # robust accuracy against eps (AutoAttack; --attack pgd), 1000 images
       advmnist transfer --model runs/cnn --evaluate-on OTHER_RUN  # do examples made on one network fool another?
       advmnist universal --target 3  # one noise that makes the network read every digit as 3
       advmnist immunize universal --target 3  # adversarial training against that noise

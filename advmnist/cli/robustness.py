@@ -68,15 +68,17 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
     fooled at every larger one, so only the images still standing are attacked at the
     next.
 
+    auto, the default, is AutoAttack's standard ensemble (Croce & Hein 2020), the
+    measure defences are judged by: APGD-CE, APGD-T, FAB-T and Square in turn, each on
+    the images the others left standing; the robust accuracy after each member is
+    printed per eps, and a warning is given when Square (no gradient) fools more than
+    1 % of the images that the gradient attacks missed, a sign of gradient masking.
     pgd is projected gradient descent (Madry et al. 2018: a random start in the
     eps-ball, steps of 0.1 eps along the sign of the gradient for linf or the
-    normalized gradient for l2, projection onto the ball and onto valid pixels). auto
-    is AutoAttack's standard ensemble (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T and
-    Square in turn, each on the images the others left standing; the robust accuracy
-    after each member is printed per eps, and a warning is given when Square (no
-    gradient) fools more than 1 % of the images that the gradient attacks missed, a
-    sign of gradient masking. Every example is re-checked by a plain forward pass of
-    the network; the count of unconfirmed verdicts is printed (it must be 0).
+    normalized gradient for l2, projection onto the ball and onto valid pixels): much
+    quicker, but only an upper bound that can be several points too kind (see
+    docs/results.md). Every example is re-checked by a plain forward pass of the
+    network; the count of unconfirmed verdicts is printed (it must be 0).
 
     If `advmnist minimal --target untargeted` ran on the same model and images with
     its results in --out, its curve (the smallest perturbation of each image) is drawn
@@ -91,8 +93,8 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
 
     \b
     Examples:
-      advmnist robustness                                  # linf PGD, 1000 test images
-      advmnist robustness --attack auto --count 100        # AutoAttack's standard version
+      advmnist robustness --count 100             # linf AutoAttack (standard), 100 test images
+      advmnist robustness --attack pgd --starts 3  # the quick PGD bound, 1000 test images
       advmnist robustness --norm l2 --model runs/cnn --model runs/cnn-immune-3
       advmnist robustness --shard K/N   # one of N processes; then `advmnist merge assets/shard-*`
     """
@@ -192,10 +194,10 @@ def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, ta
                                  f"got {norm!r}", param_hint="--norm")
     if target is not None and not entry.targeted:
         raise click.BadParameter(f"--attack {attack} supports only the untargeted criterion; expected no "
-                                 "--target", param_hint="--target")
+                                 "--target (--attack pgd takes one)", param_hint="--target")
     if restarts is not None and not entry.accepts("restarts"):
-        raise click.BadParameter(f"expected no --starts with --attack {attack} (it has no random starts)",
-                                 param_hint="--starts")
+        raise click.BadParameter(f"expected no --starts with --attack {attack} (it has no random starts; "
+                                 f"--attack pgd has)", param_hint="--starts")
     try:
         return RobustnessSettings(norm=norm, eps=eps, count=count, offset=offset, split=split, attack=attack,
                                   steps=steps, restarts=restarts, seed=seed, target=target).resolved()

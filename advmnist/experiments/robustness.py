@@ -58,7 +58,7 @@ def parse_eps(text: str, norm: str) -> tuple[float, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class RobustnessSettings:
-    """The ``robustness`` command's defaults: 1000 test images, untargeted PGD, 40 steps, one start.
+    """The ``robustness`` command's defaults: 1000 test images, untargeted, AutoAttack's standard ensemble.
 
     ``steps`` are the attack's iterations (None: its default; for ``auto``, the budget of APGD-CE that
     scales every member's, 100 in AutoAttack's standard version); ``restarts`` and ``rel_step`` apply to the
@@ -70,7 +70,7 @@ class RobustnessSettings:
     count: int = 1000
     offset: int = 0
     split: str = "test"
-    attack: str = "pgd"
+    attack: str = "auto"
     steps: int | None = None
     restarts: int | None = None
     rel_step: float | None = None
