@@ -263,7 +263,7 @@ def test_the_page_renders_in_a_real_browser_with_every_image(reproduced, tmp_pat
 
 
 @pytest.mark.slow
-def test_without_a_model_the_first_step_trains_one(tmp_path):
+def test_without_a_model_the_first_step_trains_one(tmp_path, commands_on_small_mnist):
     config = tmp_path / "train.toml"
     config.write_text("[train]\nepochs = 1\nbatch-size = 256\n")
     out = tmp_path / "report"

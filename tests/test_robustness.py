@@ -101,11 +101,10 @@ def test_robustness_command_two_models_and_the_minimal_curve(tiny_run, tmp_path)
     runner = CliRunner()
     common = ["--split", "test", "--offset", "0", "--count", "12", "--out", str(tmp_path)]
     done = runner.invoke(main, ["minimal", "--norm", "linf", "--target", "untargeted", "--steps", "30", "--starts",
-                                "1", "--model", str(tiny_run[0])] + common)
+                                "1", "--search-rounds", "0", "--model", str(tiny_run[0])] + common)
     assert done.exit_code == 0, done.output
     result = runner.invoke(main, ["robustness", "--attack", "pgd", "--eps", "0,0.05,0.2", "--steps", "10", "--model",
-                                  str(tiny_run[0]),
-                                  "--model", str(tiny_run[0] / "model.pb"), "--json"] + common)
+                                  str(tiny_run[0]), "--model", str(tiny_run[0] / "model.pb"), "--json"] + common)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert len(payload["models"]) == 2

@@ -108,7 +108,7 @@ def test_schedules_order_rounds_and_targets(tiny_model, mnist_small, schedule, o
 
 
 @pytest.mark.slow
-def test_universal_cli_saves_reusable_noise(tiny_run, tmp_path):
+def test_universal_cli_saves_reusable_noise(tiny_run, commands_on_small_mnist, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["universal", "--target", "3", "--steps", "60", "--model", str(tiny_run[0]),
                                   "--out", str(tmp_path), "--json"])
