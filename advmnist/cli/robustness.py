@@ -197,7 +197,7 @@ def _settings(attack, norm, eps, count, offset, split, steps, restarts, seed, ta
                                  "--target (--attack pgd takes one)", param_hint="--target")
     if restarts is not None and not entry.accepts("restarts"):
         raise click.BadParameter(f"expected no --starts with --attack {attack} (it has no random starts; "
-                                 f"--attack pgd has)", param_hint="--starts")
+                                 "--attack pgd takes them)", param_hint="--starts")
     try:
         return RobustnessSettings(norm=norm, eps=eps, count=count, offset=offset, split=split, attack=attack,
                                   steps=steps, restarts=restarts, seed=seed, target=target).resolved()

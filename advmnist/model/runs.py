@@ -322,7 +322,7 @@ def save_trained(saver, sess, out_dir: os.PathLike | str, name: str, **meta) -> 
     return write_frozen(inference_graph_def(checkpoint), out_dir, checkpoint, **meta)
 
 
-def save_checkpoint(saver, sess, prefix: os.PathLike | str, what: str, then: str) -> str:
+def save_checkpoint(saver, sess, prefix: os.PathLike | str, what: str, then: str, global_step=None) -> str:
     """``saver.save(sess, prefix)``; a full disk (or any other write error) is an OSError whose message names
     ``what`` and says ``then``, with TensorFlow's partial ``*.tempstate*`` files removed (TensorFlow raises
     its own error types, which the commands would show as a traceback)."""
@@ -332,7 +332,7 @@ def save_checkpoint(saver, sess, prefix: os.PathLike | str, what: str, then: str
 
     tf = tf1()
     try:
-        return saver.save(sess, str(prefix), write_meta_graph=False)
+        return saver.save(sess, str(prefix), global_step=global_step, write_meta_graph=False)
     except (OSError, tf.errors.OpError) as err:
         folder = Path(prefix).parent
         for partial in folder.glob("*.tempstate*"):

@@ -22,7 +22,7 @@ from advmnist.fileio import display_path, read_json
 from advmnist.model.frozen import META_FILE, MODEL_FILE, FrozenModel
 from advmnist.model.network import ACCURACY_NAME, COST_NAME, make_model
 from advmnist.model.runs import (RunDirError, check_checkpoint, completed_epochs, mark_run, read_run_file,
-                                 reconcile_stats, write_frozen)
+                                 reconcile_stats, save_checkpoint, write_frozen)
 from advmnist.tfcompat import (PRECISIONS, load_tensorpack, resolve_precision, session_config, tensorpack_logs,
                                tf1, verbose)
 
@@ -217,17 +217,10 @@ def checkpoint_saver(**kwargs):
 
     class CheckpointSaver(ModelSaver):
         def _trigger(self):
-            try:
-                self.saver.save(tf.get_default_session(), self.path, global_step=tf.train.get_global_step(),
-                                write_meta_graph=False)
-            except (OSError, tf.errors.OpError) as err:
-                for partial in Path(self.checkpoint_dir).glob("*.tempstate*"):
-                    partial.unlink(missing_ok=True)
-                raise OSError(getattr(err, "errno", None) or 28,
-                              f"the checkpoint of epoch {self.epoch_num} could not be written "
-                              f"({str(getattr(err, 'message', err)).splitlines()[0]}); the earlier epochs' "
-                              "checkpoints are kept: free some space and continue with --resume",
-                              self.checkpoint_dir) from err
+            save_checkpoint(self.saver, tf.get_default_session(), self.path,
+                            f"the checkpoint of epoch {self.epoch_num}",
+                            "the earlier epochs' checkpoints are kept: free some space and continue with --resume",
+                            global_step=tf.train.get_global_step())
 
     return CheckpointSaver(**kwargs)
 
