@@ -85,6 +85,17 @@ def test_pgd_and_eps_are_checked():
     assert robustness.parse_eps("2.5", "l2") == (2.5,)
 
 
+def test_the_default_attack_is_autoattack_and_says_so(tiny_run, commands_on_small_mnist, tmp_path):
+    common = ["robustness", "--model", str(tiny_run[0]), "--count", "2", "--eps", "0", "--json"]  # eps 0: no attack work
+    default = CliRunner().invoke(main, common + ["--out", str(tmp_path / "default")])
+    assert default.exit_code == 0, default.output
+    assert json.loads(default.stdout)["settings"]["attack"] == "auto"
+    assert "the default (minutes per 100 images" in default.stderr and "--attack pgd" in default.stderr
+    assert (tmp_path / "default" / "robustness_linf_auto.json").is_file()
+    chosen = CliRunner().invoke(main, common + ["--attack", "auto", "--out", str(tmp_path / "chosen")])
+    assert chosen.exit_code == 0 and "the default" not in chosen.stderr
+
+
 @pytest.mark.parametrize("args", [["--eps", "0,1.5"], ["--eps", "0,abc"], ["--norm", "l1"], ["--count", "0"],
                                   ["--starts", "0"]])
 def test_robustness_bad_input_is_a_clear_error(bad_input, args):

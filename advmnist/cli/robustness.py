@@ -105,6 +105,9 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
     settings = _settings_from_options(attack, norm, eps_text, count, offset, split, steps, restarts, old_restarts,
                                       target, old_target, seed)
     check_range(split, offset, count)
+    if click.get_current_context().get_parameter_source("attack") == click.core.ParameterSource.DEFAULT:
+        output.say("attack: AutoAttack's standard ensemble, the default (minutes per 100 images on a CPU; "
+                   "--attack pgd is a quick upper bound)")
     select_shard(shard, count)  # an empty shard is refused before anything is loaded
     models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
     check_same_input_shape(models, "--model")
