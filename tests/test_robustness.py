@@ -201,9 +201,8 @@ def test_ctrl_c_keeps_the_models_already_measured(tiny_run, mnist_small, monkeyp
     monkeypatch.setattr("advmnist.data.mnist.load_split", lambda *a, rows=None, **k: Split(test.images[rows],
                                                                                      test.labels[rows]))
     result = CliRunner().invoke(main, ["robustness", "--attack", "pgd", "--count", "10", "--eps", "0,0.1", "--steps",
-                                       "5", "--model",
-                                       str(tiny_run[0]), "--model", str(tiny_run[0] / "model.pb"), "--out",
-                                       str(tmp_path)])
+                                       "5", "--model", str(tiny_run[0]), "--model", str(tiny_run[0] / "model.pb"),
+                                       "--out", str(tmp_path)])
     assert result.exit_code == 130, result.output
     assert "1 of 2 models were measured" in result.output
     record = json.loads((tmp_path / "robustness_linf_partial.json").read_text())
