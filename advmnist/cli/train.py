@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from advmnist.cli.options import (SEED_RANGE, Output, config_option, data_dir_option, finite, json_option,
-                                  translate_errors, writable_folder)
+                                  progress_enabled, translate_errors, writable_folder)
 from advmnist.model.frozen import DEFAULT_RUN_DIR
 from advmnist.tfcompat import PRECISIONS, resolve_precision
 from advmnist.model.training import MAX_SHIFT, SCHEDULES, TrainSettings
@@ -96,7 +96,8 @@ def train(epochs, batch_size, lr, schedule, average_decay, precision, shift, gpu
         if note:
             out.say(note)
         try:
-            result = training.train(train_split, test_split, run_dir, settings, resume=resume, log=out.say)
+            result = training.train(train_split, test_split, run_dir, settings, resume=resume, log=out.say,
+                                    progress=progress_enabled())
         except KeyboardInterrupt:
             click.echo("\n" + interrupt_message(run_dir, epochs), err=True)
             sys.exit(130)

@@ -6,6 +6,7 @@ from its last checkpoint (``resume=True``); a finished run is never overwritten.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -138,7 +139,7 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
 
 def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, settings: TrainSettings, *,
           resume: bool = False, steps_per_epoch: int | None = None, callbacks: tuple = (),
-          log: Callable[[str], None] = lambda message: None) -> TrainResult:
+          log: Callable[[str], None] = lambda message: None, progress: bool = True) -> TrainResult:
     """Train with tensorpack's ``SimpleTrainer`` (``SyncMultiGPUTrainerReplicated`` with ``gpus`` > 1);
     freeze the final weights to ``run_dir/model.pb``.
 
@@ -148,7 +149,8 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
 
     Validation on ``test_split`` runs after every epoch (``validation_accuracy`` in
     ``stats.json``). ``steps_per_epoch`` shortens epochs (tests only); ``callbacks`` are
-    extra tensorpack callbacks; ``log`` gets one line per epoch. With ``resume``, a run whose checkpoints already cover
+    extra tensorpack callbacks; ``log`` gets one line per epoch; ``progress``: tensorpack's progress bars (an
+    epoch's steps, its validation). With ``resume``, a run whose checkpoints already cover
     ``settings.epochs`` is only frozen; a run with no checkpoint yet starts from scratch.
     """
     tf = tf1()
@@ -174,21 +176,39 @@ def train(train_split: Split, test_split: Split, run_dir: os.PathLike | str, set
         reconcile_stats(run_dir)  # tensorpack then starts right after the last checkpoint's epoch
     else:
         mark_run(run_dir, {**dataclasses.asdict(settings), "steps_per_epoch": steps_per_epoch})
-    config = _train_config(settings, flow, test_split, steps_per_epoch, resume, callbacks, log)
+    config = _train_config(settings, flow, test_split, steps_per_epoch, resume, callbacks, log, progress)
     if config.starting_epoch <= settings.epochs:
         # replicated: a copy of the network per tower, gradients averaged over the towers at every step
         trainer = SimpleTrainer() if settings.gpus == 1 else SyncMultiGPUTrainerReplicated(settings.gpus)
-        launch_train_with_config(config, trainer)
+        with _validation_bar(progress):
+            launch_train_with_config(config, trainer)
     return freeze_run(run_dir, test_split, settings, started=started)
 
 
+@contextlib.contextmanager
+def _validation_bar(shown: bool):
+    """tensorpack's InferenceRunner draws a tqdm bar with options from its module's ``get_tqdm_kwargs`` and no
+    way to turn it off: while ``shown`` is false, those options disable it."""
+    import tensorpack.callbacks.inference_runner as runner
+
+    real = runner.get_tqdm_kwargs
+    if not shown:
+        runner.get_tqdm_kwargs = lambda **kwargs: {**real(**kwargs), "disable": True}
+    try:
+        yield
+    finally:
+        runner.get_tqdm_kwargs = real
+
+
 def _train_config(settings: TrainSettings, flow, test_split: Split, steps_per_epoch: int, resume: bool,
-                  callbacks: tuple, log):
+                  callbacks: tuple, log, progress: bool = True):
     """tensorpack's config: the model, the batches, checkpoints, validation after every epoch, the learning
-    rate, one log line per epoch; resumed from the run's last checkpoint when there is one."""
+    rate, one log line per epoch (and, with ``progress``, tensorpack's progress bar); resumed from the run's last
+    checkpoint when there is one."""
     tf = tf1()
-    from tensorpack import AutoResumeTrainConfig, InferenceRunner, QueueInput, ScalarStats
+    from tensorpack import AutoResumeTrainConfig, InferenceRunner, ProgressBar, QueueInput, ScalarStats
     from tensorpack.tfutils.sesscreate import NewSessionCreator
+    from tensorpack.train.config import DEFAULT_CALLBACKS
 
     return AutoResumeTrainConfig(
         always_resume=resume,
@@ -202,6 +222,7 @@ def _train_config(settings: TrainSettings, flow, test_split: Split, steps_per_ep
             epoch_line(settings.epochs, log),
             *callbacks,
         ],
+        extra_callbacks=[c for c in DEFAULT_CALLBACKS() if progress or not isinstance(c, ProgressBar)],
         session_creator=NewSessionCreator(config=session_config(tf, bfloat16=settings.precision == "bf16")),
         steps_per_epoch=steps_per_epoch,
         max_epoch=settings.epochs,
