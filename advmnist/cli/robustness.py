@@ -63,22 +63,18 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
     """Robust accuracy against eps: how strong is each network against a per-image attacker?
 
     For every budget eps, the attack (--attack) attacks each image within the eps-ball;
-    the robust accuracy is the share still classified correctly. An image the network
-    already gets wrong is not robust at any eps; an image fooled at one eps counts as
-    fooled at every larger one, so only the images still standing are attacked at the
-    next.
+    the robust accuracy is the share still classified correctly (an image misclassified
+    already is robust at no eps; one fooled at an eps is fooled at every larger one).
 
     auto, the default, is AutoAttack's standard ensemble (Croce & Hein 2020), the
     measure defences are judged by: APGD-CE, APGD-T, FAB-T and Square in turn, each on
     the images the others left standing; the robust accuracy after each member is
-    printed per eps, and a warning is given when Square (no gradient) fools more than
-    1 % of the images that the gradient attacks missed, a sign of gradient masking.
-    pgd is projected gradient descent (Madry et al. 2018: a random start in the
-    eps-ball, steps of 0.1 eps along the sign of the gradient for linf or the
-    normalized gradient for l2, projection onto the ball and onto valid pixels): much
-    quicker, but only an upper bound that can be several points too kind (see
-    docs/results.md). Every example is re-checked by a plain forward pass of the
-    network; the count of unconfirmed verdicts is printed (it must be 0).
+    printed per eps, with a warning when Square (no gradient) fools more than 1 % of the
+    images the gradient attacks missed (a sign of gradient masking). pgd (Madry et al.
+    2018: a random start, steps of 0.1 eps along the signed (linf) or normalized (l2)
+    gradient, each projected onto the ball and valid pixels) is much quicker but only an
+    upper bound, several points too kind (docs/results.md). Every example is re-checked
+    by a plain forward pass; the count of unconfirmed verdicts is printed (it must be 0).
 
     If `advmnist minimal --target untargeted` ran on the same model and images with
     its results in --out, its curve (the smallest perturbation of each image) is drawn
@@ -105,9 +101,7 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
     settings = _settings_from_options(attack, norm, eps_text, count, offset, split, steps, restarts, old_restarts,
                                       target, old_target, seed)
     check_range(split, offset, count)
-    if click.get_current_context().get_parameter_source("attack") == click.core.ParameterSource.DEFAULT:
-        output.say("attack: AutoAttack's standard ensemble, the default (minutes per 100 images on a CPU; "
-                   "--attack pgd is a quick upper bound)")
+    _say_if_default_attack(output)
     select_shard(shard, count)  # an empty shard is refused before anything is loaded
     models = [load_model(path, no_verify, output) for path in (model_paths or (None,))]
     check_same_input_shape(models, "--model")
@@ -122,6 +116,13 @@ def robustness(attack, norm, eps_text, count, offset, split, steps, restarts, ol
     except KeyboardInterrupt:
         _keep_measured(curves, len(models), out, settings, indices, labels, shard_record)
     output.result(_write_and_say(output, out, settings, curves, indices, labels, shard_record))
+
+
+def _say_if_default_attack(output) -> None:
+    """The default attack is slow: a user who did not choose it learns what it is and what is quicker."""
+    if click.get_current_context().get_parameter_source("attack") == click.core.ParameterSource.DEFAULT:
+        output.say("attack: AutoAttack's standard ensemble, the default (minutes per 100 images on a CPU; "
+                   "--attack pgd is a quick upper bound)")
 
 
 def _write_and_say(output, out, settings, curves, indices, labels, shard_record) -> dict:
